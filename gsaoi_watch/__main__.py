@@ -1,0 +1,7 @@
+"""Run the ``gsaoi-watch`` command line as ``python -m gsaoi_watch``."""
+
+import sys
+
+from gsaoi_watch.cli import main
+
+sys.exit(main())

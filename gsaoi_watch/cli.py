@@ -1,0 +1,101 @@
+"""The ``gsaoi-watch`` command line: one verb per DRAGONS tool the tutorial uses."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from gsaoi_watch import __version__
+
+__all__ = ["build_parser", "main"]
+
+
+def _add_typewalk(sub):
+    p = sub.add_parser("typewalk", help="list GSAOI files and their tags (recursively)")
+    p.add_argument("-d", "--dir", dest="directories", action="append", default=None,
+                   metavar="DIR", help="directory to walk (default: current; repeatable)")
+    p.add_argument("--tags", default=None,
+                   help="only list files having all these comma-separated tags")
+    p.add_argument("-n", "--no-recursion", action="store_true",
+                   help="do not descend into sub-directories")
+    p.add_argument("-o", "--out", default=None,
+                   help="also write the matching file names to this list file")
+    p.set_defaults(func=_run("typewalk"))
+
+
+def _add_showd(sub):
+    p = sub.add_parser("showd", help="show descriptor values of files as a table")
+    p.add_argument("files", nargs="*", help="files (read from standard input when piped)")
+    p.add_argument("-d", "--descriptors", required=True,
+                   help="comma-separated descriptor names, e.g. object,exposure_time")
+    p.add_argument("--csv", action="store_true", help="write comma-separated values")
+    p.set_defaults(func=_run("showd"))
+
+
+def _add_dataselect(sub):
+    p = sub.add_parser("dataselect", help="select files by tags and a descriptor expression")
+    p.add_argument("files", nargs="+", help="input files (globs are expanded)")
+    p.add_argument("--tags", default=None, help="required tags, comma-separated")
+    p.add_argument("--xtags", default=None, help="excluded tags, comma-separated")
+    p.add_argument("--expr", default="True", help="descriptor expression, e.g. "
+                   "\"filter_name=='Kshort' and exposure_time==60.\"")
+    p.add_argument("--strict", action="store_true",
+                   help="compare exactly (raw filter names, exact exposure times)")
+    p.add_argument("-o", "--output", default=None, help="write the selection to this list file")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="print the selection even when writing it to a file")
+    p.set_defaults(func=_run("dataselect"))
+
+
+def _add_simulate(sub):
+    p = sub.add_parser("simulate", help="write a simulated GSAOI night (raw frames + truth)")
+    p.add_argument("outdir", help="directory to write the raw frames into")
+    p.add_argument("--seed", type=int, default=20170505, help="random seed (default 20170505)")
+    p.add_argument("--size", type=int, default=2048,
+                   help="array size in pixels (default 2048, full size; e.g. 256 for tests)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="processes to use (default: number of CPUs)")
+    p.add_argument("--only", default=None,
+                   help="comma-separated subset of flats,standard,science,bpm")
+    p.set_defaults(func=_run("simulate"))
+
+
+def _run(verb):
+    def run(args):
+        if verb == "simulate":
+            from gsaoi_watch import sim
+            return sim.main(args)
+        from gsaoi_watch import tools
+        return getattr(tools, f"run_{verb}")(args)
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the argument parser with every verb."""
+    parser = argparse.ArgumentParser(
+        prog="gsaoi-watch",
+        description="Watch a GSAOI raw directory and reduce frames as the night goes on.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--log-level", default="INFO",
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="logging level")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    sub.required = True
+    for add in (_add_typewalk, _add_showd, _add_dataselect, _add_simulate):
+        add(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    """Run the command line; return the process exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=getattr(logging, args.log_level),
+                        format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    try:
+        status = args.func(args)
+    except BrokenPipeError:  # e.g. piped into head
+        return 0
+    except KeyboardInterrupt:
+        return 130
+    return int(status or 0)

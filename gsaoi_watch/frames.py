@@ -1,0 +1,635 @@
+"""Read a GSAOI file's headers: validation, DRAGONS descriptors and tags (no pixel data)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import os
+import re
+import warnings
+from dataclasses import dataclass
+from functools import cached_property
+
+from astropy.io import fits
+
+from gsaoi_watch import instrument
+from gsaoi_watch.errors import FrameError
+from gsaoi_watch.tags import compute_tags
+
+__all__ = [
+    "DESCRIPTORS",
+    "FrameInfo",
+    "Section",
+    "classify",
+    "parse_section",
+    "read_frame_info",
+    "remove_component_id",
+]
+
+N_ARRAYS = 4
+
+
+@dataclass(frozen=True)
+class Section:
+    """A 0-based, end-exclusive rectangle (x1, x2, y1, y2), as DRAGONS' Section."""
+
+    x1: int
+    x2: int
+    y1: int
+    y2: int
+
+    def as_iraf(self) -> str:
+        """Return the 1-based inclusive IRAF form, e.g. '[1:2048,1:2048]'."""
+        return f"[{self.x1 + 1}:{self.x2},{self.y1 + 1}:{self.y2}]"
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(ny, nx) of the rectangle."""
+        return self.y2 - self.y1, self.x2 - self.x1
+
+    def contains(self, other: Section) -> bool:
+        """True if ``other`` lies entirely inside this section."""
+        return (self.x1 <= other.x1 and other.x2 <= self.x2
+                and self.y1 <= other.y1 and other.y2 <= self.y2)
+
+
+_SECTION_RE = re.compile(r"^\s*\[\s*(\d+)\s*:\s*(\d+)\s*,\s*(\d+)\s*:\s*(\d+)\s*\]\s*$")
+
+
+def parse_section(text) -> Section | None:
+    """Parse an IRAF section string '[x1:x2,y1:y2]' (1-based, inclusive) into a Section."""
+    if not isinstance(text, str):
+        return None
+    m = _SECTION_RE.match(text)
+    if not m:
+        return None
+    x1, x2, y1, y2 = (int(v) for v in m.groups())
+    return Section(min(x1, x2) - 1, max(x1, x2), min(y1, y2) - 1, max(y1, y2))
+
+
+def remove_component_id(name):
+    """Strip a Gemini component ID: 'Kshort_G1105' -> 'Kshort' (None stays None)."""
+    if not isinstance(name, str):
+        return None
+    m = re.match(r"(?P<filt>.*?)_G(.*?)", name)
+    return m.group("filt") if m else name
+
+
+def _strip(value):
+    return value.strip() if isinstance(value, str) else value
+
+
+_TIME_RE = re.compile(r"^(\d{1,2}):(\d{2}):(\d{2}(?:\.\d*)?)$")
+_DATE_RE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})$")
+
+
+def _parse_time(text):
+    m = _TIME_RE.match(text.strip()) if isinstance(text, str) else None
+    if not m:
+        return None
+    h, mi, s = int(m.group(1)), int(m.group(2)), float(m.group(3))
+    sec = int(s)
+    micro = int(round((s - sec) * 1e6))
+    if micro >= 1_000_000:
+        sec, micro = sec + 1, micro - 1_000_000
+    if sec >= 60:  # a leap second or rounding: keep within range
+        sec, micro = 59, 999_999
+    return _dt.time(h, mi, sec, micro)
+
+
+class FrameInfo:
+    """Header view of one GSAOI file: DRAGONS descriptors (as methods) and tags.
+
+    Descriptors that DRAGONS evaluates per extension (``gain``, ``array_name``, sections,
+    ...) return one value per array in extension order.  A descriptor whose keyword is
+    missing returns None rather than raising, so dataselect expressions simply fail to match.
+
+    Parameters
+    ----------
+    phu : astropy.io.fits.Header
+        The primary header.
+    ext_headers : list of astropy.io.fits.Header
+        Headers of the four array extensions, in file order.
+    path : str, optional
+        The file the headers came from.
+    """
+
+    def __init__(self, phu, ext_headers, path=None):
+        self.phu = phu
+        self.ext_headers = list(ext_headers)
+        self.path = None if path is None else str(path)
+
+    def __repr__(self):
+        return f"FrameInfo({self.filename!r}, tags={sorted(self.tags)})"
+
+    # --- identity -------------------------------------------------------------------------
+    @property
+    def filename(self) -> str | None:
+        """Base name of the file, or None for headers that came from memory."""
+        return None if self.path is None else os.path.basename(self.path)
+
+    @cached_property
+    def tags(self) -> frozenset:
+        """DRAGONS tags (see :func:`gsaoi_watch.tags.compute_tags`)."""
+        return compute_tags(self.phu)
+
+    def _phu(self, key, default=None):
+        return _strip(self.phu.get(key, default))
+
+    def _ext(self, key):
+        return [_strip(h.get(key)) for h in self.ext_headers]
+
+    def instrument(self):
+        """PHU INSTRUME."""
+        return self._phu("INSTRUME")
+
+    def object(self):
+        """PHU OBJECT."""
+        return self._phu("OBJECT")
+
+    def observation_type(self):
+        """PHU OBSTYPE."""
+        return self._phu("OBSTYPE")
+
+    def observation_class(self):
+        """PHU OBSCLASS ('science', 'partnerCal', 'dayCal', 'acq', ...)."""
+        return self._phu("OBSCLASS")
+
+    def observation_id(self):
+        """PHU OBSID, e.g. 'GS-2017A-Q-29-13'."""
+        return self._phu("OBSID")
+
+    def data_label(self):
+        """PHU DATALAB, e.g. 'GS-2017A-Q-29-13-001'."""
+        return self._phu("DATALAB")
+
+    def program_id(self):
+        """PHU GEMPRGID."""
+        return self._phu("GEMPRGID")
+
+    def telescope(self):
+        """PHU TELESCOP."""
+        return self._phu("TELESCOP")
+
+    def detector_name(self, pretty=False):
+        """PHU DETECTOR."""
+        return self._phu("DETECTOR")
+
+    def camera(self, pretty=False):
+        """PHU DETECTOR (GSAOI's camera keyword)."""
+        return self._phu("DETECTOR")
+
+    # --- filter and wavelength --------------------------------------------------------------
+    def filter_name(self, stripID=False, pretty=False):  # noqa: N803 (DRAGONS' name)
+        """Filter combination: raw 'Kshort_G1105&Clear', or pretty 'Kshort'.
+
+        Both FILTER1 and FILTER2 are required; None if either is missing.
+        """
+        f1, f2 = self._phu("FILTER1"), self._phu("FILTER2")
+        if f1 is None or f2 is None:
+            return None
+        f1, f2 = str(f1), str(f2)
+        if stripID or pretty:
+            f1, f2 = remove_component_id(f1), remove_component_id(f2)
+        if not pretty:
+            return f"{f1}&{f2}"
+        comps = [fn for fn in (f1, f2)
+                 if not ("open" in fn.lower() or "Clear" in fn or fn.lower().startswith("nd"))]
+        if not comps:
+            comps.append("open")
+        for cal, name in (("Block", "blank"), ("Dark", "blank"), ("DK", "dark")):
+            if cal in f1 or cal in f2:
+                comps.append(name)
+        return "&".join(comps[:2])
+
+    def effective_wavelength(self, output_units="micrometers"):
+        """Effective wavelength of the filter (from the lookup table), default micrometres."""
+        wave = instrument.effective_wavelength(self.filter_name(pretty=True))
+        if wave is None:
+            return None
+        factor = {"micrometers": 1.0, "nanometers": 1e3, "angstroms": 1e4, "meters": 1e-6}
+        return wave * factor[output_units]
+
+    def central_wavelength(self, asMicrometers=False):  # noqa: N803 (DRAGONS' name)
+        """PHU WAVELENG (Angstrom) in metres, or micrometres; None if missing or negative."""
+        wave = self.phu.get("WAVELENG", -1)
+        if not isinstance(wave, int | float) or wave < 0:
+            return None
+        return wave * 1e-4 if asMicrometers else wave * 1e-10
+
+    # --- exposure and readout ----------------------------------------------------------------
+    def exposure_time(self):
+        """PHU EXPTIME in seconds (GSAOI averages coadds, so never multiplied)."""
+        value = self.phu.get("EXPTIME")
+        if not isinstance(value, int | float) or value < 0:
+            return None
+        return float(value)
+
+    def coadds(self):
+        """PHU COADDS, default 1."""
+        try:
+            return int(self.phu.get("COADDS", 1))
+        except (TypeError, ValueError):
+            return 1
+
+    def read_mode(self):
+        """PHU READMODE, e.g. 'FOWLER'."""
+        return self._phu("READMODE")
+
+    def read_speed_setting(self):
+        """'Bright Objects', 'Faint Objects' or 'Very Faint Objects' from LNRS 2/8/16."""
+        return instrument.read_speed_setting(self.phu.get("LNRS"))
+
+    def lnrs(self):
+        """PHU LNRS (number of non-destructive reads), or None."""
+        value = self.phu.get("LNRS")
+        return int(value) if isinstance(value, int | float) else None
+
+    def is_coadds_summed(self):
+        """False: GSAOI averages coadds."""
+        return False
+
+    # --- times --------------------------------------------------------------------------------
+    def ut_datetime(self):
+        """UT start of the observation, from DATE-OBS and UT (fallbacks as in DRAGONS)."""
+        date = None
+        for key in ("DATE-OBS", "DATE", "UTDATE"):
+            value = self._phu(key)
+            if not isinstance(value, str):
+                continue
+            if "T" in value:
+                try:
+                    return _dt.datetime.fromisoformat(value)
+                except ValueError:
+                    pass
+            m = _DATE_RE.match(value)
+            if m:
+                date = _dt.date(*(int(g) for g in m.groups()))
+                break
+        time = None
+        for key in ("UT", "TIME-OBS", "STARTUT", "UTSTART"):
+            time = _parse_time(self._phu(key))
+            if time is not None:
+                break
+        if date is not None and time is not None:
+            return _dt.datetime.combine(date, time)
+        mjd = self.phu.get("MJD-OBS")
+        if isinstance(mjd, int | float) and mjd > 0:
+            return _dt.datetime(1858, 11, 17) + _dt.timedelta(days=float(mjd))
+        if date is not None:
+            return _dt.datetime.combine(date, _dt.time())
+        return None
+
+    def ut_date(self):
+        """UT date of the observation."""
+        dt = self.ut_datetime()
+        return None if dt is None else dt.date()
+
+    def ut_time(self):
+        """UT time of the start of the observation."""
+        dt = self.ut_datetime()
+        return None if dt is None else dt.time()
+
+    def local_time(self):
+        """PHU LT as a time."""
+        return _parse_time(self._phu("LT"))
+
+    # --- pointing ------------------------------------------------------------------------------
+    def pixel_scale(self):
+        """Mean over arrays of 3600*sqrt|det CD| in arcsec/pixel."""
+        scales = []
+        for h in self.ext_headers:
+            try:
+                det = h["CD1_1"] * h["CD2_2"] - h["CD1_2"] * h["CD2_1"]
+            except KeyError:
+                continue
+            scales.append(3600.0 * math.sqrt(abs(det)))
+        return sum(scales) / len(scales) if scales else None
+
+    def _offset(self, key):
+        value = self.phu.get(key)
+        return float(value) if isinstance(value, int | float) else None
+
+    def detector_x_offset(self):
+        """POFFSET in pixels, sign flipped on the bottom port (INPORT=1)."""
+        poff, scale = self._offset("POFFSET"), self.pixel_scale()
+        if poff is None or not scale:
+            return None
+        offset = poff / scale
+        return -offset if self.phu.get("INPORT") == 1 else offset
+
+    def detector_y_offset(self):
+        """-QOFFSET in pixels (GSAOI negates the Gemini value)."""
+        qoff, scale = self._offset("QOFFSET"), self.pixel_scale()
+        if qoff is None or not scale:
+            return None
+        return -qoff / scale
+
+    def telescope_x_offset(self):
+        """PHU XOFFSET (arcsec)."""
+        return self._offset("XOFFSET")
+
+    def telescope_y_offset(self):
+        """PHU YOFFSET (arcsec)."""
+        return self._offset("YOFFSET")
+
+    def _coord(self, key):
+        value = self.phu.get(key)
+        if isinstance(value, int | float):
+            return float(value)
+        if isinstance(value, str):
+            from astropy.coordinates import Angle
+            try:
+                return float(value)
+            except ValueError:
+                try:
+                    unit = "hourangle" if key == "RA" else "deg"
+                    return Angle(value, unit=unit).degree
+                except Exception:  # noqa: BLE001 (any unparsable string gives None)
+                    return None
+        return None
+
+    def target_ra(self, offset=False):
+        """PHU RA in degrees; with ``offset`` plus RAOFFSET (/cos dec) and RATRGOFF."""
+        ra = self._coord("RA")
+        if ra is None or not offset:
+            return ra
+        dec = self._coord("DEC") or 0.0
+        extra = (self._offset("RAOFFSET") or 0.0) + (self._offset("RATRGOFF") or 0.0)
+        return ra + extra / 3600.0 / math.cos(math.radians(dec))
+
+    def target_dec(self, offset=False):
+        """PHU DEC in degrees; with ``offset`` plus DECOFFSE and DECTRGOF."""
+        dec = self._coord("DEC")
+        if dec is None or not offset:
+            return dec
+        extra = (self._offset("DECOFFSE") or 0.0) + (self._offset("DECTRGOF") or 0.0)
+        return dec + extra / 3600.0
+
+    def wcs_ra(self):
+        """CRVAL1 of the first array if CTYPE1 is 'RA---TAN'."""
+        h = self.ext_headers[0] if self.ext_headers else {}
+        return h.get("CRVAL1") if _strip(h.get("CTYPE1")) == "RA---TAN" else None
+
+    def wcs_dec(self):
+        """CRVAL2 of the first array if CTYPE2 is 'DEC--TAN'."""
+        h = self.ext_headers[0] if self.ext_headers else {}
+        return h.get("CRVAL2") if _strip(h.get("CTYPE2")) == "DEC--TAN" else None
+
+    def ra(self):
+        """Field RA: the WCS value, else the target RA keyword."""
+        value = self.wcs_ra()
+        return self.target_ra() if value is None else value
+
+    def dec(self):
+        """Field Dec: the WCS value, else the target DEC keyword."""
+        value = self.wcs_dec()
+        return self.target_dec() if value is None else value
+
+    def position_angle(self):
+        """PHU PA in degrees."""
+        return self._offset("PA")
+
+    def airmass(self):
+        """PHU AIRMASS if >= 1, else None."""
+        am = self.phu.get("AIRMASS", -1)
+        return float(am) if isinstance(am, int | float) and am >= 1 else None
+
+    def elevation(self):
+        """PHU ELEVATIO (degrees)."""
+        return self._offset("ELEVATIO")
+
+    def azimuth(self):
+        """PHU AZIMUTH (degrees)."""
+        return self._offset("AZIMUTH")
+
+    def is_ao(self):
+        """True if the AO fold is in the beam (AOFOLD == 'IN')."""
+        return self._phu("AOFOLD") == "IN"
+
+    # --- per-array descriptors ----------------------------------------------------------------
+    def array_name(self):
+        """ARRAYID of each array."""
+        return self._ext("ARRAYID")
+
+    def _sections(self, key, pretty):
+        raw = self._ext(key)
+        return raw if pretty else [parse_section(v) for v in raw]
+
+    def array_section(self, pretty=False):
+        """CCDSEC of each array (Section, or the string with ``pretty``)."""
+        return self._sections("CCDSEC", pretty)
+
+    def detector_section(self, pretty=False):
+        """DETSEC of each array (Section, or the string with ``pretty``)."""
+        return self._sections("DETSEC", pretty)
+
+    def data_section(self, pretty=False):
+        """DATASEC of each array (Section, or the string with ``pretty``)."""
+        return self._sections("DATASEC", pretty)
+
+    def detector_x_bin(self):
+        """PHU XBIN, default 1."""
+        return int(self.phu.get("XBIN", 1))
+
+    def detector_y_bin(self):
+        """PHU YBIN, default 1."""
+        return int(self.phu.get("YBIN", 1))
+
+    def binning(self):
+        """'XxY' binning string."""
+        return f"{self.detector_x_bin()}x{self.detector_y_bin()}"
+
+    def detector_roi_setting(self):
+        """Always 'Fixed' for GSAOI."""
+        return "Fixed"
+
+    def _prepared(self):
+        return "PREPARED" in self.tags
+
+    def _array_specs(self):
+        return [instrument.ARRAY_BY_ID.get(a) for a in self.array_name()]
+
+    def gain(self):
+        """Gain (e-/ADU) per array: the lookup on raw data, the GAIN keyword once prepared."""
+        if self._prepared():
+            return self._ext("GAIN")
+        return [None if s is None else s.gain for s in self._array_specs()]
+
+    def read_noise(self):
+        """Read noise (e-) per array: lookup / sqrt(COADDS), RDNOISE once prepared."""
+        if self._prepared():
+            return self._ext("RDNOISE")
+        lnrs = self.lnrs()
+        out = []
+        for spec in self._array_specs():
+            rn = None if spec is None else spec.read_noise.get(lnrs)
+            out.append(None if rn is None else round(rn / math.sqrt(self.coadds()), 2))
+        return out
+
+    def saturation_level(self):
+        """Saturation (ADU) per array: the well depth, SATLEVEL once prepared."""
+        if self._prepared():
+            return self._ext("SATLEVEL")
+        if self.read_speed_setting() == "Unknown":
+            return [None] * len(self.ext_headers)
+        return [None if s is None else s.well for s in self._array_specs()]
+
+    def non_linear_level(self):
+        """Non-linear threshold (ADU) per array: linlimit x saturation, NONLINEA once prepared."""
+        if self._prepared():
+            return self._ext("NONLINEA")
+        out = []
+        for spec, sat in zip(self._array_specs(), self.saturation_level()):
+            out.append(None if spec is None or sat is None else spec.linlimit * sat)
+        return out
+
+    def nonlinearity_coeffs(self):
+        """(a0, a1, a2) per array for the read mode, or None."""
+        lnrs = self.lnrs()
+        return [None if s is None else s.coeffs.get(lnrs) for s in self._array_specs()]
+
+    def nominal_photometric_zeropoint(self):
+        """Nominal zero point (mag for 1 e-/s) per array, or None for an unknown filter."""
+        zps = instrument.NOMINAL_ZEROPOINTS.get(self.filter_name(pretty=True))
+        if zps is None:
+            return [None] * len(self.ext_headers)
+        return [None if s is None else zps[s.index] for s in self._array_specs()]
+
+    # --- guiding, quality, grouping ----------------------------------------------------------
+    def wavefront_sensor(self):
+        """Guiding sensors joined with '&' (AOWFS, GEMS, OIWFS, PWFS1, PWFS2), or None."""
+        sensors = [name for name, key in (("AOWFS", "AOWFS_ST"), ("OIWFS", "OIWFS_ST"),
+                                          ("PWFS1", "PWFS1_ST"), ("PWFS2", "PWFS2_ST"))
+                   if self._phu(key) == "guiding"]
+        if "GWFS1CFG" in self.phu:
+            sensors.append("GEMS")
+        return "&".join(sorted(sensors)) if sensors else None
+
+    def qa_state(self):
+        """'Pass', 'Usable', 'Fail', 'CHECK' or 'Undefined' from RAWPIREQ and RAWGEMQA."""
+        pireq = self._phu("RAWPIREQ")
+        gemqa = self._phu("RAWGEMQA")
+        pireq = pireq.upper() if isinstance(pireq, str) else "UNKNOWN"
+        gemqa = gemqa.upper() if isinstance(gemqa, str) else "UNKNOWN"
+        if gemqa == "BAD":
+            return "Fail"
+        if "CHECK" in (pireq, gemqa):
+            return "CHECK"
+        if "UNKNOWN" in (pireq, gemqa):
+            return "Undefined"
+        if gemqa == "USABLE":
+            return "Pass" if pireq == "YES" else "Usable" if pireq == "NO" else "Undefined"
+        return "Undefined"
+
+    def group_id(self):
+        """DRAGONS' GSAOI group id: flats by filter/exptime/program, others by observation."""
+        if "FLAT" in self.tags:
+            parts = [self.filter_name(pretty=True), self.exposure_time(), self.program_id()]
+        else:
+            parts = [self.observation_id(), self.filter_name(pretty=True), self.exposure_time()]
+        parts += [self.read_mode(), tuple(self.detector_section(pretty=True))]
+        return "_".join(str(p) for p in parts)
+
+    # --- derived helpers used by the pipeline --------------------------------------------------
+    def is_roi(self):
+        """True if the arrays are read out as a sub-array smaller than CCDSIZE."""
+        for h in self.ext_headers:
+            full = parse_section(_strip(h.get("CCDSIZE")))
+            sec = parse_section(_strip(h.get("CCDSEC")))
+            if full is not None and sec is not None and sec.shape != full.shape:
+                return True
+        return False
+
+
+#: Descriptor names callable on a FrameInfo (what dataselect and showd accept).
+DESCRIPTORS = tuple(sorted(
+    name for name, value in vars(FrameInfo).items()
+    if not name.startswith("_") and callable(value)
+    and name not in {"is_roi"}
+))
+
+
+def _array_hdus(hdul):
+    images = [h for h in hdul[1:] if isinstance(h, fits.ImageHDU | fits.CompImageHDU)]
+    sci = [h for h in images if _strip(h.header.get("EXTNAME")) in (None, "", "SCI")]
+    if sci:
+        return sci
+    return [h for h in images if _strip(h.header.get("EXTNAME")) == "DQ"]
+
+
+def _check_complete(path, hdul, size):
+    expected = 0
+    for hdu in hdul:
+        info = hdu.fileinfo()
+        if info is None:
+            continue
+        expected = max(expected, info["datLoc"] + info["datSpan"])
+    if expected > size:
+        raise FrameError(path, f"truncated FITS: {size} of {expected} bytes present")
+
+
+def classify(phu, ext_headers, path=None) -> FrameInfo:
+    """Build a FrameInfo from headers already in memory (no file access)."""
+    return FrameInfo(phu, ext_headers, path=path)
+
+
+def read_frame_info(path, *, require_gsaoi=True) -> FrameInfo:
+    """Read the headers of a GSAOI file and return its descriptors and tags.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The FITS file.
+    require_gsaoi : bool, optional
+        Reject files whose INSTRUME is not GSAOI or that do not hold 4 arrays (default).
+
+    Returns
+    -------
+    FrameInfo
+
+    Raises
+    ------
+    FrameError
+        With a one-line message naming the file and the problem: missing, empty, not FITS,
+        truncated, another instrument, or the wrong number of arrays.
+    """
+    path = os.fspath(path)
+    try:
+        size = os.path.getsize(path)
+    except OSError as exc:
+        raise FrameError(path, f"cannot read: {exc.strerror or exc}") from None
+    if size == 0:
+        raise FrameError(path, "empty file")
+    try:
+        with open(path, "rb") as fh:
+            start = fh.read(30)
+    except OSError as exc:
+        raise FrameError(path, f"cannot read: {exc.strerror or exc}") from None
+    if not start.startswith(b"SIMPLE  =") and not start.startswith(b"\x1f\x8b"):
+        raise FrameError(path, "not a FITS file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with fits.open(path, memmap=False, lazy_load_hdus=False) as hdul:
+                if not path.endswith((".gz", ".bz2", ".fz")):
+                    _check_complete(path, hdul, size)
+                phu = hdul[0].header.copy()
+                arrays = [h.header.copy() for h in _array_hdus(hdul)]
+    except FrameError:
+        raise
+    except (OSError, ValueError, IndexError, KeyError, TypeError, EOFError) as exc:
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "truncated" in text.lower() or "empty or corrupt" in text.lower():
+            raise FrameError(path, f"truncated or corrupt FITS ({text})") from None
+        raise FrameError(path, f"unreadable FITS ({text})") from None
+    if require_gsaoi:
+        inst = _strip(phu.get("INSTRUME"))
+        if inst is None:
+            raise FrameError(path, "no INSTRUME keyword: not a GSAOI frame")
+        if str(inst).upper() != "GSAOI":
+            raise FrameError(path, f"not a GSAOI frame (INSTRUME={inst!r})")
+        if len(arrays) != N_ARRAYS:
+            raise FrameError(
+                path, f"has {len(arrays)} array extensions; a GSAOI frame has {N_ARRAYS}")
+    return FrameInfo(phu, arrays, path=path)

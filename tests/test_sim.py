@@ -253,3 +253,28 @@ def test_same_seed_same_pixels(tmp_path):
 def test_bad_size_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="multiple of 16"):
         simulate_night(tmp_path, size=100)
+
+
+def test_roi_frames_reproduce_the_row_bug(night):
+    out, truth = night
+    f = frames_of(truth, "standard")[0]
+    x0, y0 = truth["conventions"]["roi_origin"]
+    n = SIZE // 2
+    for arr in f["arrays"]:
+        ext = arr["index"] + 1
+        shift = 1 if arr["index"] < 2 else -1
+        assert arr["roi_row_shift"] == shift
+        info = read_frame_info(out / f["filename"])
+        assert info.array_section()[arr["index"]].y1 == y0  # the header keeps the bug
+        data = fits.getdata(out / f["filename"], ext).astype(float)
+        flat = truth_plane(out, "FLAT", ext)
+        # the ROI's dead pixels sit on the truly read rows, not on the nominal ones
+        dead = [(x - x0, y - y0 - shift) for a, x, y, _ in truth["bad_pixels"]["dead"]
+                if a == arr["index"] and x0 <= x < x0 + n and 0 <= y - y0 - shift < n]
+        for x, y in dead:
+            assert data[y, x] < 0.2 * np.median(data)
+        true_rows = flat[y0 + shift:y0 + shift + n, x0:x0 + n]
+        nominal = flat[y0:y0 + n, x0:x0 + n]
+        good = (true_rows > 0.2) & (nominal > 0.2)
+        assert (np.corrcoef(data[good], true_rows[good])[0, 1]
+                > np.corrcoef(data[good], nominal[good])[0, 1])

@@ -114,6 +114,10 @@ def _truth(night, det, frames, size):
                      "well (plateau) or hidden saturation for pixels filling half the well "
                      "within the first Fowler group",
             "roi_origin": [x0, y0],
+            "roi_row_shift": "central-ROI frames (the standard) really come from rows "
+                             "roi_origin[1] + roi_row_shift of the array (+1 for arrays 0-1, "
+                             "-1 for 2-3), while CCDSEC/DETSEC say roi_origin: the instrument's "
+                             "row bug that DRAGONS' prepare fixes",
             "t_read": T_READ,
         },
         "bad_pixels": {

@@ -10,13 +10,13 @@ from astropy.io import fits
 from scipy import ndimage
 
 from gsaoi_watch import distortion
-from gsaoi_watch.instrument import ARRAYS, FULL_SIZE, NOMINAL_ZEROPOINTS
+from gsaoi_watch.instrument import ARRAYS, FULL_SIZE, NOMINAL_ZEROPOINTS, ROI_FIX_DATE
 from gsaoi_watch.sim import scene
 from gsaoi_watch.sim.detector import make_detector, read_out
 from gsaoi_watch.sim.headers import extension_header, primary_header, roi_origin
 from gsaoi_watch.sim.plan import NGC5128, plan_night
 
-__all__ = ["make_catalogue", "render_frame", "star_flux"]
+__all__ = ["make_catalogue", "render_frame", "roi_row_shift", "star_flux"]
 
 
 @lru_cache(maxsize=2)
@@ -75,6 +75,18 @@ def star_flux(mag, array_index, airmass, extinction):
     """
     zp = NOMINAL_ZEROPOINTS["Kshort"][array_index]
     return 10 ** (0.4 * (zp - np.asarray(mag) - extinction * (airmass - 1.0)))
+
+
+def roi_row_shift(plan, index):
+    """Row offset between where a central-ROI readout really comes from and its CCDSEC.
+
+    GSAOI central-ROI data taken on or after 2013-05-13 come from one row higher (arrays
+    0 and 1) or lower (arrays 2 and 3) than CCDSEC/DETSEC say; DRAGONS' prepare corrects
+    the sections (gsaoi_facts.md 1.4).  The simulator reproduces the instrument, bug included.
+    """
+    if not plan.roi or plan.ut_start[:10] < ROI_FIX_DATE:
+        return 0
+    return 1 if index in (0, 1) else -1
 
 
 def _pointing(plan):
@@ -148,10 +160,11 @@ def render_frame(plan, night_seed: int, size: int, params: dict):
     cat = None
     if plan.kind in ("standard", "science"):
         cat = make_catalogue(night_seed, size)
-    x0, y0 = roi_origin(size) if plan.roi else (0, 0)
+    x0, y_nominal = roi_origin(size) if plan.roi else (0, 0)
     n = size // 2 if plan.roi else size
     cr_hits = []
     for spec in ARRAYS:
+        y0 = y_nominal + roi_row_shift(plan, spec.index)
         sl = (slice(y0, y0 + n), slice(x0, x0 + n))
         flat = det.flat[spec.index][sl]
         response = det.response[spec.index][sl]
@@ -165,7 +178,7 @@ def render_frame(plan, night_seed: int, size: int, params: dict):
             if gal is not None:
                 rate = rate + gal * flat
         rate = rate.astype(np.float32)
-        array_truth = {"index": spec.index, "stars": []}
+        array_truth = {"index": spec.index, "stars": [], "roi_row_shift": y0 - y_nominal}
         if cat is not None:
             stars = np.zeros((n, n), dtype=np.float32)
             k, xs, ys = scene.star_pixels(

@@ -20,3 +20,7 @@ class ExpressionError(GsaoiWatchError):
 
 class ConfigError(GsaoiWatchError):
     """A configuration file or value is invalid."""
+
+
+class ReductionError(GsaoiWatchError):
+    """A frame cannot be reduced (wrong kind, missing keywords, no calibration, too few skies)."""

@@ -140,6 +140,7 @@ def plan_night(seed: int = 20170505, size: int = 2048) -> Night:
     span = cadence * (len(pattern) - 1)
     sky_base_rate = 48.0  # e-/s/pixel, Kshort ~13.6 mag/arcsec^2 at 0.0197"/pix
     sky_drift = 0.08      # +8 % linear drift over the sequence (several sigma)
+    sky_jitter = 0.0005   # frame-to-frame rms on top of the drift (0.03 sigma)
     n_on = n_sky = 0
     for k, c in enumerate(pattern):
         t = t0 + dt.timedelta(seconds=cadence * k)
@@ -161,7 +162,8 @@ def plan_night(seed: int = 20170505, size: int = 2048) -> Night:
             fwhm_px=(fwhm_ao * float(rng.uniform(0.92, 1.1))) if on
             else max(28.0 / f, 4.0) * float(rng.uniform(0.9, 1.15)),
             seed=seed_of(k),
-            sky_rate=sky_base_rate * (1.0 + sky_drift * frac) * (1 + float(rng.normal(0, 0.002))),
+            sky_rate=sky_base_rate * (1.0 + sky_drift * frac)
+            * (1 + float(rng.normal(0, sky_jitter))),
             rotation_deg=float(rng.normal(0, 0.002)),
             plate_scale=1.0 + float(rng.normal(0, 2e-5))))
 
@@ -170,12 +172,14 @@ def plan_night(seed: int = 20170505, size: int = 2048) -> Night:
         "lamp_off_rate": 450.0,     # thermal emission of the dome, lamp off
         "sky_base_rate": sky_base_rate,
         "sky_drift": sky_drift,
+        "sky_jitter": sky_jitter,
         "cosmic_rate_per_cm2_per_min": 5.0,
         "pixel_pitch_um": 18.0,
         "galaxy": {
-            "center_east": 95.0, "center_north": -70.0,   # arcsec from the tutorial target
-            "scale_arcsec": 45.0, "axis_ratio": 0.75, "pa_deg": 35.0,
-            "central_rate": 90.0,                         # e-/s per full-size pixel
+            "center_east": 45.0, "center_north": -45.0,   # arcsec from the tutorial target
+            "scale_arcsec": 30.0, "axis_ratio": 0.75, "pa_deg": 35.0,
+            "central_rate": 120.0,                        # e-/s per full-size pixel
+            "taper_arcsec": [45.0, 80.0],                 # smooth cut-off of the halo
         },
         "standard": {"name": "9132", "ra": STANDARD_9132[0], "dec": STANDARD_9132[1],
                      "mag": 14.3},

@@ -106,7 +106,7 @@ def _galaxy(plan, spec, params, *, size, x0, y0, n, fp0):
                                          rot=plan.rotation_deg, scale=plan.plate_scale, fp0=fp0)
     _, _, raoff, decoff = _pointing(plan)
     sb = scene.galaxy_surface_brightness(east + raoff, north + decoff, params["galaxy"])
-    if sb.max() < 0.02:
+    if sb.max() < 1e-3:
         return None
     coords = np.mgrid[0:n, 0:n].astype(np.float32) / step
     return ndimage.map_coordinates(sb, coords, order=1, mode="nearest").astype(np.float32)
@@ -168,6 +168,7 @@ def render_frame(plan, night_seed: int, size: int, params: dict):
         sl = (slice(y0, y0 + n), slice(x0, x0 + n))
         flat = det.flat[spec.index][sl]
         response = det.response[spec.index][sl]
+        galaxy_max = 0.0
         if plan.kind == "flat_on":
             rate = (params["lamp_on_rate"] * plan.lamp_scale + params["lamp_off_rate"]) * flat
         elif plan.kind == "flat_off":
@@ -177,8 +178,10 @@ def render_frame(plan, night_seed: int, size: int, params: dict):
             gal = _galaxy(plan, spec, params, size=size, x0=x0, y0=y0, n=n, fp0=fp0)
             if gal is not None:
                 rate = rate + gal * flat
+                galaxy_max = float(gal.max())
         rate = rate.astype(np.float32)
-        array_truth = {"index": spec.index, "stars": [], "roi_row_shift": y0 - y_nominal}
+        array_truth = {"index": spec.index, "stars": [], "roi_row_shift": y0 - y_nominal,
+                       "galaxy_max_rate": galaxy_max}
         if cat is not None:
             stars = np.zeros((n, n), dtype=np.float32)
             k, xs, ys = scene.star_pixels(

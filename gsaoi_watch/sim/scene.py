@@ -141,7 +141,8 @@ def galaxy_surface_brightness(east, north, galaxy):
     """Galaxy light in e-/s per full-size pixel area at (east, north) arcsec from the target.
 
     An exponential disc (scale length ``galaxy['scale_arcsec']``, axis ratio, position angle),
-    centred ``galaxy['center_east']``, ``galaxy['center_north']`` arcsec from the target.
+    centred ``galaxy['center_east']``, ``galaxy['center_north']`` arcsec from the target,
+    tapered smoothly to zero between the two radii of ``galaxy['taper_arcsec']``.
     """
     de = east - galaxy["center_east"]
     dn = north - galaxy["center_north"]
@@ -149,4 +150,7 @@ def galaxy_surface_brightness(east, north, galaxy):
     a = de * math.cos(t) + dn * math.sin(t)
     b = -de * math.sin(t) + dn * math.cos(t)
     r = np.sqrt(a**2 + (b / galaxy["axis_ratio"]) ** 2)
-    return galaxy["central_rate"] * np.exp(-r / galaxy["scale_arcsec"])
+    r1, r2 = galaxy.get("taper_arcsec", (np.inf, np.inf))
+    taper = np.clip((r2 - r) / (r2 - r1), 0.0, 1.0) if np.isfinite(r2) else 1.0
+    taper = np.sin(0.5 * np.pi * taper) ** 2
+    return galaxy["central_rate"] * np.exp(-r / galaxy["scale_arcsec"]) * taper

@@ -1,0 +1,130 @@
+"""Read frames into reduction containers and write products atomically (the I/O edge)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+
+from gsaoi_watch.errors import FrameError
+from gsaoi_watch.frames import read_frame_info
+from gsaoi_watch.reduction.container import Array, Frame
+
+__all__ = ["load_bpm", "load_frame", "write_frame"]
+
+
+def load_frame(path, *, indices=(0, 1, 2, 3)) -> Frame:
+    """Read a raw or processed GSAOI file into a :class:`Frame`.
+
+    Raw files give ``sci`` only; processed files (SCI/VAR/DQ extensions) give all three.
+    ``indices`` selects arrays (0-3) so that a recipe can stream one array at a time.
+
+    Raises
+    ------
+    FrameError
+        If the file is not a complete GSAOI frame (see ``read_frame_info``).
+    """
+    path = Path(path)
+    read_frame_info(path)  # validates: FITS, complete, GSAOI, 4 arrays
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with fits.open(path, memmap=False) as hdul:
+            phu = hdul[0].header.copy()
+            planes = {}
+            raw = []
+            for hdu in hdul[1:]:
+                if not isinstance(hdu, fits.ImageHDU):
+                    continue
+                name = str(hdu.header.get("EXTNAME", "")).strip().upper()
+                ver = int(hdu.header.get("EXTVER", 0) or 0)
+                if name in ("SCI", "VAR", "DQ", "OBJMASK") and ver:
+                    planes[(name, ver)] = hdu
+                elif not name:
+                    raw.append(hdu)
+            arrays = []
+            if raw:
+                for hdu in (raw[i] for i in indices):
+                    arrays.append(Array(np.asarray(hdu.data, dtype=np.float32), None, None,
+                                        hdu.header.copy()))
+            else:
+                for ver in (i + 1 for i in indices):
+                    sci = planes.get(("SCI", ver))
+                    if sci is None:
+                        raise FrameError(path, f"no SCI extension {ver}")
+                    var = planes.get(("VAR", ver))
+                    dq = planes.get(("DQ", ver))
+                    obj = planes.get(("OBJMASK", ver))
+                    arrays.append(Array(
+                        np.asarray(sci.data, dtype=np.float32),
+                        None if var is None else np.asarray(var.data, dtype=np.float32),
+                        None if dq is None else np.asarray(dq.data, dtype=np.uint16),
+                        sci.header.copy(),
+                        None if obj is None else np.asarray(obj.data, dtype=np.uint8)))
+    orig = str(phu.get("ORIGNAME", "")).strip() or path.name
+    return Frame(phu=phu, arrays=tuple(arrays), filename=path.name, orig_filename=orig,
+                 meta={"indices": tuple(indices), "path": str(path)})
+
+
+def load_bpm(path):
+    """Read a static bad-pixel mask file: a list of 4 uint16 arrays (extension order)."""
+    with fits.open(path, memmap=False) as hdul:
+        planes = [h for h in hdul[1:] if isinstance(h, fits.ImageHDU)]
+        if len(planes) != 4:
+            raise FrameError(path, f"BPM has {len(planes)} extensions, expected 4")
+        return [np.asarray(h.data, dtype=np.uint16) for h in planes]
+
+
+def _extension_headers(header, name):
+    h = header.copy()
+    h["EXTNAME"] = name
+    for key in ("BUNIT",) if name == "DQ" else ():
+        h.remove(key, ignore_missing=True)
+    return h
+
+
+def write_frame(frame: Frame, directory, *, filename=None, overwrite=True) -> Path:
+    """Write ``frame`` as a MEF (SCI, VAR, DQ[, OBJMASK] per array) atomically.
+
+    The file is written to a temporary name in the same directory, flushed and renamed,
+    so a reader never sees a half-written product.
+
+    Returns
+    -------
+    pathlib.Path
+        The written file.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / (filename or frame.filename)
+    if target.exists() and not overwrite:
+        raise FileExistsError(target)
+    hdus = [fits.PrimaryHDU(header=frame.phu)]
+    for i, arr in enumerate(frame.arrays):
+        ver = i + 1
+        sci_h = arr.header.copy()
+        sci_h["EXTNAME"], sci_h["EXTVER"] = "SCI", ver
+        hdus.append(fits.ImageHDU(arr.sci.astype(np.float32), header=sci_h))
+        if arr.var is not None:
+            h = _extension_headers(sci_h, "VAR")
+            hdus.append(fits.ImageHDU(arr.var.astype(np.float32), header=h))
+        if arr.dq is not None:
+            h = _extension_headers(sci_h, "DQ")
+            hdus.append(fits.ImageHDU(arr.dq.astype(np.uint16), header=h))
+        if arr.objmask is not None:
+            h = _extension_headers(sci_h, "OBJMASK")
+            hdus.append(fits.ImageHDU(arr.objmask.astype(np.uint8), header=h))
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fits.HDUList(hdus).writeto(fh, output_verify="silentfix")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target

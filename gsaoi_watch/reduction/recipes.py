@@ -1,0 +1,255 @@
+"""Recipes: the DRAGONS GSAOI sq recipes as plain, top-to-bottom functions."""
+
+from __future__ import annotations
+
+import logging
+
+from gsaoi_watch.errors import ReductionError
+from gsaoi_watch.products import load_frame
+from gsaoi_watch.reduction.container import Frame
+from gsaoi_watch.reduction.detect import detect_array
+from gsaoi_watch.reduction.flat import (
+    flat_correct,
+    make_lamp_flat,
+    normalize_flat,
+    threshold_flatfield,
+)
+from gsaoi_watch.reduction.sky import associate_sky, separate_sky, sky_model, subtract_sky
+from gsaoi_watch.reduction.standardize import (
+    add_dq,
+    add_var,
+    adu_to_electrons,
+    mark,
+    nonlinearity_correct,
+    prepare,
+)
+
+__all__ = ["PARAMETERS", "make_processed_flat", "merge_parameters", "plan_sky", "preprocess",
+           "reduce_images", "resolve_sky_options"]
+
+log = logging.getLogger(__name__)
+
+
+def preprocess(frame: Frame, *, bpm=None) -> Frame:
+    """Prepare -> addDQ -> nonlinearityCorrect -> ADUToElectrons -> addVAR."""
+    frame = prepare(frame)
+    frame = add_dq(frame, bpm=bpm)
+    frame = nonlinearity_correct(frame)
+    frame = adu_to_electrons(frame)
+    return add_var(frame, read_noise=True, poisson_noise=True)
+
+
+def make_processed_flat(paths, *, bpm=None, bpm_name=None, lower=0.01, upper=10.0) -> Frame:
+    """DRAGONS ``makeProcessedFlat``: a normalised lamp-on minus lamp-off master flat.
+
+    Streams one array at a time through prepare ... addVAR and makeLampFlat, so only one
+    array of every input is in memory at once; then normalizeFlat (one median over all
+    arrays) and thresholdFlatfield.  The product is named after the first lamp-on frame
+    with the suffix ``_flat`` and carries PROCFLAT.
+    """
+    stacked = []
+    for i in range(4):
+        frames = []
+        for path in paths:
+            frame = load_frame(path, indices=(i,))
+            frame.meta["bpm_name"] = bpm_name
+            frames.append(preprocess(frame, bpm=bpm))
+        stacked.append(make_lamp_flat(frames))
+    first = stacked[0]
+    flat = first.with_(arrays=tuple(s.arrays[0] for s in stacked),
+                       meta={**first.meta, "indices": (0, 1, 2, 3)})
+    flat = normalize_flat(flat)
+    flat = threshold_flatfield(flat, lower=lower, upper=upper)
+    flat.phu["PROCFLAT"] = (flat.phu.get("LAMPFLAT", ""), "Processed flat")
+    label = str(flat.phu.get("DATALAB", "")).strip()
+    if label:
+        flat.phu["DATALAB"] = f"{label}-SQ-FLAT"
+    for key in ("NCOMBINE",):
+        flat.phu[key] = len(paths)
+    return mark(flat, "PROCFLAT", "_flat", "Processed flat")
+
+
+#: User-settable parameters per primitive, with their defaults (GSAOI sq values).
+#: ``None`` as skyCorrect's offset_sky/scale_sky means "decide from the data" (see reduce_images).
+PARAMETERS = {
+    "separateSky": {"frac_FOV": 0.9, "ref_obj": "", "ref_sky": ""},
+    "associateSky": {"distance": 1.0, "time": 900.0, "min_skies": 3, "max_skies": 0},
+    "skyCorrect": {"offset_sky": None, "scale_sky": None, "mask_objects": True,
+                   "dilation": 6.0, "sky_interpolation": "time"},
+    "detectSources": {"detect_thresh": 1.5, "detect_minarea": 20, "back_size": 256},
+    "thresholdFlatfield": {"lower": 0.01, "upper": 10.0},
+}
+
+
+def _seconds(info, t0):
+    return (info.ut_datetime() - t0).total_seconds()
+
+
+def plan_sky(infos, params):
+    """Run separateSky and associateSky on a list of FrameInfo (headers only).
+
+    Returns
+    -------
+    dict
+        ``objects`` and ``skies`` (file names), ``obj_skies`` (object -> skies, pass 2),
+        ``sky_skies`` (sky -> other skies, pass 1), ``reasons``.
+    """
+    sep = params["separateSky"]
+    ref_obj = [r for r in str(sep["ref_obj"]).split(",") if r]
+    ref_sky = [r for r in str(sep["ref_sky"]).split(",") if r]
+    objects, skies, reasons = separate_sky(infos, frac_fov=sep["frac_FOV"], ref_obj=ref_obj,
+                                           ref_sky=ref_sky)
+    a = params["associateSky"]
+    kw = dict(distance=a["distance"], time=a["time"], min_skies=a["min_skies"],
+              max_skies=a["max_skies"] or None)
+    return {
+        "objects": [o.filename for o in objects],
+        "skies": [s.filename for s in skies],
+        "obj_skies": associate_sky(objects, skies, **kw),
+        "sky_skies": associate_sky(skies, skies, **kw),
+        "reasons": reasons,
+    }
+
+
+def resolve_sky_options(plan, params):
+    """Choose offset_sky / scale_sky: explicit user values win; else a smart default.
+
+    When the object and sky frames are different frames (an offset-to-sky sequence) the
+    target may fill the field, so the background of the target frames is not sky: both
+    offset_sky and scale_sky are turned off (the tutorial's advice).  Otherwise (dithers on
+    target serve as skies) the GSAOI default applies: offset_sky on, scale_sky off.
+
+    Returns
+    -------
+    offset_sky, scale_sky : bool
+    reason : str
+    """
+    sc = params["skyCorrect"]
+    dedicated = bool(plan["skies"]) and not set(plan["objects"]) & set(plan["skies"])
+    if sc["offset_sky"] is None and sc["scale_sky"] is None and dedicated:
+        return False, False, ("dedicated offset-sky frames: offset_sky and scale_sky off "
+                              "(the target may fill the field)")
+    offset = True if sc["offset_sky"] is None else bool(sc["offset_sky"])
+    scale = False if sc["scale_sky"] is None else bool(sc["scale_sky"])
+    if offset and scale:
+        return False, True, "both offset_sky and scale_sky requested: scale_sky wins"
+    return offset, scale, "user parameters" if sc["offset_sky"] is not None or \
+        sc["scale_sky"] is not None else "GSAOI default (offset_sky on)"
+
+
+def reduce_images(paths, *, flat, flat_name=None, bpm=None, bpm_name=None, params=None):
+    """DRAGONS ``reduce`` for GSAOI images up to the second sky pass and detectSources.
+
+    prepare ... addVAR, flatCorrect, separateSky, associateSky, skyCorrect without object
+    masks on the skies, detectSources (object masks), associateSky, skyCorrect with the
+    masks on the object frames, detectSources.  Streams one array at a time.
+
+    Returns
+    -------
+    dict
+        ``sky_corrected``: list of Frame (object frames, suffix _skyCorrected, with a
+        catalogue per array in ``meta['catalogs']``); ``flat_corrected``: list of Frame
+        (pure sky frames, suffix _flatCorrected); ``plan`` (see :func:`plan_sky`);
+        ``offset_sky``, ``scale_sky``, ``sky_reason``.
+    """
+    from gsaoi_watch.frames import read_frame_info
+
+    params = merge_parameters(params)
+    infos = [read_frame_info(p) for p in paths]
+    by_name = {i.filename: i for i in infos}
+    path_of = {i.filename: p for i, p in zip(infos, paths)}
+    plan = plan_sky(infos, params)
+    missing = [o for o in plan["objects"] if o not in plan["obj_skies"]]
+    if missing:
+        raise ReductionError(f"{', '.join(missing)}: no sky frames could be associated")
+    offset, scale, why = resolve_sky_options(plan, params)
+    log.info("skyCorrect: offset_sky=%s scale_sky=%s (%s)", offset, scale, why)
+    t0 = min(i.ut_datetime() for i in infos)
+    when = {n: _seconds(i, t0) for n, i in by_name.items()}
+    sc, det = params["skyCorrect"], params["detectSources"]
+    interp = sc["sky_interpolation"] == "time"
+    names = list(dict.fromkeys(plan["objects"] + plan["skies"]))
+    per_array = {n: [] for n in names}
+    catalogs = {n: [] for n in plan["objects"]}
+    headers = {}
+    for i in range(4):
+        arrays, frames = {}, {}
+        for n in names:
+            fr = load_frame(path_of[n], indices=(i,))
+            fr.meta["bpm_name"] = bpm_name
+            fr = flat_correct(preprocess(fr, bpm=bpm), _select(flat, i), flat_name=flat_name)
+            frames[n] = fr
+            arrays[n] = fr.arrays[0]
+        # pass 1: sky-subtract the sky frames, detect their objects
+        for s in plan["skies"]:
+            sl = plan["sky_skies"].get(s)
+            if not sl:
+                continue
+            sky = sky_model([arrays[k] for k in sl], [when[k] for k in sl], when[s],
+                            mask_objects=False, interpolate_time=interp,
+                            dilation=sc["dilation"])
+            sub, _ = subtract_sky(arrays[s], sky, offset_sky=offset, scale_sky=scale)
+            masked, _ = detect_array(sub, detect_thresh=det["detect_thresh"],
+                                     detect_minarea=det["detect_minarea"],
+                                     back_size=det["back_size"])
+            arrays[s] = arrays[s].with_(objmask=masked.objmask)
+        # pass 2: the object frames, skies masked
+        for o in plan["objects"]:
+            sl = plan["obj_skies"][o]
+            sky = sky_model([arrays[k] for k in sl], [when[k] for k in sl], when[o],
+                            mask_objects=sc["mask_objects"], interpolate_time=interp,
+                            dilation=sc["dilation"])
+            sub, factor = subtract_sky(arrays[o].with_(objmask=None), sky, offset_sky=offset,
+                                       scale_sky=scale)
+            sub, cat = detect_array(sub, detect_thresh=det["detect_thresh"],
+                                    detect_minarea=det["detect_minarea"],
+                                    back_size=det["back_size"])
+            per_array[o].append(sub)
+            catalogs[o].append(cat)
+            frames[o].meta.setdefault("sky_factor", []).append(factor)
+        for s in plan["skies"]:
+            if s not in plan["objects"]:
+                per_array[s].append(arrays[s])
+        for n in names:
+            headers.setdefault(n, frames[n])
+            if i:
+                headers[n].meta.setdefault("factors", []).extend(
+                    frames[n].meta.get("sky_factor", []))
+            else:
+                headers[n].meta["factors"] = list(frames[n].meta.get("sky_factor", []))
+    sky_corrected, flat_corrected = [], []
+    for n in names:
+        base = headers[n].with_(arrays=tuple(per_array[n]),
+                                meta={**headers[n].meta, "indices": (0, 1, 2, 3)})
+        if n in plan["objects"]:
+            out = base
+            for k, s in enumerate(plan["obj_skies"][n], start=1):
+                out.phu[f"SKYIM{k:03d}"] = (s, "Sky frame used")
+            out.phu["SKYOFFST"] = (offset, "skyCorrect offset_sky")
+            out.phu["SKYSCALE"] = (scale, "skyCorrect scale_sky")
+            out.phu["SKYINTRP"] = (sc["sky_interpolation"], "Sky level interpolated in time")
+            out.phu["OBJFRAME"] = ("TRUE", "Object frame (separateSky)")
+            out.meta["catalogs"] = catalogs[n]
+            out = mark(out, "SEPSKY", "_skySeparated", "UT time stamp for separateSky")
+            out = mark(out, "ASSOCSKY", "_skyAssociated", "UT time stamp for associateSky")
+            out = mark(out, "SUBSKY", "_skyCorrected", "UT time stamp for skyCorrect")
+            sky_corrected.append(out)
+        else:
+            out = base
+            out.phu["SKYFRAME"] = ("TRUE", "Sky frame (separateSky)")
+            flat_corrected.append(out)
+    return {"sky_corrected": sky_corrected, "flat_corrected": flat_corrected, "plan": plan,
+            "offset_sky": offset, "scale_sky": scale, "sky_reason": why}
+
+
+def _select(frame, index):
+    """The single-array view of a 4-array frame (for per-array streaming)."""
+    return frame.with_(arrays=(frame.arrays[index],), meta={**frame.meta, "indices": (index,)})
+
+
+def merge_parameters(user=None):
+    """Defaults of :data:`PARAMETERS` overridden by ``user`` {primitive: {param: value}}."""
+    merged = {prim: dict(values) for prim, values in PARAMETERS.items()}
+    for prim, values in (user or {}).items():
+        merged.setdefault(prim, {}).update(values)
+    return merged

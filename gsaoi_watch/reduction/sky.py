@@ -1,0 +1,333 @@
+"""Sky steps: separateSky, associateSky, sky stacking and subtraction (skyCorrect).
+
+separateSky and associateSky work on headers only (``FrameInfo``); the stacking and
+subtraction work on one array of several frames at a time.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+from astropy.stats import sigma_clipped_stats
+from astropy.wcs import WCS, FITSFixedWarning
+from scipy import ndimage
+
+from gsaoi_watch.errors import ReductionError
+from gsaoi_watch.instrument import DQ, FULL_SIZE, TILE_GAPS
+from gsaoi_watch.reduction.container import Array
+from gsaoi_watch.reduction.flat import FAIL_BITS, stack_arrays
+
+__all__ = ["associate_sky", "dilate_mask", "fields_overlap", "level_at", "measure_background",
+           "separate_sky", "sky_model", "stack_skies", "subtract_sky"]
+
+
+def _wcs(info):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FITSFixedWarning)
+        return WCS(info.ext_headers[0])
+
+
+def _fov_centre_pixel(info):
+    """FoV centre of the mosaic in extension-1 pixel coordinates (DRAGONS _fields_overlap)."""
+    size = int(_size(info))
+    gx, gy = (g * size / FULL_SIZE for g in TILE_GAPS)
+    det = info.detector_section()[0]
+    ccd = info.array_section()[0]
+    x = size + 0.5 * gx if det.x1 % (2 * size) == ccd.x1 else -0.5 * gx
+    y = size + 0.5 * gy if det.y1 % (2 * size) == ccd.y1 else -0.5 * gy
+    # ROI frames: pixel coordinates start at the ROI origin
+    return x - ccd.x1, y - ccd.y1
+
+
+def _size(info):
+    from gsaoi_watch.frames import parse_section
+    full = parse_section(info.ext_headers[0].get("CCDSIZE"))
+    return (full.x2 - full.x1) if full else FULL_SIZE
+
+
+def fields_overlap(a, b, *, frac_fov=0.9) -> bool:
+    """True if two frames' fields of view overlap (GSAOI rule, ~75" on each axis)."""
+    size = _size(a)
+    gx, gy = (g * size / FULL_SIZE for g in TILE_GAPS)
+    x, y = _fov_centre_pixel(a)
+    ra, dec = _wcs(a).all_pix2world(x, y, 0)
+    x2, y2 = _wcs(b).all_world2pix(ra, dec, 0)
+    bx, by = _fov_centre_pixel(b)
+    return (abs(float(x2) - bx) < frac_fov * (2 * size + gx)
+            and abs(float(y2) - by) < frac_fov * (2 * size + gy))
+
+
+def _group(infos, frac_fov):
+    groups = []
+    for info in infos:
+        joined = [g for g in groups if any(fields_overlap(info, m, frac_fov=frac_fov) for m in g)]
+        merged = [info] + [m for g in joined for m in g]
+        groups = [g for g in groups if g not in joined] + [merged]
+    return groups
+
+
+def _unguided(info):
+    return (info.wavefront_sensor() is None
+            and all(k in info.phu for k in ("PWFS1_ST", "PWFS2_ST", "OIWFS_ST")))
+
+
+def _centre(group):
+    ras = [g.ra() for g in group]
+    decs = [g.dec() for g in group]
+    return float(np.mean(ras)), float(np.mean(decs))
+
+
+def _sep_deg(ra1, dec1, ra2, dec2):
+    d1, d2 = math.radians(dec1), math.radians(dec2)
+    c = (math.sin(d1) * math.sin(d2)
+         + math.cos(d1) * math.cos(d2) * math.cos(math.radians(ra1 - ra2)))
+    return math.degrees(math.acos(min(1.0, max(-1.0, c))))
+
+
+def separate_sky(infos, *, frac_fov=0.9, ref_obj=(), ref_sky=()):
+    """Split frames into objects and skies as DRAGONS' separateSky.
+
+    Rules, in order: OBJFRAME/SKYFRAME keywords and ``ref_obj``/``ref_sky`` name fragments;
+    field-overlap groups share a flag; unguided frames (no guiding sensor while the probe
+    states are recorded) are skies; if one class is empty it gets the remaining frames (or
+    all); with nothing classified, one group makes every frame both, two groups make the
+    group nearest the target the objects, more groups are added by proximity until at least
+    half the frames are objects.
+
+    Returns
+    -------
+    objects, skies : list of FrameInfo
+    reasons : dict
+        file name -> reason.
+    """
+    infos = list(infos)
+    name = {id(i): i.filename for i in infos}
+    obj, sky, why = set(), set(), {}
+    for i in infos:
+        if "OBJFRAME" in i.phu or any(r and r in name[id(i)] for r in ref_obj):
+            obj.add(id(i))
+            why[name[id(i)]] = "flagged object"
+        if "SKYFRAME" in i.phu or any(r and r in name[id(i)] for r in ref_sky):
+            sky.add(id(i))
+            why[name[id(i)]] = "flagged sky"
+    groups = _group(infos, frac_fov)
+    for g in groups:
+        ids = {id(m) for m in g}
+        if ids & obj:
+            obj |= ids
+        if ids & sky:
+            sky |= ids
+    for i in infos:
+        if _unguided(i) and id(i) not in obj:
+            sky.add(id(i))
+            why[name[id(i)]] = "unguided (no wavefront sensor guiding)"
+    if obj and not sky:
+        rest = {id(i) for i in infos} - obj
+        sky = rest or set(obj)
+    elif sky and not obj:
+        rest = {id(i) for i in infos} - sky
+        obj = rest or set(sky)
+        for i in infos:
+            if id(i) in rest:
+                why.setdefault(name[id(i)], "guided")
+    elif not obj and not sky:
+        if len(groups) == 1:
+            obj = sky = {id(i) for i in infos}
+            for i in infos:
+                why[name[id(i)]] = "single field: object and sky"
+        else:
+            t_ra, t_dec = infos[0].target_ra(), infos[0].target_dec()
+            ordered = sorted(groups, key=lambda g: _sep_deg(*_centre(g), t_ra, t_dec))
+            if len(groups) == 2:
+                obj = {id(m) for m in ordered[0]}
+            else:
+                for g in ordered:
+                    obj |= {id(m) for m in g}
+                    if len(obj) >= len(infos) / 2:
+                        break
+            sky = {id(i) for i in infos} - obj or set(obj)
+            for i in infos:
+                why[name[id(i)]] = ("field nearest the target" if id(i) in obj
+                                    else "field away from the target")
+    objects = [i for i in infos if id(i) in obj]
+    skies = [i for i in infos if id(i) in sky]
+    return objects, skies, why
+
+
+def _matching_config(a, b):
+    if len(a.ext_headers) != len(b.ext_headers):
+        return False
+    if a.data_section(pretty=True) != b.data_section(pretty=True):
+        return False
+    for fn in ("read_mode", "coadds", "camera", "filter_name", "binning", "lnrs"):
+        if getattr(a, fn)() != getattr(b, fn)():
+            return False
+    ta, tb = a.exposure_time(), b.exposure_time()
+    return ta is not None and tb is not None and abs(ta - tb) <= 0.01
+
+
+def _centre_radec(info):
+    h = info.ext_headers[0]
+    ny, nx = int(h.get("NAXIS2", 0)), int(h.get("NAXIS1", 0))
+    ra, dec = _wcs(info).all_pix2world((nx - 1) / 2, (ny - 1) / 2, 0)
+    return float(ra), float(dec)
+
+
+def associate_sky(objects, skies, *, distance=1.0, time=900.0, min_skies=3, max_skies=None):
+    """For each object frame, the sky frames to use (DRAGONS' associateSky, GSAOI defaults).
+
+    Candidates match the instrument configuration (exposure within 0.01 s), lie more than
+    ``distance`` arcsec away and are sorted by time difference; the n nearest in time are
+    taken with n = min(max_skies, max(min_skies, number within ``time`` seconds)).
+
+    Returns
+    -------
+    dict
+        object file name -> list of sky file names (nearest in time first); an object frame
+        without any candidate is absent.
+    """
+    pos = {id(i): _centre_radec(i) for i in list(objects) + list(skies)}
+    out = {}
+    for o in objects:
+        to = o.ut_datetime()
+        cands = []
+        for s in skies:
+            if s is o or not _matching_config(o, s):
+                continue
+            sep = _sep_deg(*pos[id(o)], *pos[id(s)]) * 3600.0
+            if sep <= distance:
+                continue
+            cands.append((abs((s.ut_datetime() - to).total_seconds()), s.filename))
+        cands.sort()
+        if not cands:
+            continue
+        n_time = sum(1 for dt, _ in cands if dt <= time)
+        n = max(min_skies, n_time)
+        if max_skies:
+            n = min(max_skies, n)
+        out[o.filename] = [name for _, name in cands[:n]]
+    return out
+
+
+def dilate_mask(mask, radius):
+    """Dilate a boolean mask with a disc of ``radius`` pixels."""
+    if radius <= 0 or mask is None:
+        return mask
+    r = int(math.ceil(radius))
+    yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
+    return ndimage.binary_dilation(mask, structure=(xx**2 + yy**2) <= radius**2)
+
+
+def measure_background(sci, good, *, sampling=10):
+    """Robust background level of the pixels ``good``: a 3-sigma clipped median."""
+    values = sci[good][::sampling] if good.sum() > 20 * sampling else sci[good]
+    if values.size == 0:
+        raise ReductionError("no unmasked pixels to measure the background")
+    _, median, _ = sigma_clipped_stats(values, sigma=3.0, maxiters=10)
+    return float(median)
+
+
+def _usable(a: Array, extra=None):
+    good = (a.dq & FAIL_BITS) == 0
+    if a.objmask is not None:
+        good &= a.objmask == 0
+    if extra is not None:
+        good &= ~extra
+    return good
+
+
+def stack_skies(skies, *, dilation=6.0, mask_objects=True):
+    """Median-combine sky arrays with additive offsets (DRAGONS stackSkyFrames).
+
+    Each sky's objects (OBJMASK, dilated by ``dilation`` px) and bad pixels are excluded;
+    the skies are brought to the level of the first with additive offsets (zero=True) and
+    median-combined with min/max rejection of one low and one high value.
+
+    Returns
+    -------
+    Array
+        The combined sky, at the level of the first sky.
+    ndarray
+        The background level of each input sky.
+    """
+    masked, levels = [], []
+    for s in skies:
+        obj = s.objmask.astype(bool) if (mask_objects and s.objmask is not None) else None
+        dq = s.dq.copy()
+        if obj is not None:
+            dq[dilate_mask(obj, dilation)] |= DQ["cosmic_ray"]  # OBJMASK into DQ
+        a = s.with_(dq=dq, objmask=None)
+        masked.append(a)
+        levels.append(measure_background(a.sci, _usable(a)))
+    levels = np.asarray(levels, dtype=float)
+    stacked = stack_arrays(masked, operation="median", reject="minmax", nlow=1, nhigh=1,
+                           zero=levels - levels[0])
+    return stacked, levels
+
+
+def level_at(levels, times, target_time, *, max_extrapolation=900.0):
+    """Sky level at ``target_time``: a straight line fitted to the skies' levels in time.
+
+    Beyond DRAGONS: a slowly drifting sky is followed, instead of taking the level of the
+    nearest sky.  Before the first or after the last sky the line is extrapolated by at
+    most ``max_extrapolation`` seconds (the association window), then held.
+    """
+    t = np.asarray(times, dtype=float)
+    levels = np.asarray(levels, dtype=float)
+    if len(t) < 2 or np.ptp(t) == 0:
+        return float(levels[0])
+    slope, intercept = np.polyfit(t - t.mean(), levels, 1)
+    target = min(max(target_time, t.min() - max_extrapolation), t.max() + max_extrapolation)
+    return float(intercept + slope * (target - t.mean()))
+
+
+def sky_model(skies, times, target_time, *, dilation=6.0, mask_objects=True,
+              interpolate_time=True) -> Array:
+    """The sky for one object frame: :func:`stack_skies`, then (optionally) :func:`level_at`.
+
+    With ``interpolate_time`` False the level is that of the first (nearest in time) sky,
+    as in DRAGONS.
+    """
+    stacked, levels = stack_skies(skies, dilation=dilation, mask_objects=mask_objects)
+    if not interpolate_time:
+        return stacked
+    shift = level_at(levels, times, target_time) - levels[0]
+    return stacked.with_(sci=(stacked.sci + np.float32(shift)).astype(np.float32))
+
+
+def subtract_sky(obj: Array, sky: Array, *, offset_sky=True, scale_sky=False) -> tuple:
+    """Subtract a sky from an object array; optionally match the level first.
+
+    ``offset_sky``: subtract, then remove the residual background (additive, DRAGONS GSAOI
+    default).  ``scale_sky``: scale the sky to the object's background before subtracting.
+    Only one of them is applied (offset_sky loses if both are set, as in DRAGONS).
+
+    Returns
+    -------
+    Array, float
+        The sky-subtracted array and the applied offset (or scale).
+    """
+    if offset_sky and scale_sky:
+        offset_sky = False
+    good = _usable(obj) & ((sky.dq & FAIL_BITS) == 0)
+    factor = 0.0
+    if scale_sky:
+        sky_bg = measure_background(sky.sci, good)
+        factor = measure_background(obj.sci, good) / sky_bg
+        for _ in range(100):
+            resid = measure_background(obj.sci - np.float32(factor) * sky.sci, good) / sky_bg
+            factor += resid
+            if abs(resid) < 1e-3:
+                break
+        diff = obj.sci - np.float32(factor) * sky.sci
+        var = obj.var + np.float32(factor**2) * sky.var
+    else:
+        diff = obj.sci - sky.sci
+        var = obj.var + sky.var
+        if offset_sky:
+            factor = measure_background(diff, good)
+            diff = diff - np.float32(factor)
+    return obj.with_(sci=diff.astype(np.float32), var=var.astype(np.float32),
+                     dq=obj.dq | (sky.dq & DQ["no_data"])), float(factor)

@@ -61,11 +61,27 @@ def _add_simulate(sub):
     p.set_defaults(func=_run("simulate"))
 
 
+def _add_reduce(sub):
+    p = sub.add_parser("reduce", help="reduce flats, standards or science (DRAGONS reduce)")
+    p.add_argument("inputs", nargs="*", help="files and @lists")
+    p.add_argument("-r", "--recipe", default=None,
+                   help="makeProcessedFlat, reduce or reduce_nostack (default: from the tags)")
+    p.add_argument("-p", "--param", nargs="+", action="append", default=None,
+                   metavar="PRIMITIVE:PARAM=VALUE", help="set a primitive parameter")
+    p.add_argument("--flat", default=None, help="processed flat to use (default: look it up)")
+    p.add_argument("--bpm", default=None, help="static bad-pixel mask (default: look it up)")
+    p.add_argument("-o", "--output-dir", default=".", help="where to write the products")
+    p.set_defaults(func=_run("reduce"))
+
+
 def _run(verb):
     def run(args):
         if verb == "simulate":
             from gsaoi_watch import sim
             return sim.main(args)
+        if verb == "reduce":
+            from gsaoi_watch.reduce import run_reduce
+            return run_reduce(args)
         from gsaoi_watch import tools
         return getattr(tools, f"run_{verb}")(args)
     return run
@@ -81,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="logging level")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     sub.required = True
-    for add in (_add_typewalk, _add_showd, _add_dataselect, _add_simulate):
+    for add in (_add_typewalk, _add_showd, _add_dataselect, _add_simulate, _add_reduce):
         add(sub)
     return parser
 

@@ -117,6 +117,11 @@ def write_frame(frame: Frame, directory, *, filename=None, overwrite=True) -> Pa
         if arr.objmask is not None:
             h = _extension_headers(sci_h, "OBJMASK")
             hdus.append(fits.ImageHDU(arr.objmask.astype(np.uint8), header=h))
+        catalogs = frame.meta.get("catalogs")
+        if catalogs is not None and i < len(catalogs) and catalogs[i] is not None:
+            cat = fits.BinTableHDU(catalogs[i], name="OBJCAT")
+            cat.header["EXTVER"] = ver
+            hdus.append(cat)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as fh:

@@ -53,7 +53,9 @@ def detect_array(arr: Array, *, detect_thresh=1.5, detect_minarea=20, back_size=
     sigma = smooth_fwhm / 2.3548
     smooth = ndimage.gaussian_filter(data, sigma)
     _, _, noise = sigma_clipped_stats(smooth[~mask][::7], sigma=3.0, maxiters=5)
-    segm = detect_sources(smooth, detect_thresh * noise, detect_minarea, mask=mask)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # NoDetectionsWarning: handled below
+        segm = detect_sources(smooth, detect_thresh * noise, detect_minarea, mask=mask)
     if segm is None:
         empty = Table(names=CATALOG_COLUMNS,
                       dtype=(int, float, float, float, float, float, float, float, float))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -195,7 +196,7 @@ def main(args) -> int:
         truth = simulate_night(args.outdir, seed=args.seed, size=args.size,
                                workers=args.workers, only=only)
     except ValueError as exc:
-        print(f"gsaoi-watch simulate: {exc}")
+        print(f"gsaoi-watch simulate: {exc}", file=sys.stderr)
         return 2
     n = len(truth["frames"])
     print(f"wrote {n} raw frames, {BPM_NAME} and truth.json to {args.outdir} "

@@ -1,0 +1,334 @@
+"""``gsaoi-watch reduce``: DRAGONS' reduce for GSAOI, from the command line or Python.
+
+Mirrors DRAGONS' ``Reduce`` class (files, uparms, recipename, run(), output_filenames) and
+the command-line rules: ``@file`` lists (recursive, '#' comments, options allowed inside;
+files named on the command line replace those of the lists), ``-p primitive:param=value``
+(or ``param=value`` for every primitive having it), ``-r RECIPE``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import shlex
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from gsaoi_watch.errors import FrameError, GsaoiWatchError, ReductionError
+from gsaoi_watch.frames import read_frame_info
+from gsaoi_watch.products import load_bpm, load_frame, write_frame
+from gsaoi_watch.reduction.recipes import PARAMETERS, make_processed_flat, reduce_images
+
+__all__ = ["RECIPES", "Reduce", "expand_at_files", "find_bpm", "find_processed_flat",
+           "parse_uparms", "run_reduce"]
+
+log = logging.getLogger(__name__)
+
+#: Recipes by name.  ``reduce`` stops after the second sky pass and detection here;
+#: distortion correction and stacking are the separate ``stack`` step.
+RECIPES = {
+    "makeProcessedFlat": "flat",
+    "reduce": "images",
+    "reduce_nostack": "images",
+}
+CALDIR = Path("calibrations")
+FLAT_WINDOW = dt.timedelta(days=30)
+
+
+def expand_at_files(args, _depth=0):
+    """Expand ``@file`` arguments recursively into (files, options) lists.
+
+    Options found inside lists (tokens starting with '-') are returned separately, in order,
+    so that the command line can override them.
+    """
+    if _depth > 20:
+        raise GsaoiWatchError("@file lists nest too deeply (a loop?)")
+    files, options = [], []
+    for arg in args:
+        if arg.startswith("@"):
+            path = Path(arg[1:])
+            if not path.is_file():
+                raise GsaoiWatchError(f"{path}: list file not found")
+            tokens = []
+            for line in path.read_text().splitlines():
+                line = line.split("#", 1)[0].strip()
+                if line:
+                    tokens += shlex.split(line)
+            sub_files, sub_opts = _split_tokens(tokens, _depth)
+            files += sub_files
+            options += sub_opts
+        else:
+            files.append(arg)
+    return files, options
+
+
+def _split_tokens(tokens, depth):
+    files, options = [], []
+    it = iter(tokens)
+    for tok in it:
+        if tok.startswith("@"):
+            f, o = expand_at_files([tok], depth + 1)
+            files += f
+            options += o
+        elif tok.startswith("-"):
+            options.append(tok)
+            if tok in ("-p", "--param"):
+                # every following token of the form a=b or a:b=c belongs to -p
+                continue
+            if tok in ("-r", "--recipe", "--flat", "--bpm", "-o", "--output-dir"):
+                options.append(next(it, ""))
+        elif "=" in tok and options and options[-1] != "":
+            options.append(tok)
+        else:
+            files.append(tok)
+    return files, options
+
+
+def _convert(value: str, default, where: str):
+    text = value.strip()
+    if isinstance(default, bool) or default is None:
+        if text.lower() in ("true", "yes", "1"):
+            return True
+        if text.lower() in ("false", "no", "0"):
+            return False
+        if default is None and text.lower() == "none":
+            return None
+        raise GsaoiWatchError(f"{where}: {value!r} is not a boolean (True/False)")
+    if isinstance(default, int):
+        try:
+            return int(text)
+        except ValueError:
+            raise GsaoiWatchError(f"{where}: {value!r} is not an integer") from None
+    if isinstance(default, float):
+        try:
+            return float(text)
+        except ValueError:
+            raise GsaoiWatchError(f"{where}: {value!r} is not a number") from None
+    return text
+
+
+def parse_uparms(uparms):
+    """Validate ``primitive:param=value`` strings (or a dict) into {primitive: {param: value}}.
+
+    A bare ``param=value`` applies to every primitive that has ``param``.
+
+    Raises
+    ------
+    GsaoiWatchError
+        Unknown primitive or parameter (the message lists the valid ones) or a value of the
+        wrong type.
+    """
+    if isinstance(uparms, dict):
+        items = [(f"{k}={v}" if ":" in k else k, v) for k, v in uparms.items()]
+        uparms = [f"{k}={v}" if "=" not in k else k for k, v in items]
+    out = {}
+    for item in uparms or []:
+        if "=" not in item:
+            raise GsaoiWatchError(f"-p {item!r}: expected primitive:parameter=value")
+        key, value = item.split("=", 1)
+        if ":" in key:
+            prim, param = key.split(":", 1)
+            if prim not in PARAMETERS:
+                raise GsaoiWatchError(f"-p {item}: unknown primitive {prim!r}; valid: "
+                                      f"{', '.join(sorted(PARAMETERS))}")
+            if param not in PARAMETERS[prim]:
+                raise GsaoiWatchError(f"-p {item}: {prim} has no parameter {param!r}; valid: "
+                                      f"{', '.join(sorted(PARAMETERS[prim]))}")
+            targets = [prim]
+        else:
+            param = key
+            targets = [p for p, params in PARAMETERS.items() if param in params]
+            if not targets:
+                valid = sorted({q for params in PARAMETERS.values() for q in params})
+                raise GsaoiWatchError(f"-p {item}: no primitive has a parameter {param!r}; "
+                                      f"valid: {', '.join(valid)}")
+        for prim in targets:
+            out.setdefault(prim, {})[param] = _convert(value, PARAMETERS[prim][param],
+                                                       f"-p {item}")
+    return out
+
+
+def find_processed_flat(info, search_dirs):
+    """The processed flat for a frame: same raw filter, within 30 days, nearest in time.
+
+    The GSAOI association rule of the Gemini calibration manager, applied to the
+    ``*_flat.fits`` files in ``search_dirs``.  Returns a path or None.
+    """
+    best = None
+    when = info.ut_datetime()
+    for d in search_dirs:
+        for path in sorted(Path(d).glob("*_flat.fits")):
+            try:
+                cal = read_frame_info(path)
+            except FrameError:
+                continue
+            if "PROCESSED" not in cal.tags or "FLAT" not in cal.tags:
+                continue
+            if cal.filter_name() != info.filter_name():
+                continue
+            dt_ = abs(cal.ut_datetime() - when)
+            if dt_ >= FLAT_WINDOW:
+                continue
+            if best is None or dt_ < best[0]:
+                best = (dt_, path)
+    return None if best is None else best[1]
+
+
+def find_bpm(info, search_dirs):
+    """A static BPM (tags BPM) valid for the frame: dated on or before it, the latest."""
+    best = None
+    for d in search_dirs:
+        for path in sorted(Path(d).glob("*.fits")):
+            if "bpm" not in path.name.lower():
+                continue
+            try:
+                cal = read_frame_info(path)
+            except FrameError:
+                continue
+            if "BPM" not in cal.tags:
+                continue
+            when = cal.ut_datetime()
+            if when is not None and when <= info.ut_datetime() and (best is None
+                                                                     or when > best[0]):
+                best = (when, path)
+    return None if best is None else best[1]
+
+
+class Reduce:
+    """Reduce GSAOI files as DRAGONS' ``Reduce`` does.
+
+    Parameters
+    ----------
+    files : list of str, optional
+        Input files.
+    uparms : list of str or dict, optional
+        ``primitive:param=value`` settings.
+    recipename : str, optional
+        'makeProcessedFlat', 'reduce' or 'reduce_nostack'; chosen from the tags of the first
+        input when None (FLAT -> makeProcessedFlat, otherwise reduce).
+    flat, bpm : str, optional
+        Processed flat and static BPM to use instead of looking them up.
+    output_dir : str, optional
+        Where products are written (default: current directory).  Processed flats are also
+        copied to ``calibrations/processed_flat/`` below it.
+
+    Examples
+    --------
+    >>> r = Reduce()                                           # doctest: +SKIP
+    >>> r.files = ["S20170505S0095.fits", "S20170505S0096.fits"]  # doctest: +SKIP
+    >>> r.uparms = ["skyCorrect:offset_sky=False"]             # doctest: +SKIP
+    >>> r.run()                                                # doctest: +SKIP
+    >>> r.output_filenames                                     # doctest: +SKIP
+    """
+
+    def __init__(self, files=None, uparms=None, recipename=None, flat=None, bpm=None,
+                 output_dir="."):
+        self.files = list(files or [])
+        self.uparms = uparms or []
+        self.recipename = recipename
+        self.flat = flat
+        self.bpm = bpm
+        self.output_dir = output_dir
+        self.output_filenames = []
+        self.result = None
+
+    def _recipe(self, first):
+        if self.recipename:
+            if self.recipename not in RECIPES:
+                raise GsaoiWatchError(f"unknown recipe {self.recipename!r}; valid: "
+                                      f"{', '.join(RECIPES)}")
+            return RECIPES[self.recipename]
+        return "flat" if "FLAT" in first.tags else "images"
+
+    def run(self):
+        """Run the recipe on ``files``; products are listed in ``output_filenames``."""
+        if not self.files:
+            raise GsaoiWatchError("no input files")
+        params = parse_uparms(self.uparms)
+        infos = [read_frame_info(f) for f in self.files]
+        out = Path(self.output_dir)
+        search = [out / CALDIR / "processed_flat", out] + sorted(
+            {Path(f).resolve().parent for f in self.files})
+        bpm_path = self.bpm or find_bpm(infos[0], sorted(
+            {Path(f).resolve().parent for f in self.files}) + [out / CALDIR / "processed_bpm"])
+        bpm = load_bpm(bpm_path) if bpm_path else None
+        if bpm_path:
+            log.info("BPM: %s", Path(bpm_path).name)
+        kind = self._recipe(infos[0])
+        t0 = time.perf_counter()
+        if kind == "flat":
+            thr = params.get("thresholdFlatfield", {})
+            flat = make_processed_flat(self.files, bpm=bpm,
+                                       bpm_name=Path(bpm_path).name if bpm_path else None,
+                                       lower=thr.get("lower", 0.01), upper=thr.get("upper", 10.0))
+            path = write_frame(flat, out)
+            caldir = out / CALDIR / "processed_flat"
+            caldir.mkdir(parents=True, exist_ok=True)
+            tmp = caldir / f".{path.name}.tmp"
+            shutil.copyfile(path, tmp)
+            tmp.replace(caldir / path.name)
+            self.output_filenames = [str(path)]
+            self.result = flat
+            log.info("makeProcessedFlat: %s from %d frames in %.1f s", path.name,
+                     len(self.files), time.perf_counter() - t0)
+            return self
+        flat_path = self.flat or find_processed_flat(infos[0], search)
+        if flat_path is None:
+            raise ReductionError(f"{infos[0].filename}: no processed flat for filter "
+                                 f"{infos[0].filter_name()} within 30 days; make one "
+                                 "(reduce the flats) or give --flat")
+        log.info("flat: %s", Path(flat_path).name)
+        flat = load_frame(flat_path)
+        res = reduce_images(self.files, flat=flat, flat_name=Path(flat_path).name, bpm=bpm,
+                            bpm_name=Path(bpm_path).name if bpm_path else None, params=params)
+        written = [write_frame(f, out) for f in res["sky_corrected"] + res["flat_corrected"]]
+        self.output_filenames = [str(p) for p in written]
+        self.result = res
+        log.info("reduce: %d _skyCorrected, %d _flatCorrected in %.1f s (%s)",
+                 len(res["sky_corrected"]), len(res["flat_corrected"]),
+                 time.perf_counter() - t0, res["sky_reason"])
+        return self
+
+
+def run_reduce(args) -> int:
+    """Entry point of ``gsaoi-watch reduce``."""
+    params = [p for group in (args.param or []) for p in group]
+    # argparse gives ``-p a=b FILE`` the FILE too: anything without '=' is an input
+    inputs = list(args.inputs) + [p for p in params if "=" not in p]
+    params = [p for p in params if "=" in p]
+    try:
+        listed, list_opts = expand_at_files([a for a in inputs if a.startswith("@")])
+        named = [a for a in inputs if not a.startswith("@")]
+        files = named or listed  # files on the command line replace those of @lists
+        uparms = _params_from_options(list_opts) + params  # command line wins
+        recipe = args.recipe or _option(list_opts, ("-r", "--recipe"))
+        r = Reduce(files=files, uparms=uparms, recipename=recipe, flat=args.flat,
+                   bpm=args.bpm, output_dir=args.output_dir)
+        r.run()
+    except (GsaoiWatchError, FileNotFoundError) as exc:
+        print(f"gsaoi-watch reduce: {exc}", file=sys.stderr)
+        return 2
+    for name in r.output_filenames:
+        print(name)
+    return 0
+
+
+def _option(options, names):
+    for k, tok in enumerate(options[:-1]):
+        if tok in names:
+            return options[k + 1]
+    return None
+
+
+def _params_from_options(options):
+    out, grab = [], False
+    for tok in options:
+        if tok in ("-p", "--param"):
+            grab = True
+        elif tok.startswith("-"):
+            grab = False
+        elif grab:
+            out.append(tok)
+    return out

@@ -282,9 +282,9 @@ class Reduce:
         log.info("flat: %s", Path(flat_path).name)
         flat = load_frame(flat_path)
         res = reduce_images(self.files, flat=flat, flat_name=Path(flat_path).name, bpm=bpm,
-                            bpm_name=Path(bpm_path).name if bpm_path else None, params=params)
-        written = [write_frame(f, out) for f in res["sky_corrected"] + res["flat_corrected"]]
-        self.output_filenames = [str(p) for p in written]
+                            bpm_name=Path(bpm_path).name if bpm_path else None, params=params,
+                            on_product=lambda frame: str(write_frame(frame, out)))
+        self.output_filenames = res["sky_corrected"] + res["flat_corrected"]
         self.result = res
         log.info("reduce: %d _skyCorrected, %d _flatCorrected in %.1f s (%s)",
                  len(res["sky_corrected"]), len(res["flat_corrected"]),

@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 from astropy.stats import sigma_clipped_stats
 from astropy.table import Table
-from photutils.background import Background2D, MedianBackground
+from photutils.background import Background2D, BkgZoomInterpolator, MedianBackground
 from photutils.segmentation import SourceCatalog, detect_sources
 from scipy import ndimage
 
@@ -47,7 +47,8 @@ def detect_array(arr: Array, *, detect_thresh=1.5, detect_minarea=20, back_size=
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         bkg = Background2D(sci, box, mask=mask, filter_size=back_filtersize,
-                           bkg_estimator=MedianBackground())
+                           bkg_estimator=MedianBackground(),
+                           interpolator=BkgZoomInterpolator(order=1))
     data = sci - bkg.background.astype(np.float32)
     data[mask] = 0.0
     sigma = smooth_fwhm / 2.3548

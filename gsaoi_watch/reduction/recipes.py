@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
+
 from gsaoi_watch.errors import ReductionError
 from gsaoi_watch.products import load_frame
 from gsaoi_watch.reduction.container import Frame
@@ -14,7 +16,15 @@ from gsaoi_watch.reduction.flat import (
     normalize_flat,
     threshold_flatfield,
 )
-from gsaoi_watch.reduction.sky import associate_sky, separate_sky, sky_model, subtract_sky
+from gsaoi_watch.reduction.sky import (
+    associate_sky,
+    combine_skies,
+    level_at,
+    mask_sky,
+    separate_sky,
+    sky_model,
+    subtract_sky,
+)
 from gsaoi_watch.reduction.standardize import (
     add_dq,
     add_var,
@@ -137,21 +147,39 @@ def resolve_sky_options(plan, params):
         sc["scale_sky"] is not None else "GSAOI default (offset_sky on)"
 
 
-def reduce_images(paths, *, flat, flat_name=None, bpm=None, bpm_name=None, params=None):
+def reduce_images(paths, *, flat, flat_name=None, bpm=None, bpm_name=None, params=None,
+                  on_product=None, workers=2):
     """DRAGONS ``reduce`` for GSAOI images up to the second sky pass and detectSources.
 
-    prepare ... addVAR, flatCorrect, separateSky, associateSky, skyCorrect without object
-    masks on the skies, detectSources (object masks), associateSky, skyCorrect with the
-    masks on the object frames, detectSources.  Streams one array at a time.
+    prepare ... addVAR and flatCorrect on every frame; separateSky and associateSky from the
+    headers; skyCorrect of the sky frames without object masks and detectSources on them
+    (pass 1, giving each sky an object mask); then each object frame in turn: skyCorrect
+    with the masked skies and detectSources (pass 2).  The sky frames stay in memory; the
+    object frames are streamed, one at a time, and handed to ``on_product`` as soon as they
+    are done; the four arrays of a frame are processed by ``workers`` threads.
+
+    Parameters
+    ----------
+    paths : list of str
+        Raw frames of one observation (objects and skies).
+    flat : Frame
+        The processed flat (full frame; cropped for ROI frames).
+    params : dict, optional
+        {primitive: {parameter: value}} overriding :data:`PARAMETERS`.
+    on_product : callable, optional
+        Called with each finished Frame (object frames, suffix _skyCorrected, with a
+        catalogue per array in ``meta['catalogs']``; pure sky frames, suffix _flatCorrected).
+        Without it, the frames are collected in the result.
 
     Returns
     -------
     dict
-        ``sky_corrected``: list of Frame (object frames, suffix _skyCorrected, with a
-        catalogue per array in ``meta['catalogs']``); ``flat_corrected``: list of Frame
-        (pure sky frames, suffix _flatCorrected); ``plan`` (see :func:`plan_sky`);
-        ``offset_sky``, ``scale_sky``, ``sky_reason``.
+        ``sky_corrected`` and ``flat_corrected`` (Frames, or file names returned by
+        ``on_product``), ``plan`` (see :func:`plan_sky`), ``offset_sky``, ``scale_sky``,
+        ``sky_reason``.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     from gsaoi_watch.frames import read_frame_info
 
     params = merge_parameters(params)
@@ -168,76 +196,86 @@ def reduce_images(paths, *, flat, flat_name=None, bpm=None, bpm_name=None, param
     when = {n: _seconds(i, t0) for n, i in by_name.items()}
     sc, det = params["skyCorrect"], params["detectSources"]
     interp = sc["sky_interpolation"] == "time"
-    names = list(dict.fromkeys(plan["objects"] + plan["skies"]))
-    per_array = {n: [] for n in names}
-    catalogs = {n: [] for n in plan["objects"]}
-    headers = {}
-    for i in range(4):
-        arrays, frames = {}, {}
-        for n in names:
-            fr = load_frame(path_of[n], indices=(i,))
-            fr.meta["bpm_name"] = bpm_name
-            fr = flat_correct(preprocess(fr, bpm=bpm), _select(flat, i), flat_name=flat_name)
-            frames[n] = fr
-            arrays[n] = fr.arrays[0]
-        # pass 1: sky-subtract the sky frames, detect their objects
-        for s in plan["skies"]:
-            sl = plan["sky_skies"].get(s)
+    det_kw = dict(detect_thresh=det["detect_thresh"], detect_minarea=det["detect_minarea"],
+                  back_size=det["back_size"])
+    emit = on_product or (lambda frame: frame)
+
+    def load(name):
+        frame = load_frame(path_of[name])
+        frame.meta["bpm_name"] = bpm_name
+        return flat_correct(preprocess(frame, bpm=bpm), flat, flat_name=flat_name)
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        skies = dict(zip(plan["skies"], pool.map(load, plan["skies"])))
+
+        # pass 1: sky-subtract each sky frame with the other skies, detect its objects
+        def pass1(name, i):
+            sl = plan["sky_skies"].get(name)
+            arr = skies[name].arrays[i]
             if not sl:
-                continue
-            sky = sky_model([arrays[k] for k in sl], [when[k] for k in sl], when[s],
-                            mask_objects=False, interpolate_time=interp,
-                            dilation=sc["dilation"])
-            sub, _ = subtract_sky(arrays[s], sky, offset_sky=offset, scale_sky=scale)
-            masked, _ = detect_array(sub, detect_thresh=det["detect_thresh"],
-                                     detect_minarea=det["detect_minarea"],
-                                     back_size=det["back_size"])
-            arrays[s] = arrays[s].with_(objmask=masked.objmask)
-        # pass 2: the object frames, skies masked
+                return arr
+            sky = sky_model([skies[k].arrays[i] for k in sl], [when[k] for k in sl],
+                            when[name], mask_objects=False, interpolate_time=interp)
+            sub, _ = subtract_sky(arr, sky, offset_sky=offset, scale_sky=scale)
+            return arr.with_(objmask=detect_array(sub, **det_kw)[0].objmask)
+
+        for name in plan["skies"]:
+            arrays = tuple(pool.map(lambda i, n=name: pass1(n, i), range(4)))
+            skies[name] = skies[name].with_(arrays=arrays)
+        masked = {(n, i): mask_sky(skies[n].arrays[i], mask_objects=sc["mask_objects"],
+                                   dilation=sc["dilation"])
+                  for n in plan["skies"] for i in range(4)}
+
+        # pass 2: object frames, streamed
+        remaining = {}
         for o in plan["objects"]:
-            sl = plan["obj_skies"][o]
-            sky = sky_model([arrays[k] for k in sl], [when[k] for k in sl], when[o],
-                            mask_objects=sc["mask_objects"], interpolate_time=interp,
-                            dilation=sc["dilation"])
-            sub, factor = subtract_sky(arrays[o].with_(objmask=None), sky, offset_sky=offset,
-                                       scale_sky=scale)
-            sub, cat = detect_array(sub, detect_thresh=det["detect_thresh"],
-                                    detect_minarea=det["detect_minarea"],
-                                    back_size=det["back_size"])
-            per_array[o].append(sub)
-            catalogs[o].append(cat)
-            frames[o].meta.setdefault("sky_factor", []).append(factor)
-        for s in plan["skies"]:
-            if s not in plan["objects"]:
-                per_array[s].append(arrays[s])
-        for n in names:
-            headers.setdefault(n, frames[n])
-            if i:
-                headers[n].meta.setdefault("factors", []).extend(
-                    frames[n].meta.get("sky_factor", []))
-            else:
-                headers[n].meta["factors"] = list(frames[n].meta.get("sky_factor", []))
-    sky_corrected, flat_corrected = [], []
-    for n in names:
-        base = headers[n].with_(arrays=tuple(per_array[n]),
-                                meta={**headers[n].meta, "indices": (0, 1, 2, 3)})
-        if n in plan["objects"]:
-            out = base
-            for k, s in enumerate(plan["obj_skies"][n], start=1):
-                out.phu[f"SKYIM{k:03d}"] = (s, "Sky frame used")
+            key = tuple(plan["obj_skies"][o])
+            remaining[key] = remaining.get(key, 0) + 1
+        stacks = {}
+
+        def pass2(o, frame, i):
+            key = tuple(plan["obj_skies"][o])
+            if (key, i) not in stacks:
+                stacks[(key, i)] = combine_skies([masked[(k, i)] for k in key])
+            stacked, levels = stacks[(key, i)]
+            sky = stacked
+            if interp:
+                shift = level_at(levels, [when[k] for k in key], when[o]) - levels[0]
+                sky = stacked.with_(sci=(stacked.sci + np.float32(shift)).astype(np.float32))
+            sub, factor = subtract_sky(frame.arrays[i].with_(objmask=None), sky,
+                                       offset_sky=offset, scale_sky=scale)
+            sub, cat = detect_array(sub, **det_kw)
+            return sub, cat, factor
+
+        sky_corrected = []
+        for o in plan["objects"]:
+            frame = skies[o] if o in skies else load(o)
+            done = list(pool.map(lambda i, o=o, f=frame: pass2(o, f, i), range(4)))
+            key = tuple(plan["obj_skies"][o])
+            remaining[key] -= 1
+            if not remaining[key]:
+                for i in range(4):
+                    stacks.pop((key, i), None)
+            out = frame.with_(arrays=tuple(d[0] for d in done))
+            out.meta["catalogs"] = [d[1] for d in done]
+            out.meta["sky_factors"] = [d[2] for d in done]
+            for k, s_name in enumerate(plan["obj_skies"][o], start=1):
+                out.phu[f"SKYIM{k:03d}"] = (s_name, "Sky frame used")
             out.phu["SKYOFFST"] = (offset, "skyCorrect offset_sky")
             out.phu["SKYSCALE"] = (scale, "skyCorrect scale_sky")
             out.phu["SKYINTRP"] = (sc["sky_interpolation"], "Sky level interpolated in time")
             out.phu["OBJFRAME"] = ("TRUE", "Object frame (separateSky)")
-            out.meta["catalogs"] = catalogs[n]
             out = mark(out, "SEPSKY", "_skySeparated", "UT time stamp for separateSky")
             out = mark(out, "ASSOCSKY", "_skyAssociated", "UT time stamp for associateSky")
             out = mark(out, "SUBSKY", "_skyCorrected", "UT time stamp for skyCorrect")
-            sky_corrected.append(out)
-        else:
-            out = base
-            out.phu["SKYFRAME"] = ("TRUE", "Sky frame (separateSky)")
-            flat_corrected.append(out)
+            sky_corrected.append(emit(out))
+    flat_corrected = []
+    for name in plan["skies"]:
+        if name in plan["objects"]:
+            continue
+        out = skies.pop(name)
+        out.phu["SKYFRAME"] = ("TRUE", "Sky frame (separateSky)")
+        flat_corrected.append(emit(out))
     return {"sky_corrected": sky_corrected, "flat_corrected": flat_corrected, "plan": plan,
             "offset_sky": offset, "scale_sky": scale, "sky_reason": why}
 

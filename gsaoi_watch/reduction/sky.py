@@ -19,8 +19,9 @@ from gsaoi_watch.instrument import DQ, FULL_SIZE, TILE_GAPS
 from gsaoi_watch.reduction.container import Array
 from gsaoi_watch.reduction.flat import FAIL_BITS, stack_arrays
 
-__all__ = ["associate_sky", "dilate_mask", "fields_overlap", "level_at", "measure_background",
-           "separate_sky", "sky_model", "stack_skies", "subtract_sky"]
+__all__ = ["associate_sky", "combine_skies", "dilate_mask", "fields_overlap", "level_at",
+           "mask_sky", "measure_background", "separate_sky", "sky_model", "stack_skies",
+           "subtract_sky"]
 
 
 def _wcs(info):
@@ -238,33 +239,47 @@ def _usable(a: Array, extra=None):
     return good
 
 
-def stack_skies(skies, *, dilation=6.0, mask_objects=True):
-    """Median-combine sky arrays with additive offsets (DRAGONS stackSkyFrames).
+def mask_sky(sky: Array, *, mask_objects=True, dilation=6.0) -> tuple:
+    """Prepare one sky array for stacking: objects (dilated OBJMASK) into DQ, and its level.
 
-    Each sky's objects (OBJMASK, dilated by ``dilation`` px) and bad pixels are excluded;
-    the skies are brought to the level of the first with additive offsets (zero=True) and
-    median-combined with min/max rejection of one low and one high value.
+    Returns
+    -------
+    Array, float
+        The sky with its objects flagged in DQ (so the stack ignores them) and its
+        background level measured on the unflagged pixels.
+    """
+    dq = sky.dq.copy()
+    if mask_objects and sky.objmask is not None:
+        dq[dilate_mask(sky.objmask.astype(bool), dilation)] |= DQ["cosmic_ray"]
+    a = sky.with_(dq=dq, objmask=None)
+    return a, measure_background(a.sci, _usable(a))
+
+
+def combine_skies(prepared):
+    """Median-combine prepared skies (see :func:`mask_sky`) with additive offsets.
+
+    DRAGONS' stackSkyFrames: the skies are brought to the level of the first with
+    additive offsets (zero=True) and median-combined with min/max rejection of one low and
+    one high value.
 
     Returns
     -------
     Array
         The combined sky, at the level of the first sky.
     ndarray
-        The background level of each input sky.
+        The level of each input sky.
     """
-    masked, levels = [], []
-    for s in skies:
-        obj = s.objmask.astype(bool) if (mask_objects and s.objmask is not None) else None
-        dq = s.dq.copy()
-        if obj is not None:
-            dq[dilate_mask(obj, dilation)] |= DQ["cosmic_ray"]  # OBJMASK into DQ
-        a = s.with_(dq=dq, objmask=None)
-        masked.append(a)
-        levels.append(measure_background(a.sci, _usable(a)))
-    levels = np.asarray(levels, dtype=float)
-    stacked = stack_arrays(masked, operation="median", reject="minmax", nlow=1, nhigh=1,
+    arrays = [a for a, _ in prepared]
+    levels = np.asarray([lev for _, lev in prepared], dtype=float)
+    stacked = stack_arrays(arrays, operation="median", reject="minmax", nlow=1, nhigh=1,
                            zero=levels - levels[0])
     return stacked, levels
+
+
+def stack_skies(skies, *, dilation=6.0, mask_objects=True):
+    """Mask and combine sky arrays: :func:`mask_sky` on each, then :func:`combine_skies`."""
+    return combine_skies([mask_sky(s, mask_objects=mask_objects, dilation=dilation)
+                          for s in skies])
 
 
 def level_at(levels, times, target_time, *, max_extrapolation=900.0):

@@ -15,7 +15,7 @@ from gsaoi_watch.reduce import Reduce, parse_uparms
 from gsaoi_watch.reduction import detect, flat, sky, standardize
 from gsaoi_watch.reduction.container import Array, Frame
 from gsaoi_watch.reduction.recipes import make_processed_flat, preprocess, reduce_images
-from gsaoi_watch.sim import BPM_NAME, simulate_night
+from gsaoi_watch.sim import BPM_NAME, simulate_night, truth_plane
 from gsaoi_watch.sim.detector import invert_nonlinearity
 
 SIZE = 256
@@ -107,7 +107,7 @@ def test_master_flat_at_the_noise_floor(night, master):
     assert "PROCFLAT" in master.phu
     for spec in ARRAYS:
         a = master.arrays[spec.index]
-        true = fits.getdata(out / "truth" / "flat.fits", ("FLAT", spec.index + 1))
+        true = truth_plane(out, "FLAT", spec.index + 1)
         good = (a.dq == 0) & (true > 0)
         ratio = a.sci[good] / true[good]
         rel = ratio / np.median(ratio) - 1
@@ -258,7 +258,7 @@ def test_roi_frames_use_the_matching_crop_of_the_full_flat(night, master):
         shift = 1 if i < 2 else -1
         crop = master.arrays[i].sci[y0 + shift:y0 + shift + n, x0:x0 + n]
         assert np.allclose(c.sci * crop, a.sci, rtol=1e-5, atol=1e-3)
-        true = fits.getdata(out / "truth" / "flat.fits", ("FLAT", i + 1))
+        true = truth_plane(out, "FLAT", i + 1)
         true_crop = true[y0 + shift:y0 + shift + n, x0:x0 + n]
         good = (true_crop > 0) & (c.dq == 0)
         rel = crop[good] / true_crop[good]

@@ -9,7 +9,7 @@ from astropy.wcs import WCS
 
 from gsaoi_watch.frames import read_frame_info
 from gsaoi_watch.instrument import ARRAYS
-from gsaoi_watch.sim import BPM_NAME, simulate_night
+from gsaoi_watch.sim import BPM_NAME, simulate_night, truth_plane
 from gsaoi_watch.sim.detector import invert_nonlinearity
 
 SIZE = 256
@@ -32,10 +32,6 @@ def linearize(adu, spec, lnrs=2):
     return a0 * c + a1 * c**2 + a2 * c**3
 
 
-def truth_plane(out, name, ext):
-    return fits.getdata(out / "truth" / "flat.fits", (name, ext))
-
-
 def frames_of(truth, kind, sky=None):
     return [f for f in truth["frames"]
             if f["kind"] == kind and (sky is None or f["is_sky"] == sky)]
@@ -49,7 +45,7 @@ def test_night_has_the_tutorial_files(night):
                 + [f"S20170505S{n:04d}.fits" for n in range(60, 75)]
                 + [f"S20170505S{n:04d}.fits" for n in range(95, 111)])
     assert names == expected
-    assert (out / BPM_NAME).exists() and (out / "truth" / "flat.fits").exists()
+    assert (out / BPM_NAME).exists() and (out / "truth" / "flat.npz").exists()
     on_disk = json.loads((out / "truth.json").read_text())
     assert [f["filename"] for f in on_disk["frames"]] == expected  # time order = numbering
     assert len(frames_of(truth, "science", sky=False)) == 9

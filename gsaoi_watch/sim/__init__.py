@@ -2,7 +2,7 @@
 
 ``simulate_night(outdir)`` writes the DRAGONS tutorial night (15 lamp-on and 15 lamp-off
 Kshort dome flats, 4 ROI standard-star frames, 16 NGC 5128 science frames of which 7 are
-offset skies), a static bad-pixel mask, ``truth.json`` and ``truth/flat.fits``.
+offset skies), a static bad-pixel mask, ``truth.json`` and ``truth/flat.npz``.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from gsaoi_watch.sim.plan import FramePlan, Night, plan_night
 from gsaoi_watch.sim.render import make_catalogue, render_frame
 
 __all__ = ["BPM_NAME", "KINDS", "FramePlan", "Night", "main", "plan_night", "simulate_night",
-           "write_frame"]
+           "truth_plane", "write_frame"]
 
 log = logging.getLogger(__name__)
 
@@ -75,19 +75,23 @@ def _write_bpm(det, outdir, size):
 
 
 def _write_flat_truth(det, outdir):
+    """Planted flat and response as ``truth/flat.npz`` (not FITS: raw-data tools skip it)."""
     tdir = Path(outdir) / "truth"
     tdir.mkdir(exist_ok=True)
-    hdus = [fits.PrimaryHDU()]
+    planes = {}
     for spec in ARRAYS:
-        h = fits.Header()
-        h["EXTNAME"], h["EXTVER"] = "FLAT", spec.index + 1
-        h["ARRAYID"] = spec.array_id
-        hdus.append(fits.ImageHDU(data=det.flat[spec.index], header=h))
-    for spec in ARRAYS:
-        h = fits.Header()
-        h["EXTNAME"], h["EXTVER"] = "RESPONSE", spec.index + 1
-        hdus.append(fits.ImageHDU(data=det.response[spec.index], header=h))
-    _atomic_write(fits.HDUList(hdus), tdir / "flat.fits")
+        planes[f"flat{spec.index + 1}"] = det.flat[spec.index]
+        planes[f"response{spec.index + 1}"] = det.response[spec.index]
+    tmp = tdir / ".flat.npz.tmp"
+    with open(tmp, "wb") as fh:
+        np.savez(fh, **planes)
+    os.replace(tmp, tdir / "flat.npz")
+
+
+def truth_plane(outdir, name, ext):
+    """Read a planted plane: ``name`` 'FLAT' or 'RESPONSE', ``ext`` 1-4 (extension number)."""
+    with np.load(Path(outdir) / "truth" / "flat.npz") as planes:
+        return planes[f"{name.lower()}{ext}"]
 
 
 def _truth(night, det, frames, size):
@@ -102,10 +106,11 @@ def _truth(night, det, frames, size):
             "pixels": "x, y are 1-based pixel coordinates in the frame as written "
                       "(ROI frames: relative to the ROI); bad pixels are 0-based array "
                       "indices (array, x, y) on the full array",
-            "flat": "truth/flat.fits FLAT extensions: what an ideal lamp-on minus lamp-off "
-                    "flat measures (QE x vignetting x relative pixel area), median 1 over "
-                    "good pixels of all arrays; RESPONSE: the same without the pixel area "
-                    "(point-source response)",
+            "flat": "truth/flat.npz flat1..flat4 (per extension): what an ideal lamp-on "
+                    "minus lamp-off flat measures (QE x vignetting x relative pixel area), "
+                    "median 1 over good pixels of all arrays; response1..4: the same without "
+                    "the pixel area (point-source response); gsaoi_watch.sim.truth_plane "
+                    "reads them",
             "sky_rate": "e-/s per pixel at flat = 1; the sky in a frame is sky_rate * exptime "
                         "* flat",
             "star_flux": "e-/s after flat fielding: 10**(0.4*(ZP_array - mag - "

@@ -1,0 +1,102 @@
+"""The dataselect expression language: DRAGONS semantics, and nothing is ever executed."""
+
+import datetime as dt
+
+import pytest
+from astropy.io import fits
+
+from gsaoi_watch.errors import ExpressionError
+from gsaoi_watch.frames import FrameInfo
+from gsaoi_watch.select import compile_expression
+
+
+def info(**phu):
+    h = fits.Header()
+    base = {"INSTRUME": "GSAOI", "OBSERVAT": "Gemini-South", "OBSTYPE": "OBJECT",
+            "OBSCLASS": "science", "OBJECT": "NGC5128", "FILTER1": "Kshort_G1105",
+            "FILTER2": "Clear", "EXPTIME": 60.0, "DATE-OBS": "2017-05-05",
+            "UT": "01:10:31.0", "LT": "21:10:31.0", "WAVELENG": 21500.0}
+    base.update(phu)
+    for k, v in base.items():
+        if v is not None:
+            h[k] = v
+    ext = fits.Header()
+    ext["ARRAYID"] = "H2RG-032-074"
+    return FrameInfo(h, [ext] * 4)
+
+
+@pytest.mark.parametrize("expr, expected", [
+    ("filter_name=='Kshort'", True),
+    ("filter_name=='Kshort_G1105&Clear'", False),
+    ("exposure_time==60.", True),
+    ("exposure_time==60.5", True),          # within 1 %
+    ("exposure_time==61", False),
+    ("exposure_time!=60.3", False),
+    ("exposure_time>59 and exposure_time<61", True),
+    ('observation_class=="science"', True),
+    ('(observation_class=="science" and exposure_time==60.)', True),
+    ('(exposure_time==60.3 and observation_class=="science")', True),
+    ('observation_class=="partnerCal" or object=="NGC5128"', True),
+    ('not observation_class=="science"', False),
+    ("ut_date=='2017-05-05'", True),
+    ("ut_date>'2017-05-04'", True),
+    ("ut_time<'01:30:00'", True),
+    ("ut_time>'01:30:00'", False),
+    ("ut_datetime>='2017-05-05 01:10:31'", True),
+    ("ut_datetime<'2017-05-05T01:00:00'", False),
+    ("local_time=='21:10:31'", True),
+    ("central_wavelength==2.15e-6", True),
+    ("'Kshort'==filter_name", True),
+    ("59<exposure_time<=60", True),
+    ("True", True),
+    ("airmass>1", False),                   # descriptor without a value: false, no error
+])
+def test_dragons_semantics(expr, expected):
+    assert compile_expression(expr)(info()) is expected
+
+
+def test_strict_compares_raw_values():
+    assert compile_expression("filter_name=='Kshort_G1105&Clear'", strict=True)(info())
+    assert not compile_expression("filter_name=='Kshort'", strict=True)(info())
+    assert not compile_expression("exposure_time==60.5", strict=True)(info())
+
+
+@pytest.mark.parametrize("expr", [
+    "__import__('os').system('touch PWNED')",
+    "object.__class__",
+    "exposure_time.__class__",
+    "[x for x in ()]",
+    "(lambda: 1)()",
+    "filter_name[0]=='K'",
+    "open('PWNED', 'w')",
+    "exposure_time + 1 > 3",
+    "__builtins__",
+    "exposure_time == (yield)",
+    "(x := 1)",
+    "f'{exposure_time}'=='60'",
+    "nonexistent_descriptor == 3",
+    "exposure_time ==",
+    "exposure_time in (60, 30)",
+])
+def test_injection_and_nonsense_are_rejected(expr, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ExpressionError):
+        compile_expression(expr)
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_unknown_descriptor_lists_valid_ones():
+    with pytest.raises(ExpressionError, match="valid: .*exposure_time"):
+        compile_expression("exposure_tim==60")
+
+
+def test_bad_date_is_a_clear_error():
+    sel = compile_expression("ut_date=='5 May 2017'")
+    with pytest.raises(ExpressionError, match="ut_date"):
+        sel(info())
+
+
+def test_date_types_are_real_dates():
+    i = info()
+    assert i.ut_date() == dt.date(2017, 5, 5)
+    assert i.ut_time() == dt.time(1, 10, 31)

@@ -343,3 +343,28 @@ def test_missing_keyword_is_named(night, tmp_path):
 def test_truth_file_is_json(night):
     out, _ = night
     assert json.loads((out / "truth.json").read_text())["size"] == SIZE
+
+
+def test_unusable_frames_are_named_and_the_rest_reduce(night, tmp_path):
+    out, truth = night
+    flats = sorted(str(p) for p in out.glob("S20170505S00[3-7]*.fits"))
+    with fits.open(flats[3]) as hdul:
+        hdul[0].header["FILTER1"] = "J_G1102"
+        hdul.writeto(tmp_path / "S20170505S0033.fits")
+    bad = tmp_path / "S20170505S0034.fits"
+    bad.write_bytes(Path(flats[4]).read_bytes()[:5000])
+    inputs = flats[:3] + [str(tmp_path / "S20170505S0033.fits"), str(bad)] + flats[5:]
+    master = make_processed_flat(inputs, bpm=load_bpm(out / BPM_NAME))
+    reasons = dict(master.meta["skipped"])
+    assert "filter J_G1102&Clear differs" in reasons["S20170505S0033.fits"]
+    assert "truncated" in reasons[str(bad)]
+    assert master.phu["NCOMBINE"] == len(flats) - 2
+    science = sorted(str(out / f["filename"]) for f in truth["frames"]
+                     if f["kind"] == "science")
+    with fits.open(science[2]) as hdul:
+        del hdul[0].header["EXPTIME"]
+        hdul.writeto(tmp_path / Path(science[2]).name)
+    inputs = science[:2] + [str(tmp_path / Path(science[2]).name)] + science[3:]
+    res = reduce_images(inputs, flat=master)
+    assert dict(res["skipped"]) == {Path(science[2]).name: "EXPTIME missing or negative"}
+    assert len(res["sky_corrected"]) == 8

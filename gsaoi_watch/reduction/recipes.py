@@ -35,6 +35,7 @@ from gsaoi_watch.reduction.standardize import (
 )
 
 __all__ = ["PARAMETERS", "make_processed_flat", "merge_parameters", "plan_sky", "preprocess",
+           "screen_inputs",
            "reduce_images", "resolve_sky_options"]
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,47 @@ def preprocess(frame: Frame, *, bpm=None) -> Frame:
     return add_var(frame, read_noise=True, poisson_noise=True)
 
 
+def screen_inputs(paths, *, same_filter=True):
+    """Read the headers of the inputs and set aside the frames that cannot be used.
+
+    Returns
+    -------
+    usable : list of (path, FrameInfo)
+    skipped : list of (file name, reason)
+        Unreadable files, frames missing what prepare needs, and (``same_filter``) frames
+        whose raw filter differs from the first lamp-on frame's (or the first frame's).
+    """
+    from gsaoi_watch.errors import FrameError
+    from gsaoi_watch.frames import read_frame_info
+    from gsaoi_watch.reduction.standardize import check_frame
+
+    usable, skipped = [], []
+    for path in paths:
+        try:
+            fi = read_frame_info(path)
+        except FrameError as exc:
+            skipped.append((str(path), exc.problem))
+            continue
+        problem = check_frame(fi)
+        if problem:
+            skipped.append((fi.filename, problem))
+        else:
+            usable.append((path, fi))
+    if same_filter and usable:
+        ref = next((fi for _, fi in usable if "LAMPON" in fi.tags), usable[0][1])
+        keep = []
+        for path, fi in usable:
+            if fi.filter_name() != ref.filter_name():
+                skipped.append((fi.filename, f"filter {fi.filter_name()} differs from "
+                                             f"{ref.filename}'s {ref.filter_name()}"))
+            else:
+                keep.append((path, fi))
+        usable = keep
+    for name, reason in skipped:
+        log.warning("frame=%s skipped: %s", name, reason)
+    return usable, skipped
+
+
 def make_processed_flat(paths, *, bpm=None, bpm_name=None, lower=0.01, upper=10.0) -> Frame:
     """DRAGONS ``makeProcessedFlat``: a normalised lamp-on minus lamp-off master flat.
 
@@ -57,6 +99,11 @@ def make_processed_flat(paths, *, bpm=None, bpm_name=None, lower=0.01, upper=10.
     arrays) and thresholdFlatfield.  The product is named after the first lamp-on frame
     with the suffix ``_flat`` and carries PROCFLAT.
     """
+    usable, skipped = screen_inputs(paths)
+    if not usable:
+        raise ReductionError("makeProcessedFlat: no usable input frames ("
+                             + "; ".join(f"{n}: {r}" for n, r in skipped) + ")")
+    paths = [p for p, _ in usable]
     stacked = []
     for i in range(4):
         frames = []
@@ -74,8 +121,8 @@ def make_processed_flat(paths, *, bpm=None, bpm_name=None, lower=0.01, upper=10.
     label = str(flat.phu.get("DATALAB", "")).strip()
     if label:
         flat.phu["DATALAB"] = f"{label}-SQ-FLAT"
-    for key in ("NCOMBINE",):
-        flat.phu[key] = len(paths)
+    flat.phu["NCOMBINE"] = len(paths)
+    flat.meta["skipped"] = skipped
     return mark(flat, "PROCFLAT", "_flat", "Processed flat")
 
 
@@ -176,20 +223,26 @@ def reduce_images(paths, *, flat, flat_name=None, bpm=None, bpm_name=None, param
     dict
         ``sky_corrected`` and ``flat_corrected`` (Frames, or file names returned by
         ``on_product``), ``plan`` (see :func:`plan_sky`), ``offset_sky``, ``scale_sky``,
-        ``sky_reason``.
+        ``sky_reason``, ``skipped`` (file name, reason) for frames that could not be used.
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    from gsaoi_watch.frames import read_frame_info
-
     params = merge_parameters(params)
-    infos = [read_frame_info(p) for p in paths]
+    usable, skipped = screen_inputs(paths, same_filter=False)
+    infos = [fi for _, fi in usable]
     by_name = {i.filename: i for i in infos}
-    path_of = {i.filename: p for i, p in zip(infos, paths)}
+    path_of = {i.filename: p for p, i in usable}
+    if not infos:
+        raise ReductionError("reduce: no usable input frames ("
+                             + "; ".join(f"{n}: {r}" for n, r in skipped) + ")")
     plan = plan_sky(infos, params)
-    missing = [o for o in plan["objects"] if o not in plan["obj_skies"]]
-    if missing:
-        raise ReductionError(f"{', '.join(missing)}: no sky frames could be associated")
+    for o in [o for o in plan["objects"] if o not in plan["obj_skies"]]:
+        skipped.append((o, "no sky frames could be associated (need matching frames more "
+                           f"than {params['associateSky']['distance']}\" away)"))
+        log.warning("frame=%s skipped: %s", o, skipped[-1][1])
+        plan["objects"].remove(o)
+    if not plan["objects"]:
+        raise ReductionError("; ".join(f"{n}: {r}" for n, r in skipped))
     offset, scale, why = resolve_sky_options(plan, params)
     log.info("skyCorrect: offset_sky=%s scale_sky=%s (%s)", offset, scale, why)
     t0 = min(i.ut_datetime() for i in infos)
@@ -250,6 +303,10 @@ def reduce_images(paths, *, flat, flat_name=None, bpm=None, bpm_name=None, param
         sky_corrected = []
         for o in plan["objects"]:
             frame = skies[o] if o in skies else load(o)
+            if not any((a.dq == 0).any() for a in frame.arrays):
+                skipped.append((o, "every pixel is flagged bad"))
+                log.warning("frame=%s skipped: every pixel is flagged bad", o)
+                continue
             done = list(pool.map(lambda i, o=o, f=frame: pass2(o, f, i), range(4)))
             key = tuple(plan["obj_skies"][o])
             remaining[key] -= 1
@@ -277,7 +334,7 @@ def reduce_images(paths, *, flat, flat_name=None, bpm=None, bpm_name=None, param
         out.phu["SKYFRAME"] = ("TRUE", "Sky frame (separateSky)")
         flat_corrected.append(emit(out))
     return {"sky_corrected": sky_corrected, "flat_corrected": flat_corrected, "plan": plan,
-            "offset_sky": offset, "scale_sky": scale, "sky_reason": why}
+            "offset_sky": offset, "scale_sky": scale, "sky_reason": why, "skipped": skipped}
 
 
 def _select(frame, index):

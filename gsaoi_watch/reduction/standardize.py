@@ -15,8 +15,8 @@ from gsaoi_watch.frames import FrameInfo, parse_section
 from gsaoi_watch.instrument import DQ
 from gsaoi_watch.reduction.container import Frame
 
-__all__ = ["add_dq", "add_var", "adu_to_electrons", "info", "mark", "nonlinearity_correct",
-           "prepare", "rename"]
+__all__ = ["add_dq", "add_var", "adu_to_electrons", "check_frame", "info", "mark",
+           "nonlinearity_correct", "prepare", "rename"]
 
 #: Connected regions below the non-linear level this small are hidden saturation (DRAGONS).
 HIDDEN_SATURATION_MAX_AREA = 10000
@@ -62,6 +62,25 @@ def _shift_rows(text, dy):
     return f"[{sec.x1 + 1}:{sec.x2},{sec.y1 + 1 + dy}:{sec.y2 + dy}]"
 
 
+def check_frame(fi: FrameInfo) -> str | None:
+    """Return why a raw frame cannot be reduced (None if it can): the keywords prepare needs.
+
+    Checks the instrument, the arrays and read mode (gain, read noise, saturation need a
+    known ARRAYID and LNRS 2/8/16), FILTER1/FILTER2 and DATE-OBS/UT, and EXPTIME.
+    """
+    if str(fi.instrument()).upper() != "GSAOI":
+        return f"not a GSAOI frame (INSTRUME={fi.instrument()!r})"
+    if None in fi.gain() or None in fi.read_noise() or None in fi.saturation_level():
+        return f"unknown array or read mode (ARRAYID {fi.array_name()}, LNRS {fi.lnrs()})"
+    if fi.filter_name() is None:
+        return "FILTER1/FILTER2 missing"
+    if "DATE-OBS" not in fi.phu or fi.ut_datetime() is None:
+        return "DATE-OBS missing"
+    if fi.exposure_time() is None:
+        return "EXPTIME missing or negative"
+    return None
+
+
 def prepare(frame: Frame) -> Frame:
     """Validate a raw GSAOI frame and standardise its headers (DRAGONS ``prepare``).
 
@@ -77,8 +96,9 @@ def prepare(frame: Frame) -> Frame:
     """
     fi = info(frame)
     name = frame.orig_filename or frame.filename
-    if str(fi.instrument()).upper() != "GSAOI":
-        raise ReductionError(f"{name}: not a GSAOI frame (INSTRUME={fi.instrument()!r})")
+    problem = check_frame(fi)
+    if problem:
+        raise ReductionError(f"{name}: {problem}")
     indices = frame.meta.get("indices", tuple(range(len(frame.arrays))))
     if len(indices) != len(frame.arrays) or not set(indices) <= {0, 1, 2, 3} or (
             "indices" not in frame.meta and len(frame.arrays) != 4):
@@ -87,13 +107,6 @@ def prepare(frame: Frame) -> Frame:
         raise ReductionError(f"{name}: already prepared")
     gains, rns = fi.gain(), fi.read_noise()
     sats, nonlins = fi.saturation_level(), fi.non_linear_level()
-    if None in gains or None in rns or None in sats:
-        raise ReductionError(f"{name}: unknown array or read mode (ARRAYID {fi.array_name()}, "
-                             f"LNRS {fi.lnrs()})")
-    if fi.filter_name() is None:
-        raise ReductionError(f"{name}: FILTER1/FILTER2 missing")
-    if fi.ut_datetime() is None or "DATE-OBS" not in frame.phu:
-        raise ReductionError(f"{name}: DATE-OBS missing")
     phu = frame.phu.copy()
     phu["ORIGNAME"] = (frame.orig_filename or frame.filename, "Original filename")
     phu["PROCSOFT"] = ("gsaoi_watch", "Data reduction software")

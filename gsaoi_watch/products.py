@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 import tempfile
 import warnings
@@ -102,7 +103,10 @@ def write_frame(frame: Frame, directory, *, filename=None, overwrite=True) -> Pa
     target = directory / (filename or frame.filename)
     if target.exists() and not overwrite:
         raise FileExistsError(target)
-    hdus = [fits.PrimaryHDU(header=frame.phu)]
+    phu = frame.phu.copy()
+    phu["GEM-TLM"] = (datetime.datetime.now(datetime.UTC).strftime(
+        "%Y-%m-%dT%H:%M:%S"), "UT last modification with gsaoi_watch")
+    hdus = [fits.PrimaryHDU(header=phu)]
     for i, arr in enumerate(frame.arrays):
         ver = i + 1
         sci_h = arr.header.copy()

@@ -89,7 +89,7 @@ def run_typewalk(args) -> int:
 
 def _format_value(value):
     if isinstance(value, float):
-        return f"{value:.6g}" if abs(value) < 1e6 else f"{value:.6e}"
+        return str(value) if len(str(value)) <= 12 else f"{value:.6g}"
     if isinstance(value, list | tuple):
         return "[" + ", ".join(_format_value(v) for v in value) + "]"
     return str(value)

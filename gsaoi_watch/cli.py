@@ -71,7 +71,41 @@ def _add_reduce(sub):
     p.add_argument("--flat", default=None, help="processed flat to use (default: look it up)")
     p.add_argument("--bpm", default=None, help="static bad-pixel mask (default: look it up)")
     p.add_argument("-o", "--output-dir", default=".", help="where to write the products")
+    _add_db_options(p)
     p.set_defaults(func=_run("reduce"))
+
+
+def _add_db_options(p):
+    p.add_argument("-d", "--database", default=None,
+                   help="calibration database path or URL (default: the config file's, "
+                        "else ./cal_manager.db)")
+    p.add_argument("-c", "--config", default=None, help="configuration file (TOML)")
+
+
+def _add_caldb(sub):
+    p = sub.add_parser("caldb", help="manage the calibration database (DRAGONS caldb)")
+    verbs = p.add_subparsers(dest="caldb_verb", metavar="VERB")
+    verbs.required = True
+    v = verbs.add_parser("init", help="create the database")
+    v.add_argument("-w", "--wipe", action="store_true", help="delete an existing one first")
+    _add_db_options(v)
+    v = verbs.add_parser("add", help="register processed calibrations (files or directories)")
+    v.add_argument("files", nargs="+")
+    v.add_argument("-k", "--walk", action="store_true", help="descend into sub-directories")
+    _add_db_options(v)
+    v = verbs.add_parser("list", help="list the registered calibrations")
+    _add_db_options(v)
+    v = verbs.add_parser("remove", help="forget calibrations (files stay on disk)")
+    v.add_argument("files", nargs="+")
+    _add_db_options(v)
+    for name, text in (("bad", "never serve these calibrations"),
+                       ("good", "serve these calibrations again")):
+        v = verbs.add_parser(name, help=text)
+        v.add_argument("files", nargs="+")
+        _add_db_options(v)
+    v = verbs.add_parser("config", help="show where the database is")
+    _add_db_options(v)
+    p.set_defaults(func=_run("caldb"))
 
 
 def _run(verb):
@@ -82,6 +116,9 @@ def _run(verb):
         if verb == "reduce":
             from gsaoi_watch.reduce import run_reduce
             return run_reduce(args)
+        if verb == "caldb":
+            from gsaoi_watch.caldb import run_caldb
+            return run_caldb(args)
         from gsaoi_watch import tools
         return getattr(tools, f"run_{verb}")(args)
     return run
@@ -97,7 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="logging level")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     sub.required = True
-    for add in (_add_typewalk, _add_showd, _add_dataselect, _add_simulate, _add_reduce):
+    for add in (_add_typewalk, _add_showd, _add_dataselect, _add_simulate, _add_reduce,
+                _add_caldb):
         add(sub)
     return parser
 

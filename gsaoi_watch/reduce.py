@@ -8,7 +8,6 @@ files named on the command line replace those of the lists), ``-p primitive:para
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import shlex
 import shutil
@@ -16,13 +15,15 @@ import sys
 import time
 from pathlib import Path
 
+from gsaoi_watch import db
+from gsaoi_watch.caldb import add_calibration
+from gsaoi_watch.config import resolve_database
 from gsaoi_watch.errors import FrameError, GsaoiWatchError, ReductionError
 from gsaoi_watch.frames import read_frame_info
 from gsaoi_watch.products import load_bpm, load_frame, write_frame
 from gsaoi_watch.reduction.recipes import PARAMETERS, make_processed_flat, reduce_images
 
-__all__ = ["RECIPES", "Reduce", "expand_at_files", "find_bpm", "find_processed_flat",
-           "parse_uparms", "run_reduce"]
+__all__ = ["RECIPES", "Reduce", "expand_at_files", "find_bpm", "parse_uparms", "run_reduce"]
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,6 @@ RECIPES = {
     "reduce_nostack": "images",
 }
 CALDIR = Path("calibrations")
-FLAT_WINDOW = dt.timedelta(days=30)
 
 
 def expand_at_files(args, _depth=0):
@@ -150,32 +150,6 @@ def parse_uparms(uparms):
     return out
 
 
-def find_processed_flat(info, search_dirs):
-    """The processed flat for a frame: same raw filter, within 30 days, nearest in time.
-
-    The GSAOI association rule of the Gemini calibration manager, applied to the
-    ``*_flat.fits`` files in ``search_dirs``.  Returns a path or None.
-    """
-    best = None
-    when = info.ut_datetime()
-    for d in search_dirs:
-        for path in sorted(Path(d).glob("*_flat.fits")):
-            try:
-                cal = read_frame_info(path)
-            except FrameError:
-                continue
-            if "PROCESSED" not in cal.tags or "FLAT" not in cal.tags:
-                continue
-            if cal.filter_name() != info.filter_name():
-                continue
-            dt_ = abs(cal.ut_datetime() - when)
-            if dt_ >= FLAT_WINDOW:
-                continue
-            if best is None or dt_ < best[0]:
-                best = (dt_, path)
-    return None if best is None else best[1]
-
-
 def find_bpm(info, search_dirs):
     """A static BPM (tags BPM) valid for the frame: dated on or before it, the latest."""
     best = None
@@ -209,10 +183,16 @@ class Reduce:
         'makeProcessedFlat', 'reduce' or 'reduce_nostack'; chosen from the tags of the first
         input when None (FLAT -> makeProcessedFlat, otherwise reduce).
     flat, bpm : str, optional
-        Processed flat and static BPM to use instead of looking them up.
+        Processed flat and static BPM to use instead of looking them up in the database.
     output_dir : str, optional
         Where products are written (default: current directory).  Processed flats are also
-        copied to ``calibrations/processed_flat/`` below it.
+        copied to ``calibrations/processed_flat/`` below it and registered.
+    database : str, optional
+        Calibration database path or URL (default: the config file's, else
+        ``./cal_manager.db``; created if missing).  Every product is registered with the
+        calibrations it used.
+    config : str, optional
+        Configuration file.
 
     Examples
     --------
@@ -224,13 +204,15 @@ class Reduce:
     """
 
     def __init__(self, files=None, uparms=None, recipename=None, flat=None, bpm=None,
-                 output_dir="."):
+                 output_dir=".", database=None, config=None):
         self.files = list(files or [])
         self.uparms = uparms or []
         self.recipename = recipename
         self.flat = flat
         self.bpm = bpm
         self.output_dir = output_dir
+        self.database = database
+        self.config = config
         self.output_filenames = []
         self.result = None
 
@@ -248,20 +230,39 @@ class Reduce:
             raise GsaoiWatchError("no input files")
         params = parse_uparms(self.uparms)
         infos = [read_frame_info(f) for f in self.files]
-        out = Path(self.output_dir)
-        search = [out / CALDIR / "processed_flat", out] + sorted(
-            {Path(f).resolve().parent for f in self.files})
-        bpm_path = self.bpm or find_bpm(infos[0], sorted(
-            {Path(f).resolve().parent for f in self.files}) + [out / CALDIR / "processed_bpm"])
-        bpm = load_bpm(bpm_path) if bpm_path else None
-        if bpm_path:
-            log.info("BPM: %s", Path(bpm_path).name)
         kind = self._recipe(infos[0])
+        db.open_database(resolve_database(self.database, self.config), create=True)
+        try:
+            return self._run(kind, infos, params)
+        finally:
+            db.close_database()
+
+    def _calibration(self, given, info, kind, fallback_dirs=()):
+        """(path, Product) of the calibration to use: given, else the database, else found."""
+        if given:
+            path = Path(given)
+            return path, add_calibration(path)
+        product = db.best_calibration(info, kind)
+        if product is not None:
+            return Path(product.path), product
+        if kind == "processed_bpm":
+            found = find_bpm(info, fallback_dirs)
+            if found:
+                return found, add_calibration(found)
+        return None, None
+
+    def _run(self, kind, infos, params):
+        out = Path(self.output_dir)
+        raw_dirs = sorted({Path(f).resolve().parent for f in self.files})
+        bpm_path, bpm_row = self._calibration(self.bpm, infos[0], "processed_bpm", raw_dirs)
+        bpm = load_bpm(bpm_path) if bpm_path else None
+        bpm_name = bpm_path.name if bpm_path else None
+        if bpm_path:
+            log.info("BPM: %s", bpm_name)
         t0 = time.perf_counter()
         if kind == "flat":
             thr = params.get("thresholdFlatfield", {})
-            flat = make_processed_flat(self.files, bpm=bpm,
-                                       bpm_name=Path(bpm_path).name if bpm_path else None,
+            flat = make_processed_flat(self.files, bpm=bpm, bpm_name=bpm_name,
                                        lower=thr.get("lower", 0.01), upper=thr.get("upper", 10.0))
             path = write_frame(flat, out)
             caldir = out / CALDIR / "processed_flat"
@@ -269,21 +270,32 @@ class Reduce:
             tmp = caldir / f".{path.name}.tmp"
             shutil.copyfile(path, tmp)
             tmp.replace(caldir / path.name)
+            used = [(bpm_row, "processed_bpm")] if bpm_row else []
+            db.register_product(caldir / path.name, read_frame_info(caldir / path.name),
+                                kind="processed_flat", is_calibration=True, used=used)
             self.output_filenames = [str(path)]
             self.result = flat
-            log.info("makeProcessedFlat: %s from %d frames in %.1f s", path.name,
-                     len(self.files), time.perf_counter() - t0)
+            log.info("makeProcessedFlat: %s from %d frames in %.1f s (registered)", path.name,
+                     flat.phu["NCOMBINE"], time.perf_counter() - t0)
             return self
-        flat_path = self.flat or find_processed_flat(infos[0], search)
+        flat_path, flat_row = self._calibration(self.flat, infos[0], "processed_flat")
         if flat_path is None:
             raise ReductionError(f"{infos[0].filename}: no processed flat for filter "
-                                 f"{infos[0].filter_name()} within 30 days; make one "
-                                 "(reduce the flats) or give --flat")
-        log.info("flat: %s", Path(flat_path).name)
+                                 f"{infos[0].filter_name()} within 30 days in the calibration "
+                                 "database; reduce the flats, 'caldb add' one, or give --flat")
+        log.info("flat: %s", flat_path.name)
         flat = load_frame(flat_path)
-        res = reduce_images(self.files, flat=flat, flat_name=Path(flat_path).name, bpm=bpm,
-                            bpm_name=Path(bpm_path).name if bpm_path else None, params=params,
-                            on_product=lambda frame: str(write_frame(frame, out)))
+        used = [(flat_row, "processed_flat")] + ([(bpm_row, "processed_bpm")] if bpm_row else [])
+
+        def store(frame):
+            path = write_frame(frame, out)
+            product_kind = "sky_corrected" if "_skyCorrected" in path.name else "flat_corrected"
+            db.register_product(path, read_frame_info(path), kind=product_kind,
+                                is_calibration=False, used=used)
+            return str(path)
+
+        res = reduce_images(self.files, flat=flat, flat_name=flat_path.name, bpm=bpm,
+                            bpm_name=bpm_name, params=params, on_product=store)
         self.output_filenames = res["sky_corrected"] + res["flat_corrected"]
         self.result = res
         log.info("reduce: %d _skyCorrected, %d _flatCorrected in %.1f s (%s)",
@@ -305,7 +317,8 @@ def run_reduce(args) -> int:
         uparms = _params_from_options(list_opts) + params  # command line wins
         recipe = args.recipe or _option(list_opts, ("-r", "--recipe"))
         r = Reduce(files=files, uparms=uparms, recipename=recipe, flat=args.flat,
-                   bpm=args.bpm, output_dir=args.output_dir)
+                   bpm=args.bpm, output_dir=args.output_dir, database=args.database,
+                   config=args.config)
         r.run()
     except (GsaoiWatchError, FileNotFoundError) as exc:
         print(f"gsaoi-watch reduce: {exc}", file=sys.stderr)

@@ -307,7 +307,7 @@ def test_parameters_are_validated_and_typed():
 
 def test_python_api_mirrors_dragons(night, tmp_path):
     out, truth = night
-    r = Reduce(output_dir=tmp_path)
+    r = Reduce(output_dir=tmp_path, database=tmp_path / "cal.db")
     r.files = sorted(str(out / f["filename"]) for f in truth["frames"]
                      if f["kind"].startswith("flat"))
     r.run()

@@ -1,0 +1,155 @@
+"""``gsaoi-watch caldb``: DRAGONS' caldb verbs on the gsaoi_watch calibration database."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from gsaoi_watch import db
+from gsaoi_watch.config import resolve_database
+from gsaoi_watch.errors import ConfigError, FrameError, GsaoiWatchError
+from gsaoi_watch.frames import read_frame_info
+
+__all__ = ["add_calibration", "calibration_kind", "run_caldb"]
+
+
+def calibration_kind(info) -> str | None:
+    """'processed_flat' or 'processed_bpm' for a processed calibration, else None."""
+    if "BPM" in info.tags:
+        return "processed_bpm"
+    if "PROCESSED" in info.tags and "FLAT" in info.tags:
+        return "processed_flat"
+    return None
+
+
+def add_calibration(path):
+    """Register one processed calibration file; return its Product row.
+
+    Raises
+    ------
+    GsaoiWatchError
+        If the file is not a readable processed GSAOI calibration.
+    """
+    info = read_frame_info(path)
+    kind = calibration_kind(info)
+    if kind is None:
+        raise GsaoiWatchError(f"{path}: not a processed calibration (tags: "
+                              f"{' '.join(sorted(info.tags))}); only processed flats and "
+                              "bad-pixel masks are served")
+    return db.register_product(path, info, kind=kind, is_calibration=True)
+
+
+def _files(paths, walk):
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            it = p.rglob("*.fits") if walk else p.glob("*.fits")
+            yield from sorted(f for f in it if f.is_file())
+        else:
+            yield p
+
+
+def _find(name_or_path):
+    path = str(Path(name_or_path).resolve())
+    row = db.Product.get_or_none(db.Product.path == path)
+    if row is None:
+        rows = list(db.Product.select().where(db.Product.filename == Path(name_or_path).name))
+        row = rows[0] if len(rows) == 1 else None
+    return row
+
+
+def run_caldb(args) -> int:
+    """Entry point of ``gsaoi-watch caldb VERB``."""
+    try:
+        target = resolve_database(args.database, args.config)
+    except ConfigError as exc:
+        print(f"caldb: {exc}", file=sys.stderr)
+        return 2
+    verb = args.caldb_verb
+    if verb == "config":
+        print(f"database: {target}")
+        print(f"  from: {'-d/--database' if args.database else args.config or 'default'}")
+        print(f"  exists: {'yes' if '://' in target or Path(target).exists() else 'no'}")
+        return 0
+    try:
+        if verb == "init":
+            return _init(target, args.wipe)
+        db.open_database(target)
+        if verb == "add":
+            return _add(args.files, args.walk)
+        if verb == "list":
+            return _list()
+        if verb == "remove":
+            return _remove(args.files)
+        if verb in ("bad", "good"):
+            return _mark(args.files, verb == "bad")
+    except db.DatabaseError as exc:
+        print(f"caldb: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        db.close_database()
+    return 2
+
+
+def _init(target, wipe):
+    if "://" not in target and Path(target).exists():
+        if not wipe:
+            print(f"caldb: {target} already exists; use --wipe to start afresh",
+                  file=sys.stderr)
+            return 2
+        for suffix in ("", "-wal", "-shm"):
+            Path(target + suffix).unlink(missing_ok=True)
+    db.open_database(target, create=True)
+    print(f"initialised calibration database {target}")
+    return 0
+
+
+def _add(paths, walk):
+    status = 0
+    for path in _files(paths, walk):
+        try:
+            product = add_calibration(path)
+        except (FrameError, GsaoiWatchError) as exc:
+            print(f"caldb add: {exc}", file=sys.stderr)
+            status = 1
+            continue
+        print(f"added {product.kind} {product.filename}")
+    return status
+
+
+def _list():
+    rows = db.Product.select().where(db.Product.is_calibration == True)  # noqa: E712
+    for p in rows.order_by(db.Product.kind, db.Product.ut_datetime):
+        flag = "  BAD" if p.is_bad else ""
+        print(f"{p.filename:40s} {p.kind:15s} {p.filter_name or '-':22s} "
+              f"{p.ut_datetime:%Y-%m-%d %H:%M:%S}  {os.path.dirname(p.path)}{flag}")
+    return 0
+
+
+def _remove(names):
+    status = 0
+    for name in names:
+        row = _find(name)
+        if row is None:
+            print(f"caldb remove: {name}: not in the database", file=sys.stderr)
+            status = 1
+            continue
+        with db.writing():
+            row.delete_instance(recursive=True)
+        print(f"removed {row.filename} from the database (the file stays on disk)")
+    return status
+
+
+def _mark(names, bad):
+    status = 0
+    for name in names:
+        row = _find(name)
+        if row is None:
+            print(f"caldb: {name}: not in the database", file=sys.stderr)
+            status = 1
+            continue
+        with db.writing():
+            db.Product.update(is_bad=bad).where(db.Product.id == row.id).execute()
+        print(f"{row.filename} marked {'bad: it will not be served' if bad else 'good'}")
+    return status

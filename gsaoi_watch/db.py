@@ -1,0 +1,325 @@
+"""The calibration database (peewee): ledger of frames, sequences, jobs and products.
+
+SQLite in WAL mode by default (a path), or any database URL ``playhouse.db_url`` accepts
+(``postgresql://...``).  One writer at a time: SQLite's busy timeout gives a bounded wait for
+a lock, then :class:`DatabaseError` says so.  The schema carries a version; an older
+database is upgraded in place, a newer one refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
+import peewee as pw
+from playhouse.db_url import connect as url_connect
+
+from gsaoi_watch.errors import GsaoiWatchError
+
+__all__ = [
+    "FLAT_WINDOW",
+    "SCHEMA_VERSION",
+    "DatabaseError",
+    "Frame",
+    "Job",
+    "Product",
+    "ProductCalibration",
+    "SchemaInfo",
+    "Sequence",
+    "best_calibration",
+    "checksum",
+    "close_database",
+    "database",
+    "open_database",
+    "register_product",
+    "writing",
+]
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+#: Calibrations are served within this time of the frame (Gemini calibration manager).
+FLAT_WINDOW = dt.timedelta(days=30)
+#: How long a writer waits for SQLite's lock before giving up (seconds).
+LOCK_TIMEOUT = 10.0
+
+database = pw.DatabaseProxy()
+
+
+class DatabaseError(GsaoiWatchError):
+    """The calibration database cannot be used (corrupt, locked, wrong schema)."""
+
+
+def _now():
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+class _Model(pw.Model):
+    class Meta:
+        database = database
+        legacy_table_names = False
+
+
+class SchemaInfo(_Model):
+    """One row: the schema version of this database."""
+
+    version = pw.IntegerField()
+    created = pw.DateTimeField(default=_now)
+
+
+class Sequence(_Model):
+    """Frames of one observation with the same kind, filter, exposure, read mode and ROI."""
+
+    key = pw.CharField(unique=True)
+    kind = pw.CharField()
+    observation_id = pw.CharField(null=True)
+    object = pw.CharField(null=True)
+    filter_name = pw.CharField(null=True)
+    exposure_time = pw.FloatField(null=True)
+    read_mode = pw.CharField(null=True)
+    roi = pw.BooleanField(default=False)
+    state = pw.CharField(default="OPEN", index=True)
+    reason = pw.CharField(null=True)
+    opened = pw.DateTimeField(default=_now)
+    updated = pw.DateTimeField(default=_now)
+
+
+class Frame(_Model):
+    """A raw file seen by gsaoi_watch: the ledger row (checksum, state, tries, error)."""
+
+    path = pw.CharField(unique=True)
+    data_label = pw.CharField(unique=True, null=True)
+    checksum = pw.CharField(null=True)
+    size = pw.BigIntegerField(null=True)
+    descriptors = pw.TextField(default="{}")
+    tags = pw.CharField(default="")
+    state = pw.CharField(default="ingested", index=True)
+    error = pw.TextField(null=True)
+    tries = pw.IntegerField(default=0)
+    sequence = pw.ForeignKeyField(Sequence, backref="frames", null=True, on_delete="SET NULL")
+    ut_datetime = pw.DateTimeField(null=True)
+    created = pw.DateTimeField(default=_now)
+    updated = pw.DateTimeField(default=_now)
+
+
+class Job(_Model):
+    """A reduction run on a sequence."""
+
+    sequence = pw.ForeignKeyField(Sequence, backref="jobs", null=True, on_delete="SET NULL")
+    recipe = pw.CharField()
+    parameters = pw.TextField(default="{}")
+    state = pw.CharField(default="WAITING", index=True)
+    tries = pw.IntegerField(default=0)
+    started = pw.DateTimeField(null=True)
+    finished = pw.DateTimeField(null=True)
+    error = pw.TextField(null=True)
+
+
+class Product(_Model):
+    """A file gsaoi_watch made or was given: calibrations and reduced frames."""
+
+    path = pw.CharField(unique=True)
+    filename = pw.CharField(index=True)
+    kind = pw.CharField(index=True)  # processed_flat, processed_bpm, sky_corrected, ...
+    job = pw.ForeignKeyField(Job, backref="products", null=True, on_delete="SET NULL")
+    data_label = pw.CharField(null=True)
+    filter_name = pw.CharField(null=True, index=True)
+    read_mode = pw.CharField(null=True)
+    observation_class = pw.CharField(null=True)
+    ut_datetime = pw.DateTimeField(null=True)
+    detector_section = pw.CharField(null=True)
+    is_calibration = pw.BooleanField(default=False)
+    is_bad = pw.BooleanField(default=False)
+    checksum = pw.CharField(null=True)
+    created = pw.DateTimeField(default=_now)
+
+
+class ProductCalibration(_Model):
+    """Which calibration a product used (e.g. the flat of a _skyCorrected frame)."""
+
+    product = pw.ForeignKeyField(Product, backref="calibrations_used", on_delete="CASCADE")
+    calibration = pw.ForeignKeyField(Product, backref="used_by", on_delete="CASCADE")
+    caltype = pw.CharField()
+
+
+MODELS = (SchemaInfo, Sequence, Frame, Job, Product, ProductCalibration)
+
+
+def checksum(path, *, chunk=1 << 20) -> str:
+    """MD5 of a file's bytes (what the Gemini archive records)."""
+    h = hashlib.md5()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _is_url(target: str) -> bool:
+    return "://" in target
+
+
+def open_database(target, *, create=False):
+    """Open (and with ``create``, initialise) the database at a path or URL.
+
+    Parameters
+    ----------
+    target : str or os.PathLike
+        A file path (SQLite) or a database URL.
+    create : bool
+        Create the file and tables if missing; otherwise a missing database is an error.
+
+    Returns
+    -------
+    peewee.Database
+        Also bound to the module-level ``database`` proxy used by the models.
+
+    Raises
+    ------
+    DatabaseError
+        Missing (without ``create``), not a database (corrupt), locked, or a newer schema.
+    """
+    target = str(target)
+    if _is_url(target):
+        db = url_connect(target)
+    else:
+        path = Path(target)
+        if not path.exists() and not create:
+            raise DatabaseError(f"{path}: no calibration database here; run "
+                                "'gsaoi-watch caldb init' first")
+        if path.parent and not path.parent.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+        db = pw.SqliteDatabase(str(path), timeout=LOCK_TIMEOUT, pragmas={
+            "journal_mode": "wal", "foreign_keys": 1, "synchronous": "normal",
+            "busy_timeout": int(LOCK_TIMEOUT * 1000)})
+    database.initialize(db)
+    try:
+        db.connect(reuse_if_open=True)
+        existing = set(db.get_tables())
+        if not existing:
+            if not create and not _is_url(target):
+                raise DatabaseError(f"{target}: empty file, not a calibration database; "
+                                    "run 'gsaoi-watch caldb init'")
+            with db.atomic():
+                db.create_tables(MODELS)
+                SchemaInfo.create(version=SCHEMA_VERSION)
+        elif "schema_info" not in existing:
+            raise DatabaseError(f"{target}: not a gsaoi_watch calibration database "
+                                f"(tables {sorted(existing)})")
+        else:
+            _check_version(db, target)
+    except pw.DatabaseError as exc:
+        db.close()
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "locked" in text:
+            raise DatabaseError(f"{target}: database is locked by another writer "
+                                f"(waited {LOCK_TIMEOUT:.0f} s)") from None
+        raise DatabaseError(f"{target}: cannot use the calibration database ({text}); "
+                            "it was left untouched") from None
+    return db
+
+
+def _check_version(db, target):
+    version = SchemaInfo.select(pw.fn.MAX(SchemaInfo.version)).scalar() or 0
+    if version > SCHEMA_VERSION:
+        raise DatabaseError(f"{target}: schema version {version} is newer than this "
+                            f"gsaoi_watch understands ({SCHEMA_VERSION}); upgrade gsaoi_watch")
+    if version < SCHEMA_VERSION:
+        with db.atomic():
+            for upgrade in _UPGRADES[version:SCHEMA_VERSION]:
+                upgrade(db)
+            SchemaInfo.create(version=SCHEMA_VERSION)
+        log.info("database %s upgraded from schema %d to %d", target, version, SCHEMA_VERSION)
+
+
+#: Upgrades from version i to i+1 (index i).  Version 0 means "no tables yet".
+_UPGRADES = [lambda db: db.create_tables(MODELS)]
+
+
+@contextlib.contextmanager
+def writing():
+    """One atomic write transaction; a lock held too long becomes a clear DatabaseError."""
+    try:
+        with database.atomic():
+            yield
+    except pw.OperationalError as exc:
+        if "locked" in str(exc):
+            raise DatabaseError(f"{getattr(database.obj, 'database', 'database')}: locked by "
+                                f"another writer (waited {LOCK_TIMEOUT:.0f} s)") from None
+        raise
+
+
+def close_database():
+    """Close the connection bound to the models, if any."""
+    if database.obj is not None and not database.is_closed():
+        database.close()
+
+
+def register_product(path, info, *, kind, is_calibration, job=None, used=()):
+    """Insert or update the Product row of a file (atomic); return it.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The product file.
+    info : gsaoi_watch.frames.FrameInfo
+        Its headers.
+    kind : str
+        'processed_flat', 'processed_bpm', 'sky_corrected', 'flat_corrected', ...
+    is_calibration : bool
+        Whether it may be served to other reductions.
+    used : iterable of (Product, caltype)
+        Calibrations this product was made with.
+    """
+    path = str(Path(path).resolve())
+    fields = dict(
+        filename=os.path.basename(path), kind=kind, job=job, data_label=info.data_label(),
+        filter_name=info.filter_name(), read_mode=info.read_mode(),
+        observation_class=info.observation_class(), ut_datetime=info.ut_datetime(),
+        detector_section=json.dumps(info.detector_section(pretty=True)),
+        is_calibration=is_calibration, checksum=checksum(path), created=_now())
+    with writing():
+        product = Product.get_or_none(Product.path == path)
+        if product is None:
+            product = Product.create(path=path, **fields)
+        else:
+            fields.pop("created")
+            Product.update(**fields).where(Product.id == product.id).execute()
+            product = Product.get_by_id(product.id)
+        ProductCalibration.delete().where(ProductCalibration.product == product).execute()
+        for cal, caltype in used:
+            ProductCalibration.create(product=product, calibration=cal, caltype=caltype)
+    return product
+
+
+def best_calibration(info, kind="processed_flat", *, window=FLAT_WINDOW):
+    """The calibration to serve a frame, by the GSAOI rules of the Gemini calibration manager.
+
+    processed_flat: identical raw filter name (FILTER1&FILTER2), within ``window`` of the
+    frame, not marked bad, file present, nearest in time (ties: the newest made).  A
+    full-frame flat serves ROI frames (reductions crop it).  processed_bpm: the latest BPM
+    dated on or before the frame.
+
+    Returns
+    -------
+    Product or None
+    """
+    when = info.ut_datetime()
+    query = Product.select().where((Product.kind == kind) & (Product.is_bad == False))  # noqa: E712
+    if kind == "processed_flat":
+        query = query.where((Product.filter_name == info.filter_name())
+                            & (Product.ut_datetime > when - window)
+                            & (Product.ut_datetime < when + window))
+        ranked = sorted(query, key=lambda p: (abs((p.ut_datetime - when).total_seconds()),
+                                              -p.created.timestamp()))
+    else:
+        query = query.where(Product.ut_datetime <= when)
+        ranked = sorted(query, key=lambda p: p.ut_datetime, reverse=True)
+    for product in ranked:
+        if Path(product.path).exists():
+            return product
+    return None

@@ -37,12 +37,15 @@ def load_frame(path, *, indices=(0, 1, 2, 3)) -> Frame:
             phu = hdul[0].header.copy()
             planes = {}
             raw = []
+            counts = {}
             for hdu in hdul[1:]:
                 if not isinstance(hdu, fits.ImageHDU):
                     continue
                 name = str(hdu.header.get("EXTNAME", "")).strip().upper()
-                ver = int(hdu.header.get("EXTVER", 0) or 0)
-                if name in ("SCI", "VAR", "DQ", "OBJMASK") and ver:
+                counts[name] = counts.get(name, 0) + 1
+                # raw files may carry EXTNAME='SCI' without EXTVER: number them in order
+                ver = int(hdu.header.get("EXTVER", 0) or 0) or counts[name]
+                if name in ("SCI", "VAR", "DQ", "OBJMASK"):
                     planes[(name, ver)] = hdu
                 elif not name:
                     raw.append(hdu)

@@ -368,3 +368,31 @@ def test_unusable_frames_are_named_and_the_rest_reduce(night, tmp_path):
     res = reduce_images(inputs, flat=master)
     assert dict(res["skipped"]) == {Path(science[2]).name: "EXPTIME missing or negative"}
     assert len(res["sky_corrected"]) == 8
+
+
+def test_standard_star_catalogue_position_flux_fwhm(night, master):
+    out, truth = night
+    stds = truth_frames(truth, "standard")
+    res = reduce_images(sorted(str(out / n) for n in stds), flat=master,
+                        bpm=load_bpm(out / BPM_NAME))
+    assert res["offset_sky"] is True  # dithers on target serve as skies: GSAOI default
+    for frame in res["sky_corrected"]:
+        t = stds[frame.orig_filename]
+        star_array = max(t["arrays"], key=lambda a: max([s[3] for s in a["stars"]] or [0]))
+        sid, x, y, rate = max(star_array["stars"], key=lambda s: s[3])
+        cat = frame.meta["catalogs"][star_array["index"]]
+        k = int(np.argmin(np.hypot(cat["x"] - x, cat["y"] - y)))
+        assert np.hypot(cat["x"][k] - x, cat["y"][k] - y) < 0.1
+        assert cat["fwhm"][k] == pytest.approx(t["fwhm_px"], rel=0.10)
+        assert cat["flux"][k] / t["exptime"] == pytest.approx(rate, rel=0.06)  # segment flux
+
+
+def test_raw_files_with_extname_sci_but_no_extver(night, tmp_path):
+    out, _ = night
+    with fits.open(out / "S20170505S0096.fits") as hdul:
+        for h in hdul[1:]:
+            h.header["EXTNAME"] = "SCI"
+        hdul.writeto(tmp_path / "S20170505S0096.fits")
+    frame = load_frame(tmp_path / "S20170505S0096.fits")
+    assert [a.header["ARRAYID"] for a in frame.arrays] == [s.array_id for s in ARRAYS]
+    assert standardize.prepare(frame).arrays[3].header["EXTVER"] == 4

@@ -616,6 +616,7 @@ def read_frame_info(path, *, require_gsaoi=True) -> FrameInfo:
                     _check_complete(path, hdul, size)
                 phu = hdul[0].header.copy()
                 arrays = [h.header.copy() for h in _array_hdus(hdul)]
+                n_hdus = len(hdul) - 1
     except FrameError:
         raise
     except (OSError, ValueError, IndexError, KeyError, TypeError, EOFError) as exc:
@@ -623,6 +624,10 @@ def read_frame_info(path, *, require_gsaoi=True) -> FrameInfo:
         if "truncated" in text.lower() or "empty or corrupt" in text.lower():
             raise FrameError(path, f"truncated or corrupt FITS ({text})") from None
         raise FrameError(path, f"unreadable FITS ({text})") from None
+    nextend = phu.get("NEXTEND")
+    if isinstance(nextend, int) and not isinstance(nextend, bool) and n_hdus < nextend:
+        # cut at an HDU boundary: the PHU promises more extensions than the file holds
+        raise FrameError(path, f"truncated FITS: {n_hdus} of {nextend} extensions present")
     if require_gsaoi:
         inst = _strip(phu.get("INSTRUME"))
         if inst is None:

@@ -108,6 +108,23 @@ def _add_caldb(sub):
     p.set_defaults(func=_run("caldb"))
 
 
+def _add_daemon(sub):
+    p = sub.add_parser("run", help="the daemon: watch the raw directory and reduce")
+    p.add_argument("--raw-dir", default=None, help="directory where raw frames arrive")
+    p.add_argument("--output-dir", default=None, help="directory for products")
+    p.add_argument("--log", default=None, help="log file (also logged to standard error)")
+    _add_db_options(p)
+    p.set_defaults(func=_run("run"))
+    p = sub.add_parser("status", help="sequences, jobs and products of the daemon")
+    _add_db_options(p)
+    p.set_defaults(func=_run("status"))
+    p = sub.add_parser("close", help="ask the daemon to close a sequence now")
+    p.add_argument("sequence", nargs="?", help="observation id or sequence key")
+    p.add_argument("--all", action="store_true", help="close every open sequence")
+    _add_db_options(p)
+    p.set_defaults(func=_run("close"))
+
+
 def _run(verb):
     def run(args):
         if verb == "simulate":
@@ -119,6 +136,12 @@ def _run(verb):
         if verb == "caldb":
             from gsaoi_watch.caldb import run_caldb
             return run_caldb(args)
+        if verb == "run":
+            from gsaoi_watch.service import run_cli
+            return run_cli(args)
+        if verb in ("status", "close"):
+            from gsaoi_watch import control
+            return getattr(control, f"run_{verb}")(args)
         from gsaoi_watch import tools
         return getattr(tools, f"run_{verb}")(args)
     return run
@@ -135,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     sub.required = True
     for add in (_add_typewalk, _add_showd, _add_dataselect, _add_simulate, _add_reduce,
-                _add_caldb):
+                _add_caldb, _add_daemon):
         add(sub)
     return parser
 

@@ -25,6 +25,7 @@ __all__ = [
     "FLAT_WINDOW",
     "SCHEMA_VERSION",
     "DatabaseError",
+    "Command",
     "Frame",
     "Job",
     "Product",
@@ -87,6 +88,19 @@ class Sequence(_Model):
     reason = pw.CharField(null=True)
     opened = pw.DateTimeField(default=_now)
     updated = pw.DateTimeField(default=_now)
+    last_frame_ut = pw.DateTimeField(null=True)
+    wait_started = pw.DateTimeField(null=True)
+    stale = pw.BooleanField(default=False)
+    quicklook = pw.BooleanField(default=False)
+
+
+class Command(_Model):
+    """An operator request to the running daemon (e.g. close a sequence), done once."""
+
+    verb = pw.CharField()
+    argument = pw.CharField(null=True)
+    created = pw.DateTimeField(default=_now)
+    done = pw.DateTimeField(null=True)
 
 
 class Frame(_Model):
@@ -147,7 +161,7 @@ class ProductCalibration(_Model):
     caltype = pw.CharField()
 
 
-MODELS = (SchemaInfo, Sequence, Frame, Job, Product, ProductCalibration)
+MODELS = (SchemaInfo, Sequence, Command, Frame, Job, Product, ProductCalibration)
 
 
 def checksum(path, *, chunk=1 << 20) -> str:

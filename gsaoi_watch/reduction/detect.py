@@ -21,6 +21,12 @@ CATALOG_COLUMNS = ("number", "x", "y", "flux", "flux_err", "fwhm", "ellipticity"
                    "area")
 
 
+def _attr(cat, new, old):
+    """Read a catalogue attribute by its photutils 3 name, or the older one."""
+    cls = type(cat)
+    return getattr(cat, new) if hasattr(cls, new) else getattr(cat, old)
+
+
 def _half_max_fwhm(cat):
     """FWHM from the area above half the peak: 2 sqrt(A / pi), profile-independent.
 
@@ -28,7 +34,7 @@ def _half_max_fwhm(cat):
     PSFs; counting the pixels above half maximum is not.
     """
     out = np.full(len(cat.label), np.nan)
-    for k, cutout in enumerate(cat.data_ma):
+    for k, cutout in enumerate(_attr(cat, "data_cutout_masked", "data_ma")):
         values = np.ma.filled(cutout, np.nan)
         peak = np.nanmax(values) if np.isfinite(values).any() else np.nan
         if peak > 0:
@@ -83,8 +89,8 @@ def detect_array(arr: Array, *, detect_thresh=1.5, detect_minarea=20, back_size=
         cat = SourceCatalog(data, segm, convolved_data=smooth, error=error, mask=mask)
         cols = {
             "number": np.asarray(cat.label),
-            "x": np.asarray(cat.xcentroid) + 1.0,
-            "y": np.asarray(cat.ycentroid) + 1.0,
+            "x": np.asarray(_attr(cat, "x_centroid", "xcentroid")) + 1.0,
+            "y": np.asarray(_attr(cat, "y_centroid", "ycentroid")) + 1.0,
             "flux": np.asarray(cat.segment_flux),
             "flux_err": (np.asarray(cat.segment_flux_err) if error is not None
                          else np.full(len(cat.label), np.nan)),

@@ -209,8 +209,9 @@ def reduce_images(paths, *, flat, flat_name=None, bpm=None, bpm_name=None, param
     ----------
     paths : list of str
         Raw frames of one observation (objects and skies).
-    flat : Frame
-        The processed flat (full frame; cropped for ROI frames).
+    flat : Frame or None
+        The processed flat (full frame; cropped for ROI frames).  None reduces without a
+        flat for quick-look; the products carry QUICKLK.
     params : dict, optional
         {primitive: {parameter: value}} overriding :data:`PARAMETERS`.
     on_product : callable, optional
@@ -256,7 +257,11 @@ def reduce_images(paths, *, flat, flat_name=None, bpm=None, bpm_name=None, param
     def load(name):
         frame = load_frame(path_of[name])
         frame.meta["bpm_name"] = bpm_name
-        return flat_correct(preprocess(frame, bpm=bpm), flat, flat_name=flat_name)
+        frame = preprocess(frame, bpm=bpm)
+        if flat is None:  # quick-look: no flat yet
+            frame.phu["QUICKLK"] = ("no flat", "Reduced without a flat field (quick-look)")
+            return frame
+        return flat_correct(frame, flat, flat_name=flat_name)
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         skies = dict(zip(plan["skies"], pool.map(load, plan["skies"])))

@@ -1,0 +1,178 @@
+"""The daemon's lifecycle: logging, database, observer, scheduler, signals, sd_notify."""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import os
+import signal
+import socket
+import sys
+import threading
+from pathlib import Path
+
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from gsaoi_watch import db
+from gsaoi_watch.engine import Engine
+from gsaoi_watch.watcher import make_observer
+
+__all__ = ["run_service", "sd_notify", "setup_logging"]
+
+log = logging.getLogger("gsaoi_watch")
+
+LOG_FORMAT = "%(asctime)s %(levelname)-7s %(message)s"
+
+
+def sd_notify(message: str) -> bool:
+    """Send a datagram to systemd's NOTIFY_SOCKET (READY=1, STATUS=..., WATCHDOG=1, ...).
+
+    Returns False (and does nothing) when not run under systemd.
+    """
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return False
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.sendto(message.encode(), addr)
+        return True
+    except OSError as exc:
+        log.warning("sd_notify failed: %s", exc)
+        return False
+
+
+def setup_logging(level="INFO", log_file=""):
+    """Log to standard error (journald) and, if given, a WatchedFileHandler (logrotate)."""
+    root = logging.getLogger()
+    root.setLevel(getattr(logging, level))
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    handlers = [logging.StreamHandler(sys.stderr)]
+    if log_file:
+        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.handlers.WatchedFileHandler(log_file))
+    for h in handlers:
+        h.setFormatter(logging.Formatter(LOG_FORMAT))
+        root.addHandler(h)
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    logging.getLogger("watchdog").setLevel(logging.WARNING)
+
+
+def run_service(config, *, stop_event=None, idle_exit=None, install_signals=True) -> int:
+    """Run the daemon until SIGTERM/SIGINT (or ``stop_event``); return the exit status.
+
+    Start-up: open the database, re-run interrupted jobs, scan the raw directory, start
+    the observer and the scheduler, then READY=1.  Shutdown: stop watching, abandon the
+    running job (re-run after a restart), STOPPING=1, exit 0.  If the observer thread dies
+    the service exits with status 1 so that systemd restarts it.
+    """
+    raw = Path(config.paths.raw_dir)
+    raw.mkdir(parents=True, exist_ok=True)
+    Path(config.paths.output_dir).mkdir(parents=True, exist_ok=True)
+    db.open_database(config.database.url, create=True)
+    engine = Engine(config)
+    observer, polling = make_observer(raw, engine.events, polling=config.watch.polling,
+                                      poll_interval=config.watch.poll_interval)
+    scheduler = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1,
+                                                  "misfire_grace_time": 30})
+    status = {"code": 0}
+
+    def heartbeat():
+        engine.events.put(("heartbeat",))
+
+    scheduler.add_job(lambda: engine.events.put(("tick",)), "interval",
+                      seconds=config.sequences.tick_seconds, id="tick")
+    scheduler.add_job(lambda: engine.events.put(("rescan",)), "interval",
+                      seconds=config.watch.rescan_seconds, id="rescan")
+    scheduler.add_job(heartbeat, "interval", seconds=config.service.heartbeat_seconds,
+                      id="heartbeat")
+
+    def stop(signum=None, frame=None):
+        engine.events.put(("stop",))
+
+    previous = {}
+    if install_signals and threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, stop)
+    try:
+        log.info("gsaoi_watch starting: raw=%s output=%s database=%s (%s)", raw,
+                 config.paths.output_dir, config.database.url,
+                 "polling" if polling else "inotify")
+        engine.recover()
+        observer.start()
+        scheduler.start()
+        sd_notify("READY=1")
+        sd_notify(f"STATUS={engine.summary()}")
+        log.info("ready: %s", engine.summary())
+        while not engine.stopping:
+            if stop_event is not None and stop_event.is_set():
+                break
+            event = None
+            try:
+                event = engine.events.get(timeout=0.2)
+            except Exception:  # noqa: BLE001 -- queue.Empty
+                event = None
+            if event is not None and event[0] == "heartbeat":
+                if not observer.is_alive():
+                    log.error("the file observer died: exiting so that systemd restarts us")
+                    status["code"] = 1
+                    break
+                sd_notify("WATCHDOG=1")
+                sd_notify(f"STATUS={engine.summary()}")
+                continue
+            if event is not None:
+                engine.handle(event)
+            engine.step(timeout=0)
+            if idle_exit is not None and not (engine.futures or engine.gate.pending):
+                idle_exit -= 0.2
+                if idle_exit <= 0:
+                    break
+    finally:
+        sd_notify("STOPPING=1")
+        log.info("stopping: %s", engine.summary())
+        scheduler.shutdown(wait=False)
+        observer.stop()
+        observer.join(timeout=5)
+        engine.shutdown()
+        db.close_database()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return status["code"]
+
+
+def config_from_args(args):
+    """The configuration file (``-c``) with command-line overrides applied."""
+    from gsaoi_watch.config import load_config
+
+    config = load_config(getattr(args, "config", None))
+    paths = {}
+    if getattr(args, "raw_dir", None):
+        paths["raw_dir"] = args.raw_dir
+    if getattr(args, "output_dir", None):
+        paths["output_dir"] = args.output_dir
+    if getattr(args, "log", None):
+        paths["log_file"] = args.log
+    if paths:
+        config = config.replace("paths", **paths)
+    if getattr(args, "database", None):
+        config = config.replace("database", url=args.database)
+    return config
+
+
+def run_cli(args) -> int:
+    """Entry point of ``gsaoi-watch run``."""
+    from gsaoi_watch.errors import GsaoiWatchError
+
+    try:
+        config = config_from_args(args)
+    except GsaoiWatchError as exc:
+        print(f"gsaoi-watch run: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(config.service.log_level, config.paths.log_file)
+    try:
+        return run_service(config)
+    except GsaoiWatchError as exc:
+        log.error("%s", exc)
+        return 2

@@ -82,10 +82,11 @@ class SequencesConfig:
     idle_timeout: float = 900.0
     flat_wait: float = 1800.0
     tick_seconds: float = 1.0
+    min_quiet: float = 10.0
 
     def __post_init__(self):
         _positive("sequences", idle_timeout=self.idle_timeout, flat_wait=self.flat_wait,
-                  tick_seconds=self.tick_seconds)
+                  tick_seconds=self.tick_seconds, min_quiet=self.min_quiet)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import multiprocessing
 import queue
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -60,7 +61,10 @@ class Engine:
         self.now = now
         self.gate = ArrivalGate(settle=config.watch.settle_seconds,
                                 give_up=config.watch.give_up_seconds)
-        self.executor = executor or ProcessPoolExecutor(max_workers=config.jobs.workers)
+        # forkserver, not fork: forking a process that runs threads (observer, scheduler)
+        # can copy a held lock (e.g. logging's) into the worker and hang it
+        self.executor = executor or ProcessPoolExecutor(
+            max_workers=config.jobs.workers, mp_context=multiprocessing.get_context("forkserver"))
         self._own_executor = executor is None
         self.futures = {}
         self.stopping = False
@@ -133,9 +137,13 @@ class Engine:
     def shutdown(self):
         """Stop submitting; abandon running jobs (they are re-run after a restart)."""
         if self._own_executor:
+            # the worker processes, taken before shutdown() forgets them
+            procs = list((getattr(self.executor, "_processes", None) or {}).values())
             self.executor.shutdown(wait=False, cancel_futures=True)
-            for proc in list(getattr(self.executor, "_processes", {}).values()):
+            for proc in procs:
                 proc.terminate()
+            for proc in procs:
+                proc.join(timeout=5)
 
     def summary(self) -> str:
         """A one-line status: sequences by state, jobs running, products made."""
@@ -200,10 +208,14 @@ class Engine:
             log.info("seq=%s: new sequence OPEN", self._label(seq))
         # one observation at a time: a later frame of another observation closes open ones
         when = info.ut_datetime()
+        quiet = dt.timedelta(seconds=self.config.sequences.min_quiet)
         for other in db.Sequence.select().where(
                 db.Sequence.state.in_(("OPEN", "REOPENED")) & (db.Sequence.id != seq.id)
                 & (db.Sequence.observation_id != key.observation_id)):
-            if other.last_frame_ut is None or when is None or other.last_frame_ut < when:
+            # frames copied in bulk arrive in any order: only a sequence that has been quiet
+            # for min_quiet seconds, and whose frames are all earlier, is closed this way
+            later = other.last_frame_ut is None or when is None or other.last_frame_ut < when
+            if later and self.now() - other.updated >= quiet:
                 self._apply(other, "new_observation")
         seq = db.Sequence.get_by_id(seq.id)
         last = max(filter(None, [seq.last_frame_ut, when]), default=None)
@@ -379,6 +391,7 @@ class Engine:
         for path, kind in result["products"]:
             db.register_product(path, read_frame_info(path), kind=kind,
                                 is_calibration=kind == "processed_flat", job=job, used=used)
+        self._supersede(job, seqs, {str(Path(p).resolve()) for p, _ in result["products"]})
         for name, reason in result["skipped"]:
             log.warning("frame=%s not used: %s", Path(name).name, reason)
         skipped = {str(Path(n).resolve()) for n, _ in result["skipped"]}
@@ -397,6 +410,35 @@ class Engine:
                 with db.writing():
                     db.Sequence.update(stale=False).where(db.Sequence.id == seq.id).execute()
                 self._apply(seq, "frame")
+
+    def _supersede(self, job, seqs, fresh):
+        """Retire products of earlier jobs of these sequences that this job did not remake.
+
+        A sequence re-reduced with more frames can give products other names (a flat is
+        named after its first lamp-on frame): the old files and rows go, and sequences that
+        were reduced with a retired calibration are reduced again.
+        """
+        earlier = db.Job.select().where((db.Job.id != job.id) & (db.Job.state == "DONE"))
+        ids = {s.id for s in seqs}
+        redo = set()
+        for old in earlier:
+            if not ids & set(json.loads(old.parameters).get("sequences", [])):
+                continue
+            for product in old.products:
+                if product.path in fresh:
+                    continue
+                for use in product.used_by:
+                    src = use.product.job
+                    if src is not None and src.sequence is not None:
+                        redo.add(src.sequence.id)
+                with db.writing():
+                    product.delete_instance(recursive=True)
+                Path(product.path).unlink(missing_ok=True)
+                if product.kind == "processed_flat":  # and its copy beside the products
+                    (self.output_dir / product.filename).unlink(missing_ok=True)
+                log.info("product=%s retired: superseded by job=%d", product.filename, job.id)
+        for seq_id in redo - ids:
+            self._apply(db.Sequence.get_by_id(seq_id), "recalibrate")
 
     def _release(self, seq):
         if seq.kind not in ("flat_on", "flat_off", "flat"):

@@ -66,4 +66,5 @@ def run_job(spec: dict) -> dict:
     n_sky = len(res["sky_corrected"])
     return {"products": written, "skipped": res["skipped"],
             "seconds": round(time.perf_counter() - t0, 1),
-            "note": f"{n_sky} _skyCorrected" + (" (quick-look, no flat)" if flat is None else "")}
+            "note": f"{n_sky} _skyCorrected" + (" (quick-look, no flat)" if flat is None else "")
+            + f"; skyCorrect offset_sky={res['offset_sky']} ({res['sky_reason']})"}

@@ -36,6 +36,7 @@ EVENTS = (
     "job_done_quicklook",
     "job_failed",       # tries left: run again
     "job_gave_up",      # no tries left
+    "recalibrate",      # the calibration it was reduced with was re-made: reduce again
 )
 
 ACTIONS = (
@@ -87,9 +88,11 @@ TRANSITIONS = {
     ("REDUCING", "job_gave_up"): _t("FAILED", "record_failure"),
     ("DONE", "frame"): _t("REOPENED", "add_frame"),
     ("DONE", "operator_close"): _t("DONE"),
+    ("DONE", "recalibrate"): _t("REDUCING", "submit"),
     ("QUICKLOOK", "calibration_ready"): _t("REDUCING", "submit"),
     ("QUICKLOOK", "frame"): _t("REOPENED", "add_frame"),
     ("QUICKLOOK", "operator_close"): _t("QUICKLOOK"),
+    ("QUICKLOOK", "recalibrate"): _t("REDUCING", "submit"),
     ("FAILED", "frame"): _t("REOPENED", "add_frame"),
     ("FAILED", "operator_close"): _t("COMPLETE", "check_calibration"),
 }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import logging.handlers
 import os
@@ -36,8 +37,14 @@ def sd_notify(message: str) -> bool:
         addr = "\0" + addr[1:]
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            # never block the engine: a listener that stops reading fills its queue, and a
+            # blocking send would then hang the daemon (a lost WATCHDOG=1 is harmless)
+            sock.setblocking(False)
             sock.sendto(message.encode(), addr)
         return True
+    except BlockingIOError:
+        log.debug("sd_notify: %s not delivered (notify socket queue full)", message)
+        return False
     except OSError as exc:
         log.warning("sd_notify failed: %s", exc)
         return False
@@ -94,6 +101,7 @@ def run_service(config, *, stop_event=None, idle_exit=None, install_signals=True
 
     previous = {}
     if install_signals and threading.current_thread() is threading.main_thread():
+        faulthandler.register(signal.SIGUSR1, all_threads=True)  # kill -USR1: tracebacks
         for sig in (signal.SIGTERM, signal.SIGINT):
             previous[sig] = signal.signal(sig, stop)
     try:

@@ -68,10 +68,14 @@ def detect_array(arr: Array, *, detect_thresh=1.5, detect_minarea=20, back_size=
     box = int(max(16, min(back_size, ny // 4, nx // 4)))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        bkg = Background2D(sci, box, mask=mask, filter_size=back_filtersize,
-                           bkg_estimator=MedianBackground(),
-                           interpolator=BkgZoomInterpolator(order=1))
-    data = sci - bkg.background.astype(np.float32)
+        try:
+            background = Background2D(sci, box, mask=mask, filter_size=back_filtersize,
+                                      bkg_estimator=MedianBackground(),
+                                      interpolator=BkgZoomInterpolator(order=1)).background
+        except ValueError:  # too few unmasked pixels per box (tiny or heavily masked array)
+            _, median, _ = sigma_clipped_stats(sci[~mask], sigma=3.0, maxiters=5)
+            background = np.full(sci.shape, median if np.isfinite(median) else 0.0)
+    data = sci - np.asarray(background, dtype=np.float32)
     data[mask] = 0.0
     sigma = smooth_fwhm / 2.3548
     smooth = ndimage.gaussian_filter(data, sigma)

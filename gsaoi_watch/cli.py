@@ -125,6 +125,22 @@ def _add_daemon(sub):
     p.set_defaults(func=_run("close"))
 
 
+def _add_demo(sub):
+    p = sub.add_parser("demo", help="simulate the tutorial night arriving and reduce it live")
+    p.add_argument("--workdir", default="gsaoi_watch_demo",
+                   help="demo directory (replaced if it holds an earlier demo; "
+                        "default ./gsaoi_watch_demo)")
+    p.add_argument("--size", type=int, default=256,
+                   help="detector size in pixels (default 256; 2048 is full size)")
+    p.add_argument("--seed", type=int, default=20170505, help="simulation seed")
+    p.add_argument("--cadence", type=float, default=0.3,
+                   help="seconds between frames landing (default 0.3)")
+    p.add_argument("--workers", type=int, default=None, help="reduction worker processes")
+    p.add_argument("--timeout", type=float, default=1800.0,
+                   help="seconds allowed for the whole night (default 1800)")
+    p.set_defaults(func=_run("demo"))
+
+
 def _run(verb):
     def run(args):
         if verb == "simulate":
@@ -139,6 +155,9 @@ def _run(verb):
         if verb == "run":
             from gsaoi_watch.service import run_cli
             return run_cli(args)
+        if verb == "demo":
+            from gsaoi_watch.demo import run_demo_cli
+            return run_demo_cli(args)
         if verb in ("status", "close"):
             from gsaoi_watch import control
             return getattr(control, f"run_{verb}")(args)
@@ -158,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     sub.required = True
     for add in (_add_typewalk, _add_showd, _add_dataselect, _add_simulate, _add_reduce,
-                _add_caldb, _add_daemon):
+                _add_caldb, _add_daemon, _add_demo):
         add(sub)
     return parser
 

@@ -95,8 +95,11 @@ class JobsConfig:
 
     workers: int = 1
     max_tries: int = 3
+    prepare_ahead: bool = True
 
     def __post_init__(self):
+        if not isinstance(self.prepare_ahead, bool):
+            raise ConfigError("[jobs] prepare_ahead must be true or false")
         for name in ("workers", "max_tries"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:

@@ -21,6 +21,7 @@ from gsaoi_watch import db
 from gsaoi_watch.caldb import calibration_kind
 from gsaoi_watch.frames import read_frame_info
 from gsaoi_watch.jobs import run_job
+from gsaoi_watch.prepared import cache_path, prepare_ahead
 from gsaoi_watch.sequences import advance, frame_kind, sequence_key
 from gsaoi_watch.watcher import ArrivalGate, scan_directory
 
@@ -28,6 +29,7 @@ __all__ = ["Engine"]
 
 log = logging.getLogger("gsaoi_watch")
 
+MEMBER_STATES = ("ingested", "used", "unusable")
 REDUCIBLE = {"flat_on", "flat_off", "flat", "standard", "science"}
 REASONS = {"new_observation": "new observation", "idle_timeout": "idle",
            "operator_close": "closed by operator", "calibration_ready": "calibration ready",
@@ -67,6 +69,8 @@ class Engine:
             max_workers=config.jobs.workers, mp_context=multiprocessing.get_context("forkserver"))
         self._own_executor = executor is None
         self.futures = {}
+        self.cache_dir = self.output_dir / ".prepared"
+        self.preparing = {}
         self.stopping = False
         self.counts = {"frames": 0, "quarantined": 0, "products": 0}
 
@@ -117,6 +121,8 @@ class Engine:
             self.rescan()
         elif kind == "job_finished":
             self._finished(*event[1:])
+        elif kind == "prepared":
+            self._prepared(*event[1:])
         elif kind == "stop":
             self.stopping = True
 
@@ -202,6 +208,8 @@ class Engine:
                 updated=self.now(), last_frame_ut=info.ut_datetime()))
         self._record_frame(path, info, digest, "ingested", seq)
         self.counts["frames"] += 1
+        if key.kind in ("standard", "science") and self.config.jobs.prepare_ahead:
+            self._prepare_ahead(path, info)
         n = seq.frames.count()
         log.info("frame=%s → seq=%s (%d frames)", name, self._label(seq), n)
         if created:
@@ -240,6 +248,37 @@ class Engine:
                 db.Frame.create(path=path, **fields)
             else:
                 db.Frame.update(**fields).where(db.Frame.id == row.id).execute()
+
+    def _prepare_ahead(self, path, info):
+        """Run the per-frame steps on a frame now, while its sequence is still observed."""
+        if self.stopping:
+            return
+        flat = db.best_calibration(info)
+        bpm = db.best_calibration(info, "processed_bpm")
+        spec = {"path": path, "cache_dir": str(self.cache_dir),
+                "flat": flat.path if flat else None, "bpm": bpm.path if bpm else None}
+        future = self.executor.submit(prepare_ahead, spec)
+        self.preparing[path] = future
+        future.add_done_callback(lambda f, p=path: self.events.put(("prepared", p, f)))
+
+    def _prepared(self, path, future):
+        if self.preparing.get(path) is future:
+            del self.preparing[path]
+        if future.cancelled():
+            return
+        exc = future.exception()
+        name = Path(path).name
+        if exc is not None:  # not fatal: the sequence job prepares the raw frame itself
+            log.warning("frame=%s per-frame steps failed (%s); left to the sequence job", name,
+                        str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            return
+        res = future.result()
+        log.info("frame=%s prepared in %.1f s (%s)", name, res["seconds"],
+                 f"flat {res['flat']}" if res["flat"] else "no flat yet")
+
+    def _drop_prepared(self, paths):
+        for path in paths:
+            cache_path(self.cache_dir, path).unlink(missing_ok=True)
 
     # --- state machine -------------------------------------------------------------------
     def _label(self, seq):
@@ -314,7 +353,9 @@ class Engine:
         return db.best_calibration(self._first_info(seq)) is not None
 
     def _paths(self, seq):
-        return [f.path for f in seq.frames.where(db.Frame.state == "ingested")
+        # every member, also those a previous reduction used or could not use: a sequence
+        # is always reduced whole (re-opened, re-calibrated, or after quick-look)
+        return [f.path for f in seq.frames.where(db.Frame.state.in_(MEMBER_STATES))
                 .order_by(db.Frame.ut_datetime)]
 
     def _submit(self, seq, *, quicklook=False):
@@ -332,7 +373,7 @@ class Engine:
         else:
             flat = None if quicklook else db.best_calibration(info)
             spec.update(recipe="images", paths=self._paths(seq),
-                        flat=flat.path if flat else None)
+                        flat=flat.path if flat else None, cache_dir=str(self.cache_dir))
         with db.writing():
             job = db.Job.create(sequence=seq, recipe=spec["recipe"],
                                 parameters=json.dumps(spec), state="SUBMITTED")
@@ -403,6 +444,8 @@ class Engine:
         log.info("job=%d %s done in %.1f s → %s", job.id, job.recipe, result["seconds"],
                  result["note"])
         quick = spec["recipe"] == "images" and not spec.get("flat")
+        if not quick:  # reduced with its flat: the prepared frames have served
+            self._drop_prepared(spec["paths"])
         for seq in seqs:
             self._apply(seq, "job_done_quicklook" if quick else "job_done")
             seq = db.Sequence.get_by_id(seq.id)
@@ -471,7 +514,8 @@ class Engine:
         while not self.stopping:
             self.step()
             if idle_exit is not None:
-                busy = self.futures or self.gate.pending or not self.events.empty()
+                busy = (self.futures or self.preparing or self.gate.pending
+                        or not self.events.empty())
                 if busy:
                     quiet_since = time.monotonic()
                 elif time.monotonic() - quiet_since > idle_exit:

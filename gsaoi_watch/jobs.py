@@ -7,10 +7,12 @@ database: the engine thread registers what they return.
 
 from __future__ import annotations
 
+import functools
 import shutil
 import time
 from pathlib import Path
 
+from gsaoi_watch.prepared import fetch
 from gsaoi_watch.products import load_bpm, load_frame, write_frame
 from gsaoi_watch.reduction.recipes import make_processed_flat, reduce_images
 
@@ -59,10 +61,15 @@ def run_job(spec: dict) -> dict:
                         else "flat_corrected"))
         return str(p)
 
+    prepared = None
+    if spec.get("cache_dir"):  # frames prepared while the sequence was observed
+        prepared = functools.partial(
+            fetch, cache_dir=spec["cache_dir"], flat=flat, bpm_name=bpm_name,
+            flat_name=Path(spec["flat"]).name if spec.get("flat") else None)
     res = reduce_images(spec["paths"], flat=flat,
                         flat_name=Path(spec["flat"]).name if spec.get("flat") else None,
                         bpm=bpm, bpm_name=bpm_name, params=spec.get("params") or {},
-                        on_product=store)
+                        on_product=store, prepared=prepared)
     n_sky = len(res["sky_corrected"])
     return {"products": written, "skipped": res["skipped"],
             "seconds": round(time.perf_counter() - t0, 1),

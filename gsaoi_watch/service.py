@@ -133,7 +133,8 @@ def run_service(config, *, stop_event=None, idle_exit=None, install_signals=True
             if event is not None:
                 engine.handle(event)
             engine.step(timeout=0)
-            if idle_exit is not None and not (engine.futures or engine.gate.pending):
+            if idle_exit is not None and not (engine.futures or engine.preparing
+                                              or engine.gate.pending):
                 idle_exit -= 0.2
                 if idle_exit <= 0:
                     break

@@ -283,3 +283,54 @@ def test_close_command_reaches_the_daemon(stage, daemon):
     assert "WAITING" in status.stdout and "9132" in status.stdout
     assert np.isfinite(1.0)
     shutil.rmtree(daemon.out, ignore_errors=True)
+
+
+def test_quicklook_without_flat_then_redone_and_a_late_frame_reopens(stage, daemon):
+    daemon.cfg.write_text(daemon.cfg.read_text().replace("flat_wait = 600", "flat_wait = 2"))
+    daemon.start()
+    science = sorted(stage.glob("S20170505S01*.fits")) + sorted(stage.glob("S20170505S009*"))
+    late = stage / "S20170505S0109.fits"  # an on-target frame held back
+    bpm = stage / "bpm_20121104_gsaoi_gsaoi_11_full_4amp.fits"
+    for f in [s for s in science if s != late] + [bpm]:
+        drop(f, daemon.raw)
+    daemon.wait_for(lambda: daemon.query("select state, quicklook from sequence") == [
+        ("QUICKLOOK", 1)], what="a quick-look reduction without a flat")
+    first = daemon.out / "S20170505S0095_skyCorrected.fits"
+    assert fits.getval(first, "QUICKLK") == "no flat"
+    assert len(list(daemon.out.glob("*_skyCorrected.fits"))) == 8
+    for f in sorted(stage.glob("S20170505S00[3-7]*.fits")):
+        drop(f, daemon.raw)
+    daemon.wait_for(lambda: daemon.settled(3), what="the science to be redone with the flat")
+    assert "QUICKLK" not in fits.getheader(first)
+    assert fits.getval(first, "FLATIM") == "S20170505S0030_flat.fits"
+    assert daemon.query("select quicklook from sequence where kind='science'") == [(0,)]
+    drop(late, daemon.raw)
+    daemon.wait_for(lambda: len(list(daemon.out.glob("*_skyCorrected.fits"))) == 9
+                    and daemon.settled(3), what="the late frame to be reduced")
+    assert daemon.stop() == 0
+    names = [n for (n,) in daemon.query("select filename from product")]
+    assert len(names) == len(set(names)) == 1 + 9 + 7 + 1
+    log = daemon.log.read_text()
+    assert "science NGC5128 Kshort 60s: WAITING→REDUCING (flat wait expired)" in log
+    assert "(quick-look, no flat)" in log
+    assert "science NGC5128 Kshort 60s: DONE→REOPENED (late frame)" in log
+
+
+def test_demo_reduces_the_night_live(tmp_path):
+    work = tmp_path / "demo"
+    proc = subprocess.run([sys.executable, "-m", "gsaoi_watch", "demo", "--workdir", str(work),
+                           "--size", "64", "--cadence", "0.05", "--timeout", "300"],
+                          capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    products = sorted(p.name for p in (work / "reduced").glob("*.fits"))
+    assert products == sorted(EXPECTED)
+    assert "science NGC5128 Kshort 60s: REDUCING→DONE" in proc.stderr
+    assert "processed_flat      1  S20170505S0030_flat.fits" in proc.stdout
+    assert "quarantined" not in proc.stdout
+    # a second run replaces the earlier demo; a foreign directory is refused
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "keep.txt").write_text("mine")
+    proc = subprocess.run([sys.executable, "-m", "gsaoi_watch", "demo", "--workdir",
+                           str(tmp_path / "other")], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "not a gsaoi-watch demo directory" in proc.stderr
+    assert (tmp_path / "other" / "keep.txt").exists()

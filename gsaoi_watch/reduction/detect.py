@@ -43,23 +43,24 @@ def _half_max_fwhm(cat):
 
 
 def detect_array(arr: Array, *, detect_thresh=1.5, detect_minarea=20, back_size=256,
-                 back_filtersize=5, smooth_fwhm=3.0):
+                 back_filtersize=5, smooth_fwhm=3.0, catalog=True):
     """Find sources in one sky-subtracted array.
 
     The background is a photutils ``Background2D`` mesh (``back_size`` px boxes, at most a
     quarter of the array); the background-subtracted data are smoothed with a Gaussian of
     ``smooth_fwhm`` px and thresholded at ``detect_thresh`` times the smoothed noise, keeping
     groups of at least ``detect_minarea`` connected pixels.  Bad and unilluminated pixels
-    are masked.
+    are masked.  With ``catalog=False`` only the object mask is made (the sky frames' first
+    pass needs no catalogue, and measuring thousands of faint sources is most of the cost).
 
     Returns
     -------
     Array
         ``arr`` with ``objmask`` set (1 on source pixels).
-    astropy.table.Table
-        One row per source: 1-based ``x``, ``y``, ``flux`` and ``flux_err`` (electrons),
-        ``fwhm`` (pixels, from the area above half maximum), ``ellipticity``, ``peak``,
-        ``area``.
+    astropy.table.Table or None
+        None with ``catalog=False``; otherwise one row per source: 1-based ``x``, ``y``,
+        ``flux`` and ``flux_err`` (electrons), ``fwhm`` (pixels, from the area above half
+        maximum), ``ellipticity``, ``peak``, ``area``.
     """
     sci = arr.sci.astype(np.float32)
     mask = ((arr.dq & (FAIL_BITS | DQ["unilluminated"])) != 0) if arr.dq is not None else \
@@ -87,6 +88,8 @@ def detect_array(arr: Array, *, detect_thresh=1.5, detect_minarea=20, back_size=
         empty = Table(names=CATALOG_COLUMNS,
                       dtype=(int, float, float, float, float, float, float, float, float))
         return arr.with_(objmask=np.zeros(sci.shape, np.uint8)), empty
+    if not catalog:
+        return arr.with_(objmask=(segm.data > 0).astype(np.uint8)), None
     error = np.sqrt(np.maximum(arr.var, 0)) if arr.var is not None else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -195,7 +195,7 @@ def resolve_sky_options(plan, params):
 
 
 def reduce_images(paths, *, flat, flat_name=None, bpm=None, bpm_name=None, params=None,
-                  on_product=None, workers=2):
+                  on_product=None, workers=2, prepared=None):
     """DRAGONS ``reduce`` for GSAOI images up to the second sky pass and detectSources.
 
     prepare ... addVAR and flatCorrect on every frame; separateSky and associateSky from the
@@ -218,6 +218,9 @@ def reduce_images(paths, *, flat, flat_name=None, bpm=None, bpm_name=None, param
         Called with each finished Frame (object frames, suffix _skyCorrected, with a
         catalogue per array in ``meta['catalogs']``; pure sky frames, suffix _flatCorrected).
         Without it, the frames are collected in the result.
+    prepared : callable, optional
+        ``prepared(path)`` returns the frame of ``path`` already prepared and flat-corrected
+        with ``flat`` (done while the sequence was observed), or None to prepare it here.
 
     Returns
     -------
@@ -255,6 +258,11 @@ def reduce_images(paths, *, flat, flat_name=None, bpm=None, bpm_name=None, param
     emit = on_product or (lambda frame: frame)
 
     def load(name):
+        frame = prepared(path_of[name]) if prepared is not None else None
+        if frame is not None:
+            if flat is None:
+                frame.phu["QUICKLK"] = ("no flat", "Reduced without a flat field (quick-look)")
+            return frame
         frame = load_frame(path_of[name])
         frame.meta["bpm_name"] = bpm_name
         frame = preprocess(frame, bpm=bpm)
@@ -275,14 +283,15 @@ def reduce_images(paths, *, flat, flat_name=None, bpm=None, bpm_name=None, param
             sky = sky_model([skies[k].arrays[i] for k in sl], [when[k] for k in sl],
                             when[name], mask_objects=False, interpolate_time=interp)
             sub, _ = subtract_sky(arr, sky, offset_sky=offset, scale_sky=scale)
-            return arr.with_(objmask=detect_array(sub, **det_kw)[0].objmask)
+            return arr.with_(objmask=detect_array(sub, catalog=False, **det_kw)[0].objmask)
 
         for name in plan["skies"]:
             arrays = tuple(pool.map(lambda i, n=name: pass1(n, i), range(4)))
             skies[name] = skies[name].with_(arrays=arrays)
-        masked = {(n, i): mask_sky(skies[n].arrays[i], mask_objects=sc["mask_objects"],
-                                   dilation=sc["dilation"])
-                  for n in plan["skies"] for i in range(4)}
+        keys = [(n, i) for n in plan["skies"] for i in range(4)]
+        masked = dict(zip(keys, pool.map(
+            lambda k: mask_sky(skies[k[0]].arrays[k[1]], mask_objects=sc["mask_objects"],
+                               dilation=sc["dilation"]), keys)))
 
         # pass 2: object frames, streamed
         remaining = {}

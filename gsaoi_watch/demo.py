@@ -1,0 +1,209 @@
+"""``gsaoi-watch demo``: the tutorial night observed live, reduced by the daemon as it lands.
+
+The night is simulated into a staging directory first; a feeder thread then copies the
+frames into the watched raw directory in observing order at a compressed cadence (each
+written under a temporary name and renamed, as the data-handling system does), and the
+daemon -- the same :func:`gsaoi_watch.service.run_service` that systemd starts -- reduces
+them.  After the last frame the feeder asks the daemon to close every open sequence (the
+operator's ``gsaoi-watch close --all``), waits until nothing is left to do, and stops it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sys
+import threading
+import time
+from pathlib import Path
+
+from gsaoi_watch import db
+from gsaoi_watch.config import Config
+
+__all__ = ["demo_config", "run_demo", "run_demo_cli"]
+
+log = logging.getLogger("gsaoi_watch")
+
+MARKER = ".gsaoi_watch_demo"
+UNFINISHED = ("OPEN", "REOPENED", "COMPLETE", "WAITING", "REDUCING")
+
+
+def demo_config(workdir) -> Config:
+    """The daemon configuration for a demo in ``workdir`` (short time-outs for a fast night)."""
+    workdir = Path(workdir)
+    config = Config()
+    config = config.replace("paths", raw_dir=str(workdir / "raw"),
+                            output_dir=str(workdir / "reduced"),
+                            log_file=str(workdir / "gsaoi-watch.log"))
+    config = config.replace("database", url=str(workdir / "cal_manager.db"))
+    config = config.replace("watch", settle_seconds=0.5, give_up_seconds=10.0,
+                            rescan_seconds=5.0)
+    config = config.replace("sequences", idle_timeout=20.0, min_quiet=1.0, tick_seconds=0.5,
+                            flat_wait=600.0)
+    return config.replace("service", heartbeat_seconds=2.0)
+
+
+def _observing_order(stage):
+    truth = json.loads((Path(stage) / "truth.json").read_text())
+    names = [f["filename"] for f in truth["frames"]]
+    extra = sorted(p.name for p in Path(stage).glob("*.fits") if p.name not in set(names))
+    return extra + names  # the static BPM first, as it sits in the raw directory all night
+
+
+def _drop(src: Path, raw: Path):
+    tmp = raw / f".{src.name}.tmp"
+    shutil.copyfile(src, tmp)
+    tmp.rename(raw / src.name)
+
+
+def _finished(n_files) -> bool:
+    frames = db.Frame.select().count()
+    busy = db.Job.select().where(db.Job.state.in_(("SUBMITTED", "RUNNING", "RETRY"))).count()
+    open_ = db.Sequence.select().where(db.Sequence.state.in_(UNFINISHED)).count()
+    return frames >= n_files and not busy and not open_
+
+
+def _feed(stage, raw, cadence, stop, result, timeout):
+    """Copy the night into ``raw``, close the sequences, wait for the reductions, stop."""
+    try:
+        names = _observing_order(stage)
+        t0 = time.monotonic()
+        for k, name in enumerate(names):
+            if stop.is_set():
+                return
+            _drop(Path(stage) / name, raw)
+            if k + 1 < len(names):
+                stop.wait(cadence)
+        result["last_frame"] = time.monotonic() - t0
+        deadline = time.monotonic() + timeout
+        while not stop.is_set() and db.Frame.select().count() < len(names):
+            if time.monotonic() > deadline:
+                result["error"] = "frames were not all ingested in time"
+                return
+            stop.wait(0.5)
+        with db.writing():  # the operator's close --all at the end of the night
+            db.Command.create(verb="close", argument="--all")
+        while not stop.is_set() and not _finished(len(names)):
+            if time.monotonic() > deadline:
+                result["error"] = f"the night was not reduced within {timeout:.0f} s"
+                return
+            stop.wait(0.5)
+        result["elapsed"] = time.monotonic() - t0
+    except Exception as exc:  # noqa: BLE001 -- reported by the main thread
+        result["error"] = f"demo feeder failed: {exc}"
+    finally:
+        stop.set()
+
+
+def _summary(config) -> list[str]:
+    db.open_database(config.database.url)
+    try:
+        lines = ["Sequences:"]
+        for s in db.Sequence.select().order_by(db.Sequence.opened):
+            lines.append(f"  {s.state:9s} {s.observation_id:20s} {s.kind:9s} {s.object:12s} "
+                         f"{s.frames.count():3d} frames")
+        lines.append("Products:")
+        by_kind = {}
+        for p in db.Product.select().order_by(db.Product.filename):
+            by_kind.setdefault(p.kind, []).append(p.filename)
+        for kind, names in sorted(by_kind.items()):
+            lines.append(f"  {kind:15s} {len(names):3d}  {names[0]}"
+                         + (f" ... {names[-1]}" if len(names) > 1 else ""))
+        bad = db.Frame.select().where(db.Frame.state == "quarantined")
+        for f in bad:
+            lines.append(f"  quarantined: {Path(f.path).name}: {f.error}")
+    finally:
+        db.close_database()
+    return lines
+
+
+def run_demo(workdir, *, size=256, seed=20170505, cadence=0.3, timeout=1800.0,
+             workers=None) -> dict:
+    """Simulate the tutorial night, feed it to the daemon live, and reduce it.
+
+    Parameters
+    ----------
+    workdir : str or os.PathLike
+        Demo directory: ``stage/`` (the simulated night), ``raw/`` (watched), ``reduced/``
+        (products), ``cal_manager.db`` and ``gsaoi-watch.log``.  A previous demo there is
+        replaced; any other non-empty directory is refused.
+    size : int
+        Array size of the simulated detector (2048 is full size).
+    seed : int
+        Simulation seed.
+    cadence : float
+        Seconds between frames landing in the raw directory.
+    timeout : float
+        Seconds allowed for the whole night after the first frame.
+    workers : int, optional
+        Reduction worker processes (default: the configuration default).
+
+    Returns
+    -------
+    dict
+        ``status`` (the daemon's exit status), ``last_frame`` and ``elapsed`` (seconds after
+        the first frame landed), ``error`` if the night did not complete, ``config``.
+    """
+    from gsaoi_watch.service import run_service
+    from gsaoi_watch.sim import simulate_night
+
+    workdir = Path(workdir)
+    if workdir.exists() and any(workdir.iterdir()):
+        if not (workdir / MARKER).exists():
+            raise FileExistsError(f"{workdir}: exists and is not a gsaoi-watch demo directory")
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / MARKER).touch()
+    config = demo_config(workdir)
+    if workers:
+        config = config.replace("jobs", workers=int(workers))
+    stage = workdir / "stage"
+    log.info("demo: simulating the tutorial night (size %d) in %s", size, stage)
+    simulate_night(stage, seed=seed, size=size)
+    raw = Path(config.paths.raw_dir)
+    raw.mkdir(parents=True, exist_ok=True)
+    stop = threading.Event()
+    result = {"config": config}
+    feeder = threading.Thread(target=_feed, name="demo-feeder", daemon=True,
+                              args=(stage, raw, cadence, stop, result, timeout))
+    # the feeder starts once the daemon's database is open (it is created by run_service)
+    starter = threading.Thread(target=lambda: (_wait_for_db(config, stop), feeder.start()),
+                               daemon=True)
+    starter.start()
+    result["status"] = run_service(config, stop_event=stop)
+    stop.set()
+    starter.join(timeout=5)
+    if feeder.is_alive():
+        feeder.join(timeout=5)
+    return result
+
+
+def _wait_for_db(config, stop):
+    path = Path(config.database.url)
+    while not stop.is_set() and (db.database.obj is None or not path.exists()):
+        time.sleep(0.1)
+
+
+def run_demo_cli(args) -> int:
+    """Entry point of ``gsaoi-watch demo``."""
+    from gsaoi_watch.service import setup_logging
+
+    workdir = Path(args.workdir)
+    setup_logging("INFO", "")
+    try:
+        result = run_demo(workdir, size=args.size, seed=args.seed, cadence=args.cadence,
+                          timeout=args.timeout, workers=args.workers)
+    except (FileExistsError, ValueError) as exc:
+        print(f"gsaoi-watch demo: {exc}", file=sys.stderr)
+        return 2
+    print()
+    for line in _summary(result["config"]):
+        print(line)
+    if "error" in result:
+        print(f"gsaoi-watch demo: {result['error']}", file=sys.stderr)
+        return 1
+    print(f"The night was reduced {result['elapsed']:.0f} s after its first frame landed "
+          f"(last frame at {result['last_frame']:.0f} s).  Products: "
+          f"{result['config'].paths.output_dir}; log: {result['config'].paths.log_file}")
+    return int(result["status"])

@@ -3,7 +3,8 @@
 Run:  python benchmarks/bench_daemon.py [--raw DIR] [--size 2048] [--cadence 4] [--workers 1]
 
 The night (simulated first unless --raw names one) is copied into a watched directory in
-observing order, one frame every --cadence seconds (temporary name, then rename), while
+observing order, one frame every --cadence seconds and --gap more between observations
+(temporary name, then rename), while
 ``gsaoi-watch run`` reduces it.  Right after the last science frame lands the operator's
 ``close --all`` is issued (as the next observation starting would).  Printed:
 
@@ -85,6 +86,9 @@ def main():
     parser.add_argument("--size", type=int, default=2048)
     parser.add_argument("--cadence", type=float, default=4.0,
                         help="seconds between frames landing (default 4)")
+    parser.add_argument("--gap", type=float, default=60.0,
+                        help="extra seconds between observations: slew and acquisition "
+                             "(default 60; at the telescope it is several minutes)")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--idle", type=float, default=30.0,
                         help="seconds of idleness over which CPU use is measured")
@@ -98,6 +102,7 @@ def main():
                             "simulate", str(stage), "--size", str(args.size)], check=True)
         truth = json.loads((stage / "truth.json").read_text())
         order = [f["filename"] for f in truth["frames"]]
+        obsid = {f["filename"]: f["obsid"] for f in truth["frames"]}
         last_science = [f["filename"] for f in truth["frames"] if f["kind"] == "science"][-1]
         raw, out, db, logf = work / "raw", work / "reduced", work / "gw.db", work / "gw.log"
         raw.mkdir()
@@ -118,7 +123,8 @@ def main():
                 subprocess.run([sys.executable, "-m", "gsaoi_watch", "close", "--all", "-c",
                                 str(cfg)], check=True, capture_output=True)
             if k + 1 < len(order):
-                time.sleep(args.cadence)
+                change = obsid[name] != obsid[order[k + 1]]
+                time.sleep(args.cadence + (args.gap if change else 0.0))
         t_science = None
         while True:
             rows = _query(db, "select s.kind, j.state from job j join sequence s on "
@@ -144,6 +150,7 @@ def main():
         prepared = [float(x) for x in re.findall(r"prepared in ([\d.]+) s", log)]
         result = {
             "size": truth["size"], "frames": len(order), "cadence_s": args.cadence,
+            "gap_s": args.gap,
             "workers": args.workers,
             "last_science_to_products_s": round(t_science - t_last, 1),
             "night_wall_s": round(t_done - t0, 1),

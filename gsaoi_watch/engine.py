@@ -133,8 +133,16 @@ class Engine:
             self._command(cmd)
         idle = dt.timedelta(seconds=self.config.sequences.idle_timeout)
         wait = dt.timedelta(seconds=self.config.sequences.flat_wait)
+        quiet = dt.timedelta(seconds=self.config.sequences.min_quiet)
         for seq in db.Sequence.select().where(db.Sequence.state.in_(("OPEN", "REOPENED"))):
-            if now - seq.updated >= idle:
+            if now - seq.updated >= quiet and seq.last_frame_ut is not None and \
+                    db.Sequence.select().where(
+                        (db.Sequence.observation_id != seq.observation_id)
+                        & (db.Sequence.last_frame_ut > seq.last_frame_ut)).exists():
+                # another observation has started since (its frames came while this one
+                # was not yet quiet): the telescope runs one observation at a time
+                self._apply(seq, "new_observation")
+            elif now - seq.updated >= idle:
                 self._apply(seq, "idle_timeout")
         for seq in db.Sequence.select().where(db.Sequence.state == "WAITING"):
             if seq.wait_started is not None and now - seq.wait_started >= wait:

@@ -110,3 +110,34 @@ def test_observer_thread_enqueues_real_events(frames, tmp_path):
     assert not observer.is_alive()
     assert scan_directory(tmp_path) == [str(tmp_path / frames[2].name)]
     assert threading.active_count() >= 1
+
+
+def test_the_service_exits_non_zero_when_the_observer_dies(tmp_path, monkeypatch):
+    from gsaoi_watch import service
+    from gsaoi_watch.config import Config
+
+    observers = []
+    real = service.make_observer
+
+    def spy(*args, **kwargs):
+        observer, polling = real(*args, **kwargs)
+        observers.append(observer)
+        return observer, polling
+
+    monkeypatch.setattr(service, "make_observer", spy)
+    config = Config().replace("paths", raw_dir=str(tmp_path / "raw"),
+                              output_dir=str(tmp_path / "out"))
+    config = config.replace("database", url=str(tmp_path / "gw.db"))
+    config = config.replace("service", heartbeat_seconds=0.2)
+    killer = threading.Timer(1.0, lambda: observers[0].stop())
+    killer.start()
+    stop = threading.Event()
+    guard = threading.Timer(30.0, stop.set)  # the test must not hang if the check is broken
+    guard.start()
+    try:
+        status = service.run_service(config, stop_event=stop, install_signals=False)
+    finally:
+        guard.cancel()
+        killer.cancel()
+    assert not stop.is_set(), "the service did not notice the dead observer"
+    assert status == 1

@@ -8,38 +8,91 @@ import numpy as np
 from astropy.stats import sigma_clipped_stats
 from astropy.table import Table
 from photutils.background import Background2D, BkgZoomInterpolator, MedianBackground
-from photutils.segmentation import SourceCatalog, detect_sources
+from photutils.segmentation import detect_sources
 from scipy import ndimage
 
 from gsaoi_watch.instrument import DQ
 from gsaoi_watch.reduction.container import Array
 from gsaoi_watch.reduction.flat import FAIL_BITS
 
-__all__ = ["CATALOG_COLUMNS", "detect_array"]
+__all__ = ["CATALOG_COLUMNS", "detect_array", "source_table"]
 
 CATALOG_COLUMNS = ("number", "x", "y", "flux", "flux_err", "fwhm", "ellipticity", "peak",
                    "area")
 
 
-def _attr(cat, new, old):
-    """Read a catalogue attribute by its photutils 3 name, or the older one."""
-    cls = type(cat)
-    return getattr(cat, new) if hasattr(cls, new) else getattr(cat, old)
+def source_table(data, smooth, labels, error=None) -> Table:
+    """Measure every segment of a label image at once (vectorised over all sources).
 
+    The same quantities, with the same definitions, as photutils' ``SourceCatalog`` given
+    ``convolved_data=smooth``: centroid and ellipticity from the moments of the smoothed
+    data in the segment (thin sources regularised in steps of 1/12 as photutils does), flux,
+    flux error, peak and area from the unsmoothed data.  FWHM comes from the area above half the
+    peak, 2 sqrt(A / pi), which, unlike moment widths, the extended wings of AO PSFs do not
+    inflate.  ``SourceCatalog`` measures sources one cutout at a time; on a sky-limited
+    2048 x 2048 array with thousands of faint segments this does the same in a few
+    whole-array passes.
 
-def _half_max_fwhm(cat):
-    """FWHM from the area above half the peak: 2 sqrt(A / pi), profile-independent.
+    Parameters
+    ----------
+    data, smooth : ndarray
+        Background-subtracted data and its smoothed version (masked pixels set to 0).
+    labels : ndarray of int
+        Segment labels (0 = no source).
+    error : ndarray, optional
+        1-sigma uncertainty per pixel.
 
-    Moment-based widths (photutils' ``fwhm``) are inflated by the extended wings of AO
-    PSFs; counting the pixels above half maximum is not.
+    Returns
+    -------
+    astropy.table.Table
+        One row per label present, in label order (see :data:`CATALOG_COLUMNS`).
     """
-    out = np.full(len(cat.label), np.nan)
-    for k, cutout in enumerate(_attr(cat, "data_cutout_masked", "data_ma")):
-        values = np.ma.filled(cutout, np.nan)
-        peak = np.nanmax(values) if np.isfinite(values).any() else np.nan
-        if peak > 0:
-            out[k] = 2.0 * np.sqrt(np.count_nonzero(values >= 0.5 * peak) / np.pi)
-    return out
+    flat = labels.ravel()
+    where = np.flatnonzero(flat)
+    ids = flat[where]
+    present = np.unique(ids)
+    n = int(present[-1]) + 1 if present.size else 1
+    ny, nx = labels.shape
+    yy, xx = np.divmod(where, nx)
+    d = data.ravel()[where].astype(np.float64)
+    c = smooth.ravel()[where].astype(np.float64)
+
+    def per_source(weights=None):
+        return np.bincount(ids, weights, minlength=n)
+
+    with np.errstate(invalid="ignore", divide="ignore"):
+        m0 = per_source(c)
+        xc = per_source(c * xx) / m0
+        yc = per_source(c * yy) / m0
+        dx, dy = xx - xc[ids], yy - yc[ids]
+        cxx = per_source(c * dx * dx) / m0
+        cyy = per_source(c * dy * dy) / m0
+        cxy = per_source(c * dx * dy) / m0
+        det = cxx * cyy - cxy**2
+        bad = det < 0  # not positive semidefinite
+        thin = det < (1.0 / 12.0) ** 2  # "infinitely" thin: SourceExtractor's 1/12 steps
+        while thin.any():
+            cxx[thin] += 1.0 / 12.0
+            cyy[thin] += 1.0 / 12.0
+            det = cxx * cyy - cxy**2
+            thin = ~bad & (det < (1.0 / 12.0) ** 2)
+        half_tr = 0.5 * (cxx + cyy)
+        root = np.sqrt(np.maximum(half_tr**2 - det, 0.0))
+        minor2 = half_tr - root
+        ellipticity = 1.0 - np.sqrt(minor2) / np.sqrt(half_tr + root)
+        ellipticity[bad | (minor2 < 0)] = np.nan
+        peak = np.full(n, -np.inf)
+        np.maximum.at(peak, ids, d)
+        above = d >= 0.5 * peak[ids]
+        fwhm = np.where(peak > 0, 2.0 * np.sqrt(per_source(above.astype(np.float64)) / np.pi),
+                        np.nan)
+        flux_err = (np.sqrt(per_source(error.ravel()[where].astype(np.float64) ** 2))
+                    if error is not None else np.full(n, np.nan))
+    cols = {"number": present, "x": xc[present] + 1.0, "y": yc[present] + 1.0,
+            "flux": per_source(d)[present], "flux_err": flux_err[present],
+            "fwhm": fwhm[present], "ellipticity": ellipticity[present],
+            "peak": peak[present], "area": per_source()[present]}
+    return Table({k: cols[k] for k in CATALOG_COLUMNS})
 
 
 def detect_array(arr: Array, *, detect_thresh=1.5, detect_minarea=20, back_size=256,
@@ -91,20 +144,5 @@ def detect_array(arr: Array, *, detect_thresh=1.5, detect_minarea=20, back_size=
     if not catalog:
         return arr.with_(objmask=(segm.data > 0).astype(np.uint8)), None
     error = np.sqrt(np.maximum(arr.var, 0)) if arr.var is not None else None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        cat = SourceCatalog(data, segm, convolved_data=smooth, error=error, mask=mask)
-        cols = {
-            "number": np.asarray(cat.label),
-            "x": np.asarray(_attr(cat, "x_centroid", "xcentroid")) + 1.0,
-            "y": np.asarray(_attr(cat, "y_centroid", "ycentroid")) + 1.0,
-            "flux": np.asarray(cat.segment_flux),
-            "flux_err": (np.asarray(cat.segment_flux_err) if error is not None
-                         else np.full(len(cat.label), np.nan)),
-            "fwhm": _half_max_fwhm(cat),
-            "ellipticity": np.asarray(getattr(cat.ellipticity, "value", cat.ellipticity)),
-            "peak": np.asarray(cat.max_value),
-            "area": np.asarray(getattr(cat.area, "value", cat.area)),
-        }
-    table = Table({c: cols[c] for c in CATALOG_COLUMNS})
+    table = source_table(data, smooth, segm.data, error)
     return arr.with_(objmask=(segm.data > 0).astype(np.uint8)), table

@@ -216,7 +216,8 @@ def test_a_shuffled_night_with_bad_files(stage, daemon):
 
 def test_science_waits_for_flats_and_survives_kill_9(tmp_path_factory, daemon):
     stage = tmp_path_factory.mktemp("stage256")
-    simulate_night(stage, seed=13, size=256, workers=2, only=["flats", "science", "bpm"])
+    simulate_night(stage, seed=13, size=256, workers=2,
+                   only=["flats", "science", "bpm", "standard"])
     daemon.start()
     science = sorted(stage.glob("S20170505S01*.fits")) + sorted(stage.glob("S20170505S009*"))
     for f in science + [stage / "bpm_20121104_gsaoi_gsaoi_11_full_4amp.fits"]:
@@ -232,16 +233,19 @@ def test_science_waits_for_flats_and_survives_kill_9(tmp_path_factory, daemon):
     time.sleep(0.5)
     daemon.stop(signal.SIGKILL)  # the whole process group, as a crash would
     daemon.messages.clear()
+    for f in sorted(stage.glob("S20170504S*.fits")):  # the standard lands while it is down
+        drop(f, daemon.raw)
     daemon.start()
-    daemon.wait_for(lambda: daemon.settled(3) and len(list(
-        daemon.out.glob("*_skyCorrected.fits"))) == 9, what="the night after a restart")
+    daemon.wait_for(lambda: daemon.settled(4) and len(list(
+        daemon.out.glob("*_skyCorrected.fits"))) == 9 + 4, what="the night after a restart")
     assert daemon.stop() == 0
-    jobs = daemon.query("select recipe, state, tries from job where recipe='images'")
-    assert jobs == [("images", "DONE", 2)]
+    jobs = daemon.query("select s.kind, j.state, j.tries from job j join sequence s on "
+                        "j.sequence_id = s.id where j.recipe='images' order by j.id")
+    assert jobs == [("science", "DONE", 2), ("standard", "DONE", 1)]
     names = [n for (n,) in daemon.query("select filename from product")]
-    assert len(names) == len(set(names)) == 1 + 9 + 7 + 1  # flat, sky/flat-corrected, BPM
+    assert len(names) == len(set(names)) == 1 + 9 + 4 + 7 + 1  # flat, products, BPM
     frames = daemon.query("select count(*), count(distinct path) from frame")[0]
-    assert frames[0] == frames[1] == 16 + 30 + 1
+    assert frames[0] == frames[1] == 16 + 30 + 1 + 4
     log = daemon.log.read_text()
     assert log.index("science NGC5128 Kshort 60s: COMPLETE→WAITING") < log.index(
         "science NGC5128 Kshort 60s: WAITING→REDUCING")

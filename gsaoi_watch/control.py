@@ -11,19 +11,27 @@ from gsaoi_watch.service import config_from_args
 __all__ = ["run_close", "run_status"]
 
 
-def run_status(args) -> int:
-    """Print open sequences, waiting/running/failed jobs and the latest products."""
+def _open(args, verb) -> bool:
+    """Open the daemon's database (``-d``, else ``-c``); False after a one-line error."""
     try:
         db.open_database(config_from_args(args).database.url)
     except GsaoiWatchError as exc:
-        print(f"gsaoi-watch status: {exc}", file=sys.stderr)
+        print(f"gsaoi-watch {verb}: {exc}", file=sys.stderr)
+        return False
+    return True
+
+
+def run_status(args) -> int:
+    """Print open sequences, waiting/running/failed jobs and the latest products."""
+    if not _open(args, "status"):
         return 2
     try:
         print("Sequences")
         for s in db.Sequence.select().order_by(db.Sequence.opened):
             print(f"  {s.state:9s} {s.observation_id} {s.kind} {s.object} "
                   f"{(s.filter_name or '').split('_')[0]} {s.exposure_time:g}s "
-                  f"{s.frames.count():3d} frames  ({s.reason or 'new'})")
+                  f"{s.frames.count():3d} frames  ({s.reason or 'new'})"
+                  + ("  [quick-look, no flat]" if s.quicklook else ""))
         print("Jobs")
         for j in db.Job.select().where(db.Job.state != "DONE").order_by(db.Job.id):
             print(f"  job={j.id} {j.recipe} {j.state} tries={j.tries} {j.error or ''}")
@@ -48,10 +56,7 @@ def run_close(args) -> int:
         print("gsaoi-watch close: give a sequence (observation id or key) or --all",
               file=sys.stderr)
         return 2
-    try:
-        db.open_database(config_from_args(args).database.url)
-    except GsaoiWatchError as exc:
-        print(f"gsaoi-watch close: {exc}", file=sys.stderr)
+    if not _open(args, "close"):
         return 2
     try:
         with db.writing():

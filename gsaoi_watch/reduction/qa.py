@@ -141,7 +141,7 @@ class Background:
     rate_per_array: tuple
     mag: float
     band: str
-    source: str  # 'recorded' (level taken off by skyCorrect) or 'measured' (from the pixels)
+    source: str  # 'recorded' (SKYLEV, taken off by skyCorrect), 'measured' or 'unrecorded'
 
 
 @dataclass(frozen=True)
@@ -575,10 +575,11 @@ def measure_bg(frame: Frame) -> Background:
     """Sky background in e-/s per pixel, in mag/arcsec^2 and its BG band (measureBG).
 
     For a sky-subtracted frame the level that skyCorrect took off each array (SKYLEV in
-    the array header) is used; otherwise the 3-sigma clipped median of the unflagged,
-    non-object pixels.  The magnitude uses the nominal zero point of each array and its
-    pixel scale, without extinction, as DRAGONS does.  The frame's value is the median over
-    the arrays (an extended object filling one array does not drag it up).
+    the array header) is used (NaN if it was not recorded); otherwise the 3-sigma clipped
+    median of the unflagged, non-object pixels.  The magnitude uses the nominal zero point
+    of each array and its pixel scale, without extinction, as DRAGONS does.  The frame's
+    value is the median over the arrays (an extended object on one array does not drag it
+    up).
     """
     info = _info(frame)
     exptime = info.exposure_time() or float("nan")
@@ -589,6 +590,10 @@ def measure_bg(frame: Frame) -> Background:
         level = arr.header.get("SKYLEV")
         if isinstance(level, int | float):
             sources.add("recorded")
+        elif "SUBSKY" in frame.phu:  # sky already taken off and its level not kept
+            rates.append(float("nan"))
+            sources.add("unrecorded")
+            continue
         else:
             good = ((arr.dq & _BAD) == 0) if arr.dq is not None else np.ones(arr.shape, bool)
             if arr.objmask is not None:
@@ -609,7 +614,6 @@ def measure_bg(frame: Frame) -> Background:
     rate = float(np.median(finite)) if finite else float("nan")
     mag = float(np.median(mags)) if mags else float("nan")
     return Background(rate, tuple(rates), mag, bg_band(mag, filt),
-                      "recorded" if sources == {"recorded"} else
                       "+".join(sorted(sources)) or "none")
 
 
@@ -634,6 +638,8 @@ def frame_qa(frame: Frame, *, standard=None) -> FrameQA:
     if iq.n_stars == 0:
         notes.append("no point source for image quality")
     bg = measure_bg(frame)
+    if not math.isfinite(bg.rate):
+        notes.append("sky level not recorded by skyCorrect: no background")
     phot, zps, cc, name = (), (), None, None
     if standard is not None:
         name = standard.name

@@ -110,12 +110,29 @@ def test_clear_night_is_cc50_and_cloud_is_measured(night, standard):
         assert clear.cc.band == "CC50"
         assert abs(clear.cc.extinction) < 0.02
         # 0.5 mag of cloud: every pixel (and catalogue flux) dimmed by 10**(-0.2)
-        dim = np.float32(10 ** (-0.4 * 0.5))
-        cloudy = frame.map_arrays(lambda i, a: a.with_(sci=a.sci * dim))
+        cloudy = frame.map_arrays(
+            lambda i, a: a.with_(sci=a.sci * np.float32(10 ** (-0.4 * 0.5))))
         cloudy.meta["catalogs"] = frame.meta["catalogs"]
         result = qa.frame_qa(cloudy, standard=std)
         assert result.cc.extinction == pytest.approx(clear.cc.extinction + 0.5, abs=0.01)
         assert result.cc.band == "CC80"
+
+
+def test_saturated_standard_gives_no_zero_point(night, standard):
+    _, truth = night
+    frame = standard[0][0]
+    index, star, _ = planted_standard(truth, truth_frame(truth, frame.orig_filename))
+    k = next(k for k, a in enumerate(frame.arrays) if qa._array_index(frame, k) == index)
+    dq = frame.arrays[k].dq.copy()
+    x, y = int(round(star[1] - 1)), int(round(star[2] - 1))
+    dq[y - 1:y + 2, x - 1:x + 2] |= 4  # a saturated core
+    arrays = list(frame.arrays)
+    arrays[k] = arrays[k].with_(dq=dq)
+    hit = frame.with_(arrays=tuple(arrays))
+    result = qa.frame_qa(hit, standard=find_standard("9132"))
+    assert result.photometry[0].saturated
+    assert result.zeropoints == () and result.cc is None
+    assert any("saturated" in n for n in result.notes)
 
 
 @pytest.mark.parametrize(("ext", "band"), [(0.0, "CC50"), (0.08, "CC50"), (0.2, "CC70"),

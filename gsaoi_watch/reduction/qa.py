@@ -73,7 +73,8 @@ class StarPhotometry:
     pixel coordinates; ``flux``/``flux_err`` are background-subtracted electrons in the
     aperture; ``background`` is the annulus level per pixel; ``radius``, ``annulus`` are in
     pixels; ``masked_fraction`` is the aperture area that was flagged and filled from the
-    point-symmetric pixel; ``separation`` (arcsec) is the distance from the expected position.
+    point-symmetric pixel; ``saturated`` is True if a saturated or non-linear pixel lies in
+    the aperture; ``separation`` (arcsec) is the distance from the expected position.
     """
 
     array: int
@@ -85,6 +86,7 @@ class StarPhotometry:
     radius: float
     annulus: tuple
     masked_fraction: float
+    saturated: bool = False
     separation: float = float("nan")
 
 
@@ -291,10 +293,14 @@ def aperture_photometry(arr: Array, x, y, radius, r_in, r_out) -> StarPhotometry
     weights = ap.data
     data = ap.cutout(sci, fill_value=np.nan)
     flags = ap.cutout(bad.astype(np.uint8), fill_value=1).astype(bool)
+    saturated = False
+    if arr.dq is not None:
+        sat = ap.cutout(arr.dq & (DQ["saturated"] | DQ["non_linear"]), fill_value=0)
+        saturated = bool(np.any((sat != 0) & (weights > 0)))
     var = None if arr.var is None else ap.cutout(np.asarray(arr.var, np.float64), fill_value=0.0)
     if data is None:  # no overlap with the array
         return StarPhotometry(-1, x, y, float("nan"), float("nan"), float(bkg), radius,
-                              (r_in, r_out), 1.0)
+                              (r_in, r_out), 1.0, False)
     flags |= ~np.isfinite(data)
     filled = np.where(flags, np.nan, data)
     if flags.any():
@@ -304,11 +310,13 @@ def aperture_photometry(arr: Array, x, y, radius, r_in, r_out) -> StarPhotometry
         mx = np.rint(2 * pos[0] - (xx + bbox.ixmin)).astype(int)
         ny, nx = sci.shape
         ok = (mx >= 0) & (mx < nx) & (my >= 0) & (my < ny)
+        ok[ok] = ~bad[my[ok], mx[ok]]
         mirror = np.full(yy.size, bkg, dtype=np.float64)
-        mirror[ok] = np.where(bad[my[ok], mx[ok]], bkg, sci[my[ok], mx[ok]])
+        mirror[ok] = sci[my[ok], mx[ok]]
         filled[yy, xx] = mirror
         if var is not None:
-            var[yy, xx] = np.where(ok, var[yy, xx], 0.0)
+            var[yy, xx] = 0.0
+            var[yy[ok], xx[ok]] = arr.var[my[ok], mx[ok]]
     area = float(weights.sum())
     flux = float(np.sum(weights * (filled - bkg)))
     noise = area**2 * bkg_err**2
@@ -316,7 +324,7 @@ def aperture_photometry(arr: Array, x, y, radius, r_in, r_out) -> StarPhotometry
         noise += float(np.sum(weights * np.maximum(var, 0.0)))
     return StarPhotometry(-1, float(x), float(y), flux, math.sqrt(noise), float(bkg),
                           float(radius), (float(r_in), float(r_out)),
-                          float(np.sum(weights * flags)) / max(area, 1e-9))
+                          float(np.sum(weights * flags)) / max(area, 1e-9), saturated)
 
 
 def _catalogs(frame: Frame):
@@ -650,6 +658,9 @@ def frame_qa(frame: Frame, *, standard=None) -> FrameQA:
         elif mag is None:
             phot = (p,)
             notes.append(f"no {_filter(frame)} magnitude for standard {standard.name}")
+        elif p.saturated:
+            phot = (p,)
+            notes.append(f"standard {standard.name} is saturated or non-linear: no zero point")
         else:
             phot = (p,)
             if p.masked_fraction > 0.01:

@@ -178,6 +178,34 @@ def test_fwhm_within_10_percent_and_strehl_of_the_planted_psf(night, standard):
         assert iq.strehl == pytest.approx(expected, rel=0.25)
 
 
+@pytest.fixture(scope="module")
+def science(night, master, tmp_path_factory):
+    out, _ = night
+    sci_dir = tmp_path_factory.mktemp("qa_science")
+    truth = simulate_night(sci_dir, seed=21, size=SIZE, workers=2, only=["science"])
+    names = [f["filename"] for f in truth["frames"] if f["kind"] == "science"]
+    res = reduce_images([str(sci_dir / n) for n in names], flat=master[0],
+                        bpm=load_bpm(out / BPM_NAME),
+                        params={"skyCorrect": {"offset_sky": False}})
+    return truth, res["sky_corrected"]
+
+
+@pytest.mark.slow
+def test_science_frames_iq_and_drifting_bg(science):
+    truth, frames = science
+    assert len(frames) == 9
+    for frame in frames:
+        t = truth_frame(truth, frame.orig_filename)
+        result = qa.frame_qa(frame)
+        iq, bg = result.iq, result.bg
+        assert iq.n_stars >= 3  # the saturated 9.3 mag star and the galaxy are not used
+        assert iq.fwhm / (t["fwhm_px"] * frame.phu["PIXSCALE"]) == pytest.approx(1.0, abs=0.10)
+        assert iq.ellipticity < 0.1
+        for i in _galaxy_free(t):  # the sky drifts by 8 % over the sequence
+            assert bg.rate_per_array[i] == pytest.approx(t["sky_rate"], rel=0.03)
+        assert result.zeropoints == () and result.cc is None
+
+
 def test_ideal_psf_peak_fraction_limits():
     d, obs = 8.1, 1.2
     area = math.pi / 4 * (d**2 - obs**2)

@@ -487,14 +487,15 @@ def ideal_peak_fraction(pixel_scale, wavelength_um, dx=0.0, dy=0.0, *, sub=5,
 
 
 def _clipped(values):
+    """2.5-sigma clipped median and standard deviation of the finite values."""
     values = np.asarray(values, float)
     values = values[np.isfinite(values)]
     if values.size == 0:
         return float("nan"), float("nan")
     if values.size < 3:
-        return float(np.mean(values)), float(np.std(values))
-    mean, _, std = sigma_clipped_stats(values, sigma=2.5, maxiters=5)
-    return float(mean), float(std)
+        return float(np.median(values)), float(np.std(values))
+    _, median, std = sigma_clipped_stats(values, sigma=2.5, maxiters=5)
+    return float(median), float(std)
 
 
 def _iq_candidates(arr: Array, cat, *, snr_min, max_ellipticity):
@@ -524,17 +525,20 @@ def _iq_candidates(arr: Array, cat, *, snr_min, max_ellipticity):
     return idx
 
 
-def measure_iq(frame: Frame, *, snr_min=50.0, max_ellipticity=0.5, extended=1.5) -> ImageQuality:
+def measure_iq(frame: Frame, *, snr_min=100.0, max_ellipticity=0.5,
+               extended=1.5) -> ImageQuality:
     """FWHM, ellipticity and Strehl ratio of the point sources of a sky-subtracted frame.
 
     Sources come from the catalogue of each array (``frame.meta['catalogs']``, from
     detectSources; detected afresh if absent).  A source is used if its S/N is at least
-    ``snr_min``, its core (5 x 5 pixels) carries no saturated, non-linear or bad pixel, its
-    ellipticity is at most ``max_ellipticity`` and its FWHM is within ``extended`` times the
-    median FWHM of the candidates (rejecting galaxies and blends).  FWHM and ellipticity are
-    2.5-sigma clipped means; FWHM is also corrected to zenith with airmass**-0.6.  The
-    Strehl ratio of a star is its peak-pixel fraction (peak / flux in a 4-FWHM aperture)
-    over that of a perfect PSF at the same sub-pixel position (:func:`ideal_peak_fraction`).
+    ``snr_min`` (the half-maximum FWHM of fainter sources is inflated by noise), its core
+    (5 x 5 pixels) carries no saturated, non-linear or bad pixel, its ellipticity is at
+    most ``max_ellipticity`` and its FWHM is within a factor ``extended`` of the median FWHM
+    of all candidates of the frame (rejecting galaxies, blends and cosmic rays).  FWHM,
+    ellipticity and Strehl ratio are 2.5-sigma clipped medians over the sources; FWHM is
+    also corrected to zenith with airmass**-0.6.  The Strehl ratio of a star is its
+    peak-pixel fraction (peak / flux in a 4-FWHM aperture) over that of a perfect PSF at the
+    same sub-pixel position (:func:`ideal_peak_fraction`).
 
     Returns
     -------
@@ -544,27 +548,28 @@ def measure_iq(frame: Frame, *, snr_min=50.0, max_ellipticity=0.5, extended=1.5)
     info = _info(frame)
     cats = _catalogs(frame)
     wave = info.effective_wavelength() or 2.15
-    rows = []  # (fwhm_arcsec, ellipticity, strehl)
+    candidates = []  # (array position, row, fwhm in pixels, pixel scale)
     for k, arr in enumerate(frame.arrays):
         cat = cats[k] if k < len(cats) else None
         idx = _iq_candidates(arr, cat, snr_min=snr_min, max_ellipticity=max_ellipticity)
-        if idx.size == 0:
-            continue
-        fwhm_px = np.asarray(cat["fwhm"], float)[idx]
-        keep = fwhm_px <= extended * np.median(fwhm_px)
-        keep &= fwhm_px >= np.median(fwhm_px) / extended
-        idx, fwhm_px = idx[keep], fwhm_px[keep]
         scale = _pixel_scale(arr, frame)
-        for j, f in zip(idx, fwhm_px):
-            x, y = float(cat["x"][j]), float(cat["y"][j])
-            r = 4.0 * f
-            phot = aperture_photometry(arr, x, y, r, 6.0 * f, 8.0 * f)
-            strehl = float("nan")
-            if phot.flux > 0 and phot.masked_fraction < 0.01:
-                dx, dy = (x - 1.0) - round(x - 1.0), (y - 1.0) - round(y - 1.0)
-                peak = float(cat["peak"][j])
-                strehl = (peak / phot.flux) / ideal_peak_fraction(scale, wave, dx, dy)
-            rows.append((f * scale, float(cat["ellipticity"][j]), strehl))
+        candidates += [(k, j, float(cat["fwhm"][j]), scale) for j in idx]
+    if candidates:
+        arcsec = np.array([c[2] * c[3] for c in candidates])
+        median = float(np.median(arcsec))
+        keep = (arcsec <= extended * median) & (arcsec >= median / extended)
+        candidates = [c for c, ok in zip(candidates, keep) if ok]
+    rows = []  # (fwhm_arcsec, ellipticity, strehl)
+    for k, j, f, scale in candidates:
+        arr, cat = frame.arrays[k], cats[k]
+        x, y = float(cat["x"][j]), float(cat["y"][j])
+        phot = aperture_photometry(arr, x, y, 4.0 * f, 6.0 * f, 8.0 * f)
+        strehl = float("nan")
+        if phot.flux > 0 and phot.masked_fraction < 0.01:
+            dx, dy = (x - 1.0) - round(x - 1.0), (y - 1.0) - round(y - 1.0)
+            strehl = (float(cat["peak"][j]) / phot.flux) / ideal_peak_fraction(scale, wave,
+                                                                               dx, dy)
+        rows.append((f * scale, float(cat["ellipticity"][j]), strehl))
     if not rows:
         nan = float("nan")
         return ImageQuality(nan, nan, nan, nan, nan, nan, nan, 0, nan, "IQUnknown")

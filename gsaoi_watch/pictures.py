@@ -225,12 +225,12 @@ def write_picture(product, *, out=None, size_px=800, max_pixels=1024) -> Path:
             va="bottom", fontsize=11)
     north, east = _compass(header, phu)
     length = 0.1 * min(nx, ny)
-    cx, cy = 0.85 * nx, 0.12 * ny
+    cx, cy = 0.82 * nx, 0.16 * ny
     for vec, label in ((north, "N"), (east, "E")):
         ax.annotate("", xy=(cx + vec[0] * length, cy + vec[1] * length), xytext=(cx, cy),
                     arrowprops=dict(arrowstyle="->", color="cyan", lw=2))
         ax.text(cx + vec[0] * length * 1.3, cy + vec[1] * length * 1.3, label, color="cyan",
-                ha="center", va="center", fontsize=11)
+                ha="center", va="center", fontsize=11, clip_on=False)
     ax.set_xlim(-0.5, nx - 0.5)
     ax.set_ylim(-0.5, ny - 0.5)
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -276,10 +276,22 @@ def aperture_photometry(arr: Array, x, y, radius, r_in, r_out) -> StarPhotometry
     StarPhotometry
         With ``array`` = -1 (the caller knows which array it is).
     """
-    sci = np.asarray(arr.sci, dtype=np.float64)
-    bad = ((arr.dq & _BAD) != 0) if arr.dq is not None else np.zeros(sci.shape, bool)
+    # work on a box around the star (the aperture and the annulus) only
+    half = r_out + 2.0
+    ny, nx = arr.shape
+    bx0, by0 = max(int(math.floor(x - 1.0 - half)), 0), max(int(math.floor(y - 1.0 - half)), 0)
+    bx1 = min(int(math.ceil(x - 1.0 + half)) + 1, nx)
+    by1 = min(int(math.ceil(y - 1.0 + half)) + 1, ny)
+    if bx0 >= bx1 or by0 >= by1:  # no overlap with the array
+        return StarPhotometry(-1, x, y, float("nan"), float("nan"), float("nan"), radius,
+                              (r_in, r_out), 1.0, False)
+    box = (slice(by0, by1), slice(bx0, bx1))
+    sci = np.asarray(arr.sci[box], dtype=np.float64)
+    dq = arr.dq[box] if arr.dq is not None else None
+    full_var = np.asarray(arr.var[box], np.float64) if arr.var is not None else None
+    bad = ((dq & _BAD) != 0) if dq is not None else np.zeros(sci.shape, bool)
     bad |= ~np.isfinite(sci)
-    pos = (x - 1.0, y - 1.0)
+    pos = (x - 1.0 - bx0, y - 1.0 - by0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ann = CircularAnnulus(pos, r_in, r_out).to_mask(method="center")
@@ -293,14 +305,14 @@ def aperture_photometry(arr: Array, x, y, radius, r_in, r_out) -> StarPhotometry
     weights = ap.data
     data = ap.cutout(sci, fill_value=np.nan)
     flags = ap.cutout(bad.astype(np.uint8), fill_value=1).astype(bool)
-    saturated = False
-    if arr.dq is not None:
-        sat = ap.cutout(arr.dq & (DQ["saturated"] | DQ["non_linear"]), fill_value=0)
-        saturated = bool(np.any((sat != 0) & (weights > 0)))
-    var = None if arr.var is None else ap.cutout(np.asarray(arr.var, np.float64), fill_value=0.0)
     if data is None:  # no overlap with the array
         return StarPhotometry(-1, x, y, float("nan"), float("nan"), float(bkg), radius,
                               (r_in, r_out), 1.0, False)
+    saturated = False
+    if dq is not None:
+        sat = ap.cutout(dq & (DQ["saturated"] | DQ["non_linear"]), fill_value=0)
+        saturated = bool(np.any((sat != 0) & (weights > 0)))
+    var = None if full_var is None else ap.cutout(full_var, fill_value=0.0)
     flags |= ~np.isfinite(data)
     filled = np.where(flags, np.nan, data)
     if flags.any():
@@ -308,15 +320,15 @@ def aperture_photometry(arr: Array, x, y, radius, r_in, r_out) -> StarPhotometry
         yy, xx = np.nonzero(flags)
         my = np.rint(2 * pos[1] - (yy + bbox.iymin)).astype(int)
         mx = np.rint(2 * pos[0] - (xx + bbox.ixmin)).astype(int)
-        ny, nx = sci.shape
-        ok = (mx >= 0) & (mx < nx) & (my >= 0) & (my < ny)
+        bny, bnx = sci.shape
+        ok = (mx >= 0) & (mx < bnx) & (my >= 0) & (my < bny)
         ok[ok] = ~bad[my[ok], mx[ok]]
         mirror = np.full(yy.size, bkg, dtype=np.float64)
         mirror[ok] = sci[my[ok], mx[ok]]
         filled[yy, xx] = mirror
         if var is not None:
             var[yy, xx] = 0.0
-            var[yy[ok], xx[ok]] = arr.var[my[ok], mx[ok]]
+            var[yy[ok], xx[ok]] = full_var[my[ok], mx[ok]]
     area = float(weights.sum())
     flux = float(np.sum(weights * (filled - bkg)))
     noise = area**2 * bkg_err**2

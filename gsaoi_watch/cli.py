@@ -141,8 +141,20 @@ def _add_demo(sub):
     p.set_defaults(func=_run("demo"))
 
 
+def _add_qa(sub):
+    p = sub.add_parser("qa", help="image quality, background and standard-star zero points "
+                                  "of reduced frames (measureIQ/measureBG/measureCC)")
+    p.add_argument("files", nargs="+", help="reduced products (_skyCorrected.fits)")
+    p.add_argument("--png", action="store_true",
+                   help="also write a PNG quick-look beside each file (flats too)")
+    p.set_defaults(func=_run("qa"))
+
+
 def _run(verb):
     def run(args):
+        if verb == "qa":
+            from gsaoi_watch.summary import run_qa
+            return run_qa(args)
         if verb == "simulate":
             from gsaoi_watch import sim
             return sim.main(args)
@@ -177,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     sub.required = True
     for add in (_add_typewalk, _add_showd, _add_dataselect, _add_simulate, _add_reduce,
-                _add_caldb, _add_daemon, _add_demo):
+                _add_caldb, _add_daemon, _add_demo, _add_qa):
         add(sub)
     return parser
 

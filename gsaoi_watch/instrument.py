@@ -13,7 +13,10 @@ from dataclasses import dataclass
 
 __all__ = [
     "ARRAYS",
+    "AO_IQ_BANDS",
     "ARRAY_BY_ID",
+    "BG_BANDS",
+    "CC_BANDS",
     "DQ",
     "EXTINCTION",
     "FILTER_WAVELENGTHS",
@@ -23,6 +26,7 @@ __all__ = [
     "READ_MODES",
     "ROI_FIX_DATE",
     "STATIC_DISTORTION",
+    "TELESCOPE_APERTURE",
     "TILE_GAPS",
     "ArraySpec",
     "effective_wavelength",
@@ -170,6 +174,23 @@ NOMINAL_ZEROPOINTS = {
 
 #: Extinction coefficients in mag/airmass quoted with the zero points (gsaoi/lookup.py comment).
 EXTINCTION = {"Z": 0.092, "J": 0.092, "H": 0.031, "Kshort": 0.065, "K": 0.065, "Kprime": 0.065}
+
+# QA band limits (geminidr/gemini/lookups/qa_constraints.py).
+#: Cloud cover: the largest extinction in magnitudes that still counts as that percentile band.
+CC_BANDS = {50: 0.08, 70: 0.3, 80: 1.0}
+#: Sky background: the faintest-limit sky in mag/arcsec^2 for each percentile band (bgBands,
+#: near-IR rows); GSAOI's Kshort/Kprime are looked up as K (DRAGONS has no entry for them).
+BG_BANDS = {
+    "J": {20: 16.20, 50: 16.20, 80: 16.20},
+    "H": {20: 13.80, 50: 13.80, 80: 13.80},
+    "K": {20: 14.60, 50: 14.60, 80: 14.60},
+    "Ks": {20: 14.60, 50: 14.60, 80: 14.60},
+}
+#: Image quality of AO data (iqBands["AO"], arcsec, applied to the natural-seeing estimate).
+AO_IQ_BANDS = {20: 0.45, 70: 0.80, 85: 1.20}
+#: Telescope aperture for the Strehl reference PSF, metres: (primary diameter, central
+#: obscuration diameter) as DRAGONS' measureIQ uses them (geminidr/gemini/primitives_qa.py).
+TELESCOPE_APERTURE = (8.1, 1.2)
 
 #: DRAGONS data-quality bits (geminidr/gemini/lookups/DQ_definitions.py).
 DQ = {

@@ -22,6 +22,7 @@ from gsaoi_watch.reduction.sky import (
     level_at,
     mask_sky,
     separate_sky,
+    sky_level,
     sky_model,
     subtract_sky,
 )
@@ -309,9 +310,13 @@ def reduce_images(paths, *, flat, flat_name=None, bpm=None, bpm_name=None, param
             if interp:
                 shift = level_at(levels, [when[k] for k in key], when[o]) - levels[0]
                 sky = stacked.with_(sci=(stacked.sci + np.float32(shift)).astype(np.float32))
-            sub, factor = subtract_sky(frame.arrays[i].with_(objmask=None), sky,
-                                       offset_sky=offset, scale_sky=scale)
-            sub, cat = detect_array(sub, **det_kw)
+            obj = frame.arrays[i].with_(objmask=None)
+            sub, factor = subtract_sky(obj, sky, offset_sky=offset, scale_sky=scale)
+            header = sub.header.copy()  # the sky level taken off, for measureBG
+            level = sky_level(obj)
+            if np.isfinite(level):
+                header["SKYLEV"] = (round(level, 3), "Sky level before skyCorrect (e-)")
+            sub, cat = detect_array(sub.with_(header=header), **det_kw)
             return sub, cat, factor
 
         sky_corrected = []

@@ -20,8 +20,8 @@ from gsaoi_watch.reduction.container import Array
 from gsaoi_watch.reduction.flat import FAIL_BITS, stack_arrays
 
 __all__ = ["associate_sky", "combine_skies", "dilate_mask", "fields_overlap", "level_at",
-           "mask_sky", "measure_background", "separate_sky", "sky_model", "stack_skies",
-           "subtract_sky"]
+           "mask_sky", "measure_background", "separate_sky", "sky_level", "sky_model",
+           "stack_skies", "subtract_sky"]
 
 
 def _wcs(info):
@@ -228,6 +228,14 @@ def measure_background(sci, good, *, sampling=10):
         raise ReductionError("no unmasked pixels to measure the background")
     _, median, _ = sigma_clipped_stats(values, sigma=3.0, maxiters=10)
     return float(median)
+
+
+def sky_level(a: Array) -> float:
+    """Background level of an array on its unflagged, non-object pixels (NaN if none)."""
+    try:
+        return measure_background(a.sci, _usable(a))
+    except ReductionError:
+        return float("nan")
 
 
 def _usable(a: Array, extra=None):

@@ -1,0 +1,755 @@
+"""Quick-look QA of reduced frames: standard-star zero points, image quality, background.
+
+The measurements follow DRAGONS' ``measureIQ``, ``measureBG`` and ``measureCC``
+(``geminidr/gemini/primitives_qa.py``; band limits from ``qa_constraints.py``, kept in
+:mod:`gsaoi_watch.instrument`).  Everything here is a pure function of a
+:class:`~gsaoi_watch.reduction.container.Frame`: no file, database or logging I/O.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from astropy.stats import sigma_clipped_stats
+from astropy.wcs import WCS
+from photutils.aperture import CircularAnnulus, CircularAperture
+from scipy import special
+
+from gsaoi_watch.frames import FrameInfo
+from gsaoi_watch.instrument import (
+    AO_IQ_BANDS,
+    ARRAY_BY_ID,
+    BG_BANDS,
+    CC_BANDS,
+    DQ,
+    EXTINCTION,
+    NOMINAL_PIXEL_SCALE,
+    NOMINAL_ZEROPOINTS,
+    TELESCOPE_APERTURE,
+)
+from gsaoi_watch.reduction.container import Array, Frame
+from gsaoi_watch.reduction.flat import FAIL_BITS
+
+__all__ = [
+    "Background",
+    "CloudCover",
+    "FrameQA",
+    "ImageQuality",
+    "StarPhotometry",
+    "ZeroPoint",
+    "aperture_photometry",
+    "bg_band",
+    "cc_band",
+    "frame_qa",
+    "ideal_peak_fraction",
+    "iq_band",
+    "measure_bg",
+    "measure_cc",
+    "measure_iq",
+    "qa_header",
+    "qa_log_line",
+    "standard_photometry",
+    "zero_points",
+]
+
+#: Bits that make a pixel unusable for photometry.
+_BAD = FAIL_BITS | DQ["unilluminated"]
+#: Bits that disqualify a source for image quality if they touch its core.
+_CORE_BAD = DQ["saturated"] | DQ["non_linear"] | DQ["no_data"] | DQ["bad_pixel"] \
+    | DQ["cosmic_ray"]
+#: DRAGONS' natural-seeing estimate from an AO FWHM (gsaoi_facts.md section 7).
+_SEEING_PER_AO_FWHM = 7.0
+
+
+# --- records -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class StarPhotometry:
+    """Aperture photometry of one star on one array.
+
+    ``array`` is the 0-based array index (extension number - 1); ``x``, ``y`` are 1-based
+    pixel coordinates; ``flux``/``flux_err`` are background-subtracted electrons in the
+    aperture; ``background`` is the annulus level per pixel; ``radius``, ``annulus`` are in
+    pixels; ``masked_fraction`` is the aperture area that was flagged and filled from the
+    point-symmetric pixel; ``saturated`` is True if a saturated or non-linear pixel lies in
+    the aperture; ``separation`` (arcsec) is the distance from the expected position.
+    """
+
+    array: int
+    x: float
+    y: float
+    flux: float
+    flux_err: float
+    background: float
+    radius: float
+    annulus: tuple
+    masked_fraction: float
+    saturated: bool = False
+    separation: float = float("nan")
+
+
+@dataclass(frozen=True)
+class ZeroPoint:
+    """Zero point of one array from a standard: magnitude giving 1 e-/s at airmass 1."""
+
+    array: int
+    zp: float
+    zp_err: float
+    nominal: float
+
+    @property
+    def extinction(self) -> float:
+        """Cloud extinction in magnitudes: nominal minus measured zero point."""
+        return self.nominal - self.zp
+
+
+@dataclass(frozen=True)
+class CloudCover:
+    """Mean cloud extinction (mag), its uncertainty and DRAGONS' CC band ('CC50' ... 'CCAny')."""
+
+    extinction: float
+    extinction_err: float
+    band: str
+
+
+@dataclass(frozen=True)
+class ImageQuality:
+    """Image quality of a frame from its point sources (``n_stars`` used).
+
+    FWHM in arcsec as measured (``fwhm``) and corrected to zenith with airmass**-0.6
+    (``fwhm_zenith``); ``seeing`` is DRAGONS' natural-seeing estimate for AO data
+    (7 x zenith FWHM) and ``band`` the IQ band it falls in.
+    """
+
+    fwhm: float
+    fwhm_std: float
+    fwhm_zenith: float
+    ellipticity: float
+    ellipticity_std: float
+    strehl: float
+    strehl_std: float
+    n_stars: int
+    seeing: float
+    band: str
+
+
+@dataclass(frozen=True)
+class Background:
+    """Sky background: e-/s/pixel (median over arrays, per array), mag/arcsec^2, BG band."""
+
+    rate: float
+    rate_per_array: tuple
+    mag: float
+    band: str
+    source: str  # 'recorded' (SKYLEV, taken off by skyCorrect), 'measured' or 'unrecorded'
+
+
+@dataclass(frozen=True)
+class FrameQA:
+    """Everything measured on one frame; ``zeropoints``/``cc`` only for a standard."""
+
+    filename: str
+    iq: ImageQuality | None
+    bg: Background | None
+    standard: str | None = None
+    photometry: tuple = ()
+    zeropoints: tuple = ()
+    cc: CloudCover | None = None
+    notes: tuple = field(default_factory=tuple)
+
+    def to_dict(self) -> dict:
+        """Return a JSON-serialisable dict (NaN becomes None)."""
+        return _clean(asdict(self))
+
+
+def _clean(value):
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    if isinstance(value, float | np.floating):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+# --- descriptors ---------------------------------------------------------------------------
+def _info(frame: Frame) -> FrameInfo:
+    return FrameInfo(frame.phu, [a.header for a in frame.arrays])
+
+
+def _array_index(frame: Frame, k: int) -> int:
+    """0-based GSAOI array index of the k-th array of ``frame`` (by ARRAYID)."""
+    spec = ARRAY_BY_ID.get(str(frame.arrays[k].header.get("ARRAYID", "")).strip())
+    if spec is not None:
+        return spec.index
+    return tuple(frame.meta.get("indices", range(len(frame.arrays))))[k]
+
+
+def _pixel_scale(arr: Array, frame: Frame) -> float:
+    h = arr.header
+    try:
+        det = h["CD1_1"] * h["CD2_2"] - h["CD1_2"] * h["CD2_1"]
+        if det:
+            return 3600.0 * math.sqrt(abs(det))
+    except KeyError:
+        pass
+    value = frame.phu.get("PIXSCALE")
+    return float(value) if isinstance(value, int | float) and value > 0 else NOMINAL_PIXEL_SCALE
+
+
+def _filter(frame: Frame) -> str | None:
+    value = frame.phu.get("FILTER")
+    if isinstance(value, str) and value.strip():
+        return value.strip()
+    return _info(frame).filter_name(pretty=True)
+
+
+def _electrons(arr: Array) -> bool:
+    return str(arr.header.get("BUNIT", "electron")).strip().lower().startswith("electron")
+
+
+def _gain_term(arr: Array) -> float:
+    """Magnitudes to subtract from a zero point for data in ADU (2.5 log10 gain)."""
+    if _electrons(arr):
+        return 0.0
+    gain = arr.header.get("GAIN")
+    return 2.5 * math.log10(gain) if isinstance(gain, int | float) and gain > 0 else 0.0
+
+
+# --- bands ---------------------------------------------------------------------------------
+def cc_band(extinction: float) -> str:
+    """DRAGONS' cloud-cover band for an extinction in magnitudes ('CC50' ... 'CCAny')."""
+    if not math.isfinite(extinction):
+        return "CCUnknown"
+    for pct in sorted(CC_BANDS):
+        if extinction <= CC_BANDS[pct]:
+            return f"CC{pct}"
+    return "CCAny"
+
+
+def bg_band(sky_mag: float, filter_name: str | None) -> str:
+    """Background band of a sky brightness (mag/arcsec^2): the darkest band it satisfies."""
+    key = {"Kshort": "Ks", "Kprime": "K"}.get(filter_name, filter_name)
+    limits = BG_BANDS.get(key)
+    if limits is None or not math.isfinite(sky_mag):
+        return "BGUnknown"
+    for pct in sorted(limits):
+        if sky_mag >= limits[pct]:
+            return f"BG{pct}"
+    return "BGAny"
+
+
+def iq_band(seeing: float) -> str:
+    """IQ band of AO data from the natural-seeing estimate in arcsec (DRAGONS' 'AO' limits)."""
+    if not math.isfinite(seeing):
+        return "IQUnknown"
+    for pct in sorted(AO_IQ_BANDS):
+        if seeing <= AO_IQ_BANDS[pct]:
+            return f"IQ{pct}"
+    return "IQAny"
+
+
+# --- photometry ----------------------------------------------------------------------------
+def aperture_photometry(arr: Array, x, y, radius, r_in, r_out) -> StarPhotometry:
+    """Circular-aperture photometry with a sigma-clipped median background annulus.
+
+    Flagged pixels (DQ bad, saturated, cosmic ray, no data, unilluminated) and pixels off
+    the array inside the aperture take the value of the point-symmetric pixel about the
+    star, or the background if that one is unusable too; the fraction of the aperture so
+    filled is reported.
+
+    Parameters
+    ----------
+    arr : Array
+        A sky-subtracted array (electrons).
+    x, y : float
+        1-based pixel position of the star.
+    radius, r_in, r_out : float
+        Aperture radius and annulus radii in pixels.
+
+    Returns
+    -------
+    StarPhotometry
+        With ``array`` = -1 (the caller knows which array it is).
+    """
+    # work on a box around the star (the aperture and the annulus) only
+    half = r_out + 2.0
+    ny, nx = arr.shape
+    bx0, by0 = max(int(math.floor(x - 1.0 - half)), 0), max(int(math.floor(y - 1.0 - half)), 0)
+    bx1 = min(int(math.ceil(x - 1.0 + half)) + 1, nx)
+    by1 = min(int(math.ceil(y - 1.0 + half)) + 1, ny)
+    if bx0 >= bx1 or by0 >= by1:  # no overlap with the array
+        return StarPhotometry(-1, x, y, float("nan"), float("nan"), float("nan"), radius,
+                              (r_in, r_out), 1.0, False)
+    box = (slice(by0, by1), slice(bx0, bx1))
+    sci = np.asarray(arr.sci[box], dtype=np.float64)
+    dq = arr.dq[box] if arr.dq is not None else None
+    full_var = np.asarray(arr.var[box], np.float64) if arr.var is not None else None
+    bad = ((dq & _BAD) != 0) if dq is not None else np.zeros(sci.shape, bool)
+    bad |= ~np.isfinite(sci)
+    pos = (x - 1.0 - bx0, y - 1.0 - by0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ann = CircularAnnulus(pos, r_in, r_out).to_mask(method="center")
+        values = ann.get_values(sci, mask=bad)
+        if values.size >= 10:
+            _, bkg, bkg_std = sigma_clipped_stats(values, sigma=3.0, maxiters=10)
+            bkg_err = bkg_std * math.sqrt(math.pi / 2 / values.size)
+        else:
+            bkg, bkg_err = 0.0, 0.0
+        ap = CircularAperture(pos, radius).to_mask(method="exact")
+    weights = ap.data
+    data = ap.cutout(sci, fill_value=np.nan)
+    flags = ap.cutout(bad.astype(np.uint8), fill_value=1).astype(bool)
+    if data is None:  # no overlap with the array
+        return StarPhotometry(-1, x, y, float("nan"), float("nan"), float(bkg), radius,
+                              (r_in, r_out), 1.0, False)
+    saturated = False
+    if dq is not None:
+        sat = ap.cutout(dq & (DQ["saturated"] | DQ["non_linear"]), fill_value=0)
+        saturated = bool(np.any((sat != 0) & (weights > 0)))
+    var = None if full_var is None else ap.cutout(full_var, fill_value=0.0)
+    flags |= ~np.isfinite(data)
+    filled = np.where(flags, np.nan, data)
+    if flags.any():
+        bbox = ap.bbox
+        yy, xx = np.nonzero(flags)
+        my = np.rint(2 * pos[1] - (yy + bbox.iymin)).astype(int)
+        mx = np.rint(2 * pos[0] - (xx + bbox.ixmin)).astype(int)
+        bny, bnx = sci.shape
+        ok = (mx >= 0) & (mx < bnx) & (my >= 0) & (my < bny)
+        ok[ok] = ~bad[my[ok], mx[ok]]
+        mirror = np.full(yy.size, bkg, dtype=np.float64)
+        mirror[ok] = sci[my[ok], mx[ok]]
+        filled[yy, xx] = mirror
+        if var is not None:
+            var[yy, xx] = 0.0
+            var[yy[ok], xx[ok]] = full_var[my[ok], mx[ok]]
+    area = float(weights.sum())
+    flux = float(np.sum(weights * (filled - bkg)))
+    noise = area**2 * bkg_err**2
+    if var is not None:
+        noise += float(np.sum(weights * np.maximum(var, 0.0)))
+    return StarPhotometry(-1, float(x), float(y), flux, math.sqrt(noise), float(bkg),
+                          float(radius), (float(r_in), float(r_out)),
+                          float(np.sum(weights * flags)) / max(area, 1e-9), saturated)
+
+
+def _catalogs(frame: Frame):
+    cats = frame.meta.get("catalogs")
+    if cats is None:
+        from gsaoi_watch.reduction.detect import detect_array
+        cats = [detect_array(a)[1] for a in frame.arrays]
+    return cats
+
+
+def _world_to_pixel(arr: Array, ra: float, dec: float):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            x, y = WCS(arr.header).all_world2pix(ra, dec, 1)
+        except Exception:  # noqa: BLE001 - a header without a usable WCS
+            return None
+    return float(x), float(y)
+
+
+def standard_photometry(frame: Frame, ra: float, dec: float, *, search_arcsec=3.0,
+                        radius_arcsec=1.5, radius_fwhm=6.0, annulus=(1.5, 2.0)):
+    """Find the standard star near (ra, dec) and measure it in a large aperture.
+
+    The star is the brightest catalogue source within ``search_arcsec`` of where the WCS
+    puts (ra, dec), on whichever array that is.  The aperture radius is the larger of
+    ``radius_arcsec`` (the AO halo) and ``radius_fwhm`` times the source's FWHM; the
+    background annulus runs from ``annulus[0]`` to ``annulus[1]`` times that radius.
+
+    Returns
+    -------
+    StarPhotometry or None
+        None if the star is on no array or no source is found near it.
+    """
+    cats = _catalogs(frame)
+    best = None
+    for k, arr in enumerate(frame.arrays):
+        xy = _world_to_pixel(arr, ra, dec)
+        cat = cats[k] if k < len(cats) else None
+        if xy is None or cat is None or len(cat) == 0:
+            continue
+        scale = _pixel_scale(arr, frame)
+        ny, nx = arr.shape
+        margin = search_arcsec / scale
+        if not (-margin < xy[0] < nx + margin and -margin < xy[1] < ny + margin):
+            continue
+        sep = np.hypot(np.asarray(cat["x"]) - xy[0], np.asarray(cat["y"]) - xy[1]) * scale
+        near = np.nonzero((sep <= search_arcsec) & np.isfinite(np.asarray(cat["flux"])))[0]
+        if near.size == 0:
+            continue
+        j = near[np.argmax(np.asarray(cat["flux"])[near])]
+        if best is None or cat["flux"][j] > best[3]:
+            best = (k, float(cat["x"][j]), float(cat["y"][j]), float(cat["flux"][j]),
+                    float(cat["fwhm"][j]), scale, float(sep[j]))
+    if best is None:
+        return None
+    k, x, y, _, fwhm, scale, sep = best
+    fwhm = fwhm if math.isfinite(fwhm) and fwhm > 0 else 0.0
+    radius = max(radius_arcsec / scale, radius_fwhm * fwhm)
+    phot = aperture_photometry(frame.arrays[k], x, y, radius, annulus[0] * radius,
+                               annulus[1] * radius)
+    return StarPhotometry(**{**asdict(phot), "array": _array_index(frame, k),
+                             "annulus": phot.annulus, "separation": sep})
+
+
+def zero_points(frame: Frame, photometry, magnitude: float) -> tuple:
+    """Zero points (1 e-/s at airmass 1) from standard-star photometry.
+
+    ``zp = mag + 2.5 log10(flux / exptime) + k (airmass - 1)`` with DRAGONS' nominal
+    extinction coefficient ``k`` of the filter, minus 2.5 log10(gain) for data in ADU.
+
+    Parameters
+    ----------
+    frame : Frame
+        The frame measured (exposure time, airmass, filter).
+    photometry : iterable of StarPhotometry
+        One entry per array on which the standard was measured.
+    magnitude : float
+        The standard's catalogue magnitude in the frame's filter.
+
+    Returns
+    -------
+    tuple of ZeroPoint
+    """
+    info = _info(frame)
+    exptime = info.exposure_time() or float("nan")
+    airmass = info.airmass() or 1.0
+    filt = _filter(frame)
+    k_ext = EXTINCTION.get(filt, 0.0)
+    nominal = NOMINAL_ZEROPOINTS.get(filt)
+    by_index = {_array_index(frame, k): arr for k, arr in enumerate(frame.arrays)}
+    out = []
+    for p in photometry:
+        if p is None or not (p.flux > 0) or not math.isfinite(exptime) or exptime <= 0:
+            continue
+        arr = by_index.get(p.array)
+        gain_term = _gain_term(arr) if arr is not None else 0.0
+        zp = magnitude + 2.5 * math.log10(p.flux / exptime) + k_ext * (airmass - 1.0) \
+            - gain_term
+        err = 2.5 / math.log(10) * p.flux_err / p.flux
+        nom = nominal[p.array] if nominal is not None else float("nan")
+        out.append(ZeroPoint(p.array, zp, err, nom))
+    return tuple(out)
+
+
+def measure_cc(zeropoints) -> CloudCover:
+    """Cloud extinction (weighted mean of nominal - measured zero points) and the CC band."""
+    ext = np.array([z.extinction for z in zeropoints], float)
+    err = np.array([max(z.zp_err, 1e-4) for z in zeropoints], float)
+    good = np.isfinite(ext)
+    if not good.any():
+        return CloudCover(float("nan"), float("nan"), "CCUnknown")
+    w = 1.0 / err[good] ** 2
+    mean = float(np.sum(w * ext[good]) / np.sum(w))
+    return CloudCover(mean, float(1.0 / math.sqrt(np.sum(w))), cc_band(mean))
+
+
+# --- image quality -------------------------------------------------------------------------
+def _airy_annular(r_rad, wavelength_m, diameter, obscuration):
+    """Normalised (peak 1) intensity of an annular-aperture diffraction pattern."""
+    eps = obscuration / diameter
+    x = math.pi * diameter * np.asarray(r_rad, float) / wavelength_m
+    with np.errstate(invalid="ignore", divide="ignore"):
+        a = np.where(x > 0, 2 * special.j1(x) / x, 1.0)
+        b = np.where(x > 0, 2 * special.j1(eps * x) / (eps * x), 1.0)
+    return ((a - eps**2 * b) / (1 - eps**2)) ** 2
+
+
+def ideal_peak_fraction(pixel_scale, wavelength_um, dx=0.0, dy=0.0, *, sub=5,
+                        aperture=TELESCOPE_APERTURE) -> float:
+    """Fraction of a perfect PSF's light in the pixel holding its peak.
+
+    The diffraction pattern of an annular aperture (``aperture`` = primary and obscuration
+    diameters in metres) at ``wavelength_um``, integrated over the pixel with ``sub`` x
+    ``sub`` samples, for a star ``dx``, ``dy`` pixels from the pixel centre (DRAGONS'
+    measureIQ Strehl reference).
+
+    Parameters
+    ----------
+    pixel_scale : float
+        Arcsec per pixel.
+    wavelength_um : float
+        Wavelength in micrometres.
+    dx, dy : float
+        Sub-pixel offset of the star from the centre of the peak pixel, in pixels.
+
+    Returns
+    -------
+    float
+    """
+    diameter, obscuration = aperture
+    lam = wavelength_um * 1e-6
+    p = pixel_scale * math.pi / 180.0 / 3600.0
+    u = (np.arange(sub) + 0.5) / sub - 0.5
+    rx = (u[None, :] - dx) * p
+    ry = (u[:, None] - dy) * p
+    intensity = _airy_annular(np.hypot(rx, ry), lam, diameter, obscuration)
+    area = math.pi / 4 * diameter**2 * (1 - (obscuration / diameter) ** 2)
+    return float(intensity.sum() * (p / sub) ** 2 * area / lam**2)
+
+
+def _clipped(values):
+    """2.5-sigma clipped median and standard deviation of the finite values."""
+    values = np.asarray(values, float)
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return float("nan"), float("nan")
+    if values.size < 3:
+        return float(np.median(values)), float(np.std(values))
+    _, median, std = sigma_clipped_stats(values, sigma=2.5, maxiters=5)
+    return float(median), float(std)
+
+
+def _iq_candidates(arr: Array, cat, *, snr_min, max_ellipticity):
+    """Rows of ``cat`` that are bright, unflagged, away from the edges and not extended."""
+    if cat is None or len(cat) == 0:
+        return np.zeros(0, int)
+    x = np.asarray(cat["x"], float) - 1.0
+    y = np.asarray(cat["y"], float) - 1.0
+    fwhm = np.asarray(cat["fwhm"], float)
+    flux = np.asarray(cat["flux"], float)
+    err = np.asarray(cat["flux_err"], float)
+    ell = np.asarray(cat["ellipticity"], float)
+    snr = np.where(err > 0, flux / np.where(err > 0, err, 1.0), np.inf)
+    ny, nx = arr.shape
+    edge = 3.0 * np.nan_to_num(fwhm, nan=0.0) + 2
+    ok = (np.isfinite(fwhm) & (fwhm > 1.2) & (flux > 0) & (snr >= snr_min)
+          & (ell <= max_ellipticity) & (x > edge) & (x < nx - 1 - edge)
+          & (y > edge) & (y < ny - 1 - edge))
+    if arr.dq is not None:
+        ix = np.clip(np.rint(x).astype(int), 0, nx - 1)
+        iy = np.clip(np.rint(y).astype(int), 0, ny - 1)
+        for k in np.nonzero(ok)[0]:
+            box = arr.dq[max(iy[k] - 2, 0):iy[k] + 3, max(ix[k] - 2, 0):ix[k] + 3]
+            if (box & _CORE_BAD).any():
+                ok[k] = False
+    idx = np.nonzero(ok)[0]
+    return idx
+
+
+def measure_iq(frame: Frame, *, snr_min=100.0, max_ellipticity=0.5,
+               extended=1.5) -> ImageQuality:
+    """FWHM, ellipticity and Strehl ratio of the point sources of a sky-subtracted frame.
+
+    Sources come from the catalogue of each array (``frame.meta['catalogs']``, from
+    detectSources; detected afresh if absent).  A source is used if its S/N is at least
+    ``snr_min`` (the half-maximum FWHM of fainter sources is inflated by noise), its core
+    (5 x 5 pixels) carries no saturated, non-linear or bad pixel, its ellipticity is at
+    most ``max_ellipticity`` and its FWHM is within a factor ``extended`` of the median FWHM
+    of all candidates of the frame (rejecting galaxies, blends and cosmic rays).  FWHM,
+    ellipticity and Strehl ratio are 2.5-sigma clipped medians over the sources; FWHM is
+    also corrected to zenith with airmass**-0.6.  The Strehl ratio of a star is its
+    peak-pixel fraction (peak / flux in a 4-FWHM aperture) over that of a perfect PSF at the
+    same sub-pixel position (:func:`ideal_peak_fraction`).
+
+    Returns
+    -------
+    ImageQuality
+        NaN values and ``n_stars`` = 0 when no source qualifies.
+    """
+    info = _info(frame)
+    cats = _catalogs(frame)
+    wave = info.effective_wavelength() or 2.15
+    candidates = []  # (array position, row, fwhm in pixels, pixel scale)
+    for k, arr in enumerate(frame.arrays):
+        cat = cats[k] if k < len(cats) else None
+        idx = _iq_candidates(arr, cat, snr_min=snr_min, max_ellipticity=max_ellipticity)
+        scale = _pixel_scale(arr, frame)
+        candidates += [(k, j, float(cat["fwhm"][j]), scale) for j in idx]
+    if candidates:
+        arcsec = np.array([c[2] * c[3] for c in candidates])
+        median = float(np.median(arcsec))
+        keep = (arcsec <= extended * median) & (arcsec >= median / extended)
+        candidates = [c for c, ok in zip(candidates, keep) if ok]
+    rows = []  # (fwhm_arcsec, ellipticity, strehl)
+    for k, j, f, scale in candidates:
+        arr, cat = frame.arrays[k], cats[k]
+        x, y = float(cat["x"][j]), float(cat["y"][j])
+        phot = aperture_photometry(arr, x, y, 4.0 * f, 6.0 * f, 8.0 * f)
+        strehl = float("nan")
+        if phot.flux > 0 and phot.masked_fraction < 0.01:
+            dx, dy = (x - 1.0) - round(x - 1.0), (y - 1.0) - round(y - 1.0)
+            strehl = (float(cat["peak"][j]) / phot.flux) / ideal_peak_fraction(scale, wave,
+                                                                               dx, dy)
+        rows.append((f * scale, float(cat["ellipticity"][j]), strehl))
+    if not rows:
+        nan = float("nan")
+        return ImageQuality(nan, nan, nan, nan, nan, nan, nan, 0, nan, "IQUnknown")
+    table = np.array(rows, float)
+    fwhm, fwhm_std = _clipped(table[:, 0])
+    ell, ell_std = _clipped(table[:, 1])
+    strehl, strehl_std = _clipped(table[:, 2])
+    zenith = fwhm * (info.airmass() or 1.0) ** -0.6
+    seeing = _SEEING_PER_AO_FWHM * zenith if info.is_ao() else zenith
+    return ImageQuality(fwhm, fwhm_std, zenith, ell, ell_std, strehl, strehl_std, len(rows),
+                        seeing, iq_band(seeing))
+
+
+# --- background ----------------------------------------------------------------------------
+def measure_bg(frame: Frame) -> Background:
+    """Sky background in e-/s per pixel, in mag/arcsec^2 and its BG band (measureBG).
+
+    For a sky-subtracted frame the level that skyCorrect took off each array (SKYLEV in
+    the array header) is used (NaN if it was not recorded); otherwise the 3-sigma clipped
+    median of the unflagged, non-object pixels.  The magnitude uses the nominal zero point
+    of each array and its pixel scale, without extinction, as DRAGONS does.  The frame's
+    value is the median over the arrays (an extended object on one array does not drag it
+    up).
+    """
+    info = _info(frame)
+    exptime = info.exposure_time() or float("nan")
+    filt = _filter(frame)
+    nominal = NOMINAL_ZEROPOINTS.get(filt)
+    rates, mags, sources = [], [], set()
+    for k, arr in enumerate(frame.arrays):
+        level = arr.header.get("SKYLEV")
+        if isinstance(level, int | float):
+            sources.add("recorded")
+        elif "SUBSKY" in frame.phu:  # sky already taken off and its level not kept
+            rates.append(float("nan"))
+            sources.add("unrecorded")
+            continue
+        else:
+            good = ((arr.dq & _BAD) == 0) if arr.dq is not None else np.ones(arr.shape, bool)
+            if arr.objmask is not None:
+                good &= arr.objmask == 0
+            values = arr.sci[good][::7] if good.sum() > 7000 else arr.sci[good]
+            if values.size == 0:
+                rates.append(float("nan"))
+                continue
+            _, level, _ = sigma_clipped_stats(values, sigma=3.0, maxiters=10)
+            sources.add("measured")
+        rate = float(level) / exptime
+        rates.append(rate)
+        if nominal is not None and rate > 0:
+            idx = _array_index(frame, k)
+            scale = _pixel_scale(arr, frame)
+            mags.append(nominal[idx] - _gain_term(arr) - 2.5 * math.log10(rate / scale**2))
+    finite = [r for r in rates if math.isfinite(r)]
+    rate = float(np.median(finite)) if finite else float("nan")
+    mag = float(np.median(mags)) if mags else float("nan")
+    return Background(rate, tuple(rates), mag, bg_band(mag, filt),
+                      "+".join(sorted(sources)) or "none")
+
+
+# --- the whole frame -----------------------------------------------------------------------
+def frame_qa(frame: Frame, *, standard=None) -> FrameQA:
+    """Image quality, background and, for a standard, zero points and cloud cover.
+
+    Parameters
+    ----------
+    frame : Frame
+        A reduced (sky-subtracted) frame with its source catalogues in
+        ``meta['catalogs']``.
+    standard : gsaoi_watch.standards.Standard, optional
+        The standard star observed (see :func:`gsaoi_watch.standards.find_standard`).
+
+    Returns
+    -------
+    FrameQA
+    """
+    notes = []
+    iq = measure_iq(frame)
+    if iq.n_stars == 0:
+        notes.append("no point source for image quality")
+    bg = measure_bg(frame)
+    if not math.isfinite(bg.rate):
+        notes.append("sky level not recorded by skyCorrect: no background")
+    phot, zps, cc, name = (), (), None, None
+    if standard is not None:
+        name = standard.name
+        mag = standard.magnitude(_filter(frame))
+        p = standard_photometry(frame, standard.ra, standard.dec)
+        if p is None:
+            notes.append(f"standard {standard.name} not found")
+        elif mag is None:
+            phot = (p,)
+            notes.append(f"no {_filter(frame)} magnitude for standard {standard.name}")
+        elif p.saturated:
+            phot = (p,)
+            notes.append(f"standard {standard.name} is saturated or non-linear: no zero point")
+        else:
+            phot = (p,)
+            if p.masked_fraction > 0.01:
+                notes.append(f"{100 * p.masked_fraction:.1f}% of the standard's aperture "
+                             "was flagged and filled")
+            zps = zero_points(frame, phot, mag)
+            cc = measure_cc(zps) if zps else None
+    return FrameQA(frame.filename, iq, bg, name, phot, zps, cc, tuple(notes))
+
+
+def _fmt(value, spec):
+    return format(value, spec) if value is not None and math.isfinite(value) else "nan"
+
+
+def qa_header(frame: Frame, qa: FrameQA) -> Frame:
+    """Return a copy of ``frame`` with the QA values as primary-header keywords.
+
+    MEANFWHM (arcsec), FWHMZEN, MEANELLP, STREHL, IQNSTARS, AOSEEING, IQBAND; SKYLEVEL
+    (e-/s/pixel), SKYMAG (mag/arcsec^2), BGBAND; for a standard ZP_ARRn (array n = 1-4),
+    MEANZP, CLOUDEXT (mag), CCBAND.  Values that could not be measured are left out.
+    """
+    out = frame.with_()
+    h = out.phu
+
+    def put(key, value, comment, digits=4):
+        if value is None:
+            return
+        if isinstance(value, str):
+            h[key] = (value, comment)
+        elif math.isfinite(value):
+            h[key] = (round(float(value), digits), comment)
+
+    if qa.iq is not None and qa.iq.n_stars:
+        put("MEANFWHM", qa.iq.fwhm, "Mean point-source FWHM (arcsec)")
+        put("FWHMZEN", qa.iq.fwhm_zenith, "Mean FWHM corrected to zenith (arcsec)")
+        put("MEANELLP", qa.iq.ellipticity, "Mean point-source ellipticity")
+        put("STREHL", qa.iq.strehl, "Mean Strehl ratio")
+        h["IQNSTARS"] = (qa.iq.n_stars, "Point sources used for image quality")
+        put("AOSEEING", qa.iq.seeing, "Natural seeing estimate (arcsec)")
+        put("IQBAND", qa.iq.band, "Image quality band")
+    if qa.bg is not None:
+        put("SKYLEVEL", qa.bg.rate, "Sky background (e-/s/pixel)", 3)
+        put("SKYMAG", qa.bg.mag, "Sky background (mag/arcsec2)", 3)
+        put("BGBAND", qa.bg.band, "Sky background band")
+    for z in qa.zeropoints:
+        put(f"ZP_ARR{z.array + 1}", z.zp, f"Zero point of array {z.array + 1} (mag)")
+    if qa.zeropoints:
+        put("MEANZP", float(np.mean([z.zp for z in qa.zeropoints])), "Mean zero point (mag)")
+    if qa.cc is not None:
+        put("CLOUDEXT", qa.cc.extinction, "Cloud extinction (mag)")
+        put("CCBAND", qa.cc.band, "Cloud cover band")
+    return out
+
+
+def qa_log_line(qa: FrameQA) -> str:
+    """One log line for a frame: IQ, BG and (for a standard) zero points and CC."""
+    parts = [qa.filename]
+    iq = qa.iq
+    if iq is not None and iq.n_stars:
+        parts.append(f"FWHM {_fmt(iq.fwhm, '.3f')}\" (zenith {_fmt(iq.fwhm_zenith, '.3f')}\") "
+                     f"ellip {_fmt(iq.ellipticity, '.3f')} Strehl {_fmt(iq.strehl, '.3f')} "
+                     f"from {iq.n_stars} stars, {iq.band}")
+    else:
+        parts.append("IQ: no point sources")
+    if qa.bg is not None:
+        parts.append(f"BG {_fmt(qa.bg.rate, '.2f')} e-/s/pix = {_fmt(qa.bg.mag, '.2f')} "
+                     f"mag/arcsec2, {qa.bg.band}")
+    if qa.standard is not None:
+        zps = ", ".join(f"ZP array {z.array + 1} {z.zp:.3f}+-{z.zp_err:.3f} "
+                        f"(nominal {_fmt(z.nominal, '.3f')})" for z in qa.zeropoints)
+        parts.append(f"standard {qa.standard}: " + (zps or "no zero point"))
+        if qa.cc is not None:
+            parts.append(f"cloud {_fmt(qa.cc.extinction, '.3f')} mag, {qa.cc.band}")
+    parts.extend(qa.notes)
+    return " | ".join(parts)

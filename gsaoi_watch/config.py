@@ -10,7 +10,8 @@ from pathlib import Path
 from gsaoi_watch.errors import ConfigError
 
 __all__ = ["DEFAULT_DATABASE", "Config", "DatabaseConfig", "JobsConfig", "PathsConfig",
-           "SequencesConfig", "ServiceConfig", "WatchConfig", "load_config", "resolve_database"]
+           "QuicklookConfig", "SequencesConfig", "ServiceConfig", "WatchConfig", "load_config",
+           "resolve_database"]
 
 #: Where the calibration database lives when neither -d nor a config file says: the working
 #: directory, as DRAGONS' local calibration manager does.
@@ -120,9 +121,24 @@ class ServiceConfig:
                               f"not {self.log_level!r}")
 
 
+@dataclass(frozen=True)
+class QuicklookConfig:
+    """``[quicklook]``: QA measurements, pictures and the night summary page."""
+
+    qa: bool = True
+    pictures: bool = True
+    summary: bool = True
+
+    def __post_init__(self):
+        for name in ("qa", "pictures", "summary"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"[quicklook] {name} must be true or false")
+
+
 _SECTIONS = {"DatabaseConfig": DatabaseConfig, "PathsConfig": PathsConfig,
              "WatchConfig": WatchConfig, "SequencesConfig": SequencesConfig,
-             "JobsConfig": JobsConfig, "ServiceConfig": ServiceConfig}
+             "JobsConfig": JobsConfig, "ServiceConfig": ServiceConfig,
+             "QuicklookConfig": QuicklookConfig}
 
 
 @dataclass(frozen=True)
@@ -135,6 +151,7 @@ class Config:
     sequences: SequencesConfig = field(default_factory=SequencesConfig)
     jobs: JobsConfig = field(default_factory=JobsConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
+    quicklook: QuicklookConfig = field(default_factory=QuicklookConfig)
 
     def replace(self, section: str, **values) -> Config:
         """Return a copy with some keys of one section replaced (command-line overrides)."""

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import peewee as pw
 from playhouse.db_url import connect as url_connect
+from playhouse.migrate import SchemaMigrator, migrate
 
 from gsaoi_watch.errors import GsaoiWatchError
 
@@ -43,7 +44,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: Calibrations are served within this time of the frame (Gemini calibration manager).
 FLAT_WINDOW = dt.timedelta(days=30)
 #: How long a writer waits for SQLite's lock before giving up (seconds).
@@ -151,6 +152,7 @@ class Product(_Model):
     is_bad = pw.BooleanField(default=False)
     checksum = pw.CharField(null=True)
     created = pw.DateTimeField(default=_now)
+    qa = pw.TextField(null=True)  # JSON: image quality, background, zero points (schema 2)
 
 
 class ProductCalibration(_Model):
@@ -250,8 +252,15 @@ def _check_version(db, target):
         log.info("database %s upgraded from schema %d to %d", target, version, SCHEMA_VERSION)
 
 
+def _add_product_qa(db):
+    """Schema 1 -> 2: products carry their QA (JSON)."""
+    if "qa" not in {c.name for c in db.get_columns("product")}:
+        migrate(SchemaMigrator.from_database(db).add_column("product", "qa",
+                                                            pw.TextField(null=True)))
+
+
 #: Upgrades from version i to i+1 (index i).  Version 0 means "no tables yet".
-_UPGRADES = [lambda db: db.create_tables(MODELS)]
+_UPGRADES = [lambda db: db.create_tables(MODELS), _add_product_qa]
 
 
 @contextlib.contextmanager
@@ -280,8 +289,8 @@ def register_product(path, info, *, kind, is_calibration, job=None, used=()):
     ----------
     path : str or os.PathLike
         The product file.
-    info : gsaoi_watch.frames.FrameInfo
-        Its headers.
+    info : gsaoi_watch.frames.FrameInfo or None
+        Its headers (None for a product that is not a GSAOI frame, such as a stack).
     kind : str
         'processed_flat', 'processed_bpm', 'sky_corrected', 'flat_corrected', ...
     is_calibration : bool
@@ -290,12 +299,14 @@ def register_product(path, info, *, kind, is_calibration, job=None, used=()):
         Calibrations this product was made with.
     """
     path = str(Path(path).resolve())
-    fields = dict(
-        filename=os.path.basename(path), kind=kind, job=job, data_label=info.data_label(),
-        filter_name=info.filter_name(), read_mode=info.read_mode(),
-        observation_class=info.observation_class(), ut_datetime=info.ut_datetime(),
-        detector_section=json.dumps(info.detector_section(pretty=True)),
-        is_calibration=is_calibration, checksum=checksum(path), created=_now())
+    fields = dict(filename=os.path.basename(path), kind=kind, job=job,
+                  is_calibration=is_calibration, checksum=checksum(path), created=_now())
+    if info is not None:  # a GSAOI frame (a stack is one resampled image: no descriptors)
+        fields.update(
+            data_label=info.data_label(), filter_name=info.filter_name(),
+            read_mode=info.read_mode(), observation_class=info.observation_class(),
+            ut_datetime=info.ut_datetime(),
+            detector_section=json.dumps(info.detector_section(pretty=True)))
     with writing():
         product = Product.get_or_none(Product.path == path)
         if product is None:

@@ -23,6 +23,7 @@ from gsaoi_watch.frames import read_frame_info
 from gsaoi_watch.jobs import run_job
 from gsaoi_watch.prepared import cache_path, prepare_ahead
 from gsaoi_watch.sequences import advance, frame_kind, sequence_key
+from gsaoi_watch.summary import write_summary
 from gsaoi_watch.watcher import ArrivalGate, scan_directory
 
 __all__ = ["Engine"]
@@ -81,7 +82,9 @@ class Engine:
             seq = job.sequence
             if job.tries >= self.config.jobs.max_tries:
                 self._job_state(job, "FAILED", error="interrupted too often")
-                if seq is not None:
+                log.error("job=%d %s given up: interrupted %d times", job.id, job.recipe,
+                          job.tries)
+                if seq is not None and job.recipe != "stack":
                     self._apply(seq, "job_gave_up")
                 continue
             log.info("job=%d %s interrupted by a restart: running it again (try %d of %d)",
@@ -377,11 +380,13 @@ class Engine:
             if partner is not None and partner.state in ("COMPLETE", "WAITING", "REDUCING"):
                 paths += self._paths(partner)
                 spec["sequences"].append(partner.id)
-            spec.update(recipe="flat", paths=paths, flat=None)
+            spec.update(recipe="flat", paths=paths, flat=None,
+                        pictures=self.config.quicklook.pictures)
         else:
             flat = None if quicklook else db.best_calibration(info)
             spec.update(recipe="images", paths=self._paths(seq),
-                        flat=flat.path if flat else None, cache_dir=str(self.cache_dir))
+                        flat=flat.path if flat else None, cache_dir=str(self.cache_dir),
+                        qa=self.config.quicklook.qa, pictures=self.config.quicklook.pictures)
         with db.writing():
             job = db.Job.create(sequence=seq, recipe=spec["recipe"],
                                 parameters=json.dumps(spec), state="SUBMITTED")
@@ -426,8 +431,13 @@ class Engine:
                       self.config.jobs.max_tries, text)
             for seq in seqs[:1]:
                 self._apply(seq, "job_gave_up" if gave_up else "job_failed")
+            if not seqs and not gave_up:  # a follow-up job (the stack): run it again
+                self._start(db.Job.get_by_id(job.id))
             return
         result = future.result()
+        if spec["recipe"] == "stack":
+            self._stack_finished(job, spec, result)
+            return
         used = []
         if spec.get("flat"):
             flat = db.Product.get_or_none(db.Product.path == spec["flat"])
@@ -451,6 +461,7 @@ class Engine:
         self._job_state(job, "DONE")
         log.info("job=%d %s done in %.1f s → %s", job.id, job.recipe, result["seconds"],
                  result["note"])
+        self._record_qa(result.get("qa") or [])
         quick = spec["recipe"] == "images" and not spec.get("flat")
         if not quick:  # reduced with its flat: the prepared frames have served
             self._drop_prepared(spec["paths"])
@@ -461,6 +472,60 @@ class Engine:
                 with db.writing():
                     db.Sequence.update(stale=False).where(db.Sequence.id == seq.id).execute()
                 self._apply(seq, "frame")
+        if spec["recipe"] == "images" and seqs and seqs[0].kind == "science":
+            objects = [p for p, kind in result["products"] if kind == "sky_corrected"]
+            if len(objects) >= 2 and db.Sequence.get_by_id(seqs[0].id).state in (
+                    "DONE", "QUICKLOOK"):
+                self._submit_stack(seqs[0], objects)
+        self._refresh_summary()
+
+    # --- follow-up work: QA, stack, summary ------------------------------------------------
+    def _record_qa(self, measured):
+        for qa in measured:
+            product = db.Product.get_or_none(db.Product.filename == qa["file"])
+            if product is not None:
+                with db.writing():
+                    db.Product.update(qa=json.dumps(qa)).where(
+                        db.Product.id == product.id).execute()
+            log.info("qa %s", qa["log"])
+
+    def _submit_stack(self, seq, objects):
+        """Distortion-correct, align and stack the sequence's reduced object frames."""
+        name = Path(sorted(objects)[0]).name.replace("_skyCorrected", "_stack")
+        spec = {"recipe": "stack", "paths": sorted(objects), "output_dir": str(self.output_dir),
+                "output_name": name, "pictures": self.config.quicklook.pictures}
+        with db.writing():
+            job = db.Job.create(sequence=seq, recipe="stack", parameters=json.dumps(spec),
+                                state="SUBMITTED")
+        self._start(job)
+
+    def _stack_finished(self, job, spec, result):
+        for path, kind in result["products"]:
+            db.register_product(path, None, kind=kind, is_calibration=False, job=job)
+        for name, reason in result["skipped"]:
+            log.warning("frame=%s left out of the stack: %s", Path(name).name, reason)
+        self._job_state(job, "DONE")
+        log.info("job=%d stack done in %.1f s → %s", job.id, result["seconds"],
+                 result["note"])
+        self._refresh_summary()
+
+    def _refresh_summary(self):
+        """Rewrite the night summary page from the database (never fails the engine)."""
+        if not self.config.quicklook.summary:
+            return
+        sequences = []
+        for seq in db.Sequence.select().order_by(db.Sequence.opened):
+            products = []
+            for job in seq.jobs.where(db.Job.state == "DONE").order_by(db.Job.id):
+                for p in job.products.order_by(db.Product.filename):
+                    products.append({"path": p.path, "qa": json.loads(p.qa) if p.qa else None})
+            sequences.append({"name": self._label(seq), "kind": seq.kind,
+                              "state": seq.state + (" quick-look" if seq.quicklook else ""),
+                              "frames": seq.frames.count(), "products": products})
+        try:
+            write_summary(self.output_dir, sequences)
+        except OSError as exc:
+            log.warning("night summary not written: %s", exc)
 
     def _supersede(self, job, seqs, fresh):
         """Retire products of earlier jobs of these sequences that this job did not remake.

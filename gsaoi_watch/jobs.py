@@ -8,15 +8,21 @@ database: the engine thread registers what they return.
 from __future__ import annotations
 
 import functools
+import logging
 import shutil
 import time
 from pathlib import Path
 
+from gsaoi_watch.pictures import write_picture
 from gsaoi_watch.prepared import fetch
 from gsaoi_watch.products import load_bpm, load_frame, write_frame
+from gsaoi_watch.reduction.qa import frame_qa, qa_header, qa_log_line
 from gsaoi_watch.reduction.recipes import make_processed_flat, reduce_images
+from gsaoi_watch.standards import find_standard
 
 __all__ = ["run_job"]
+
+log = logging.getLogger("gsaoi_watch")
 
 
 def run_job(spec: dict) -> dict:
@@ -25,16 +31,22 @@ def run_job(spec: dict) -> dict:
     Parameters
     ----------
     spec : dict
-        ``recipe`` ('flat' or 'images'), ``paths`` (raw frames), ``output_dir``, ``flat``
+        ``recipe`` ('flat', 'images' or 'stack': see :func:`run_stack`), ``paths`` (raw
+        frames), ``output_dir``, ``flat``
         (processed flat path or None for quick-look), ``bpm`` (path or None), ``params``
-        ({primitive: {param: value}}).
+        ({primitive: {param: value}}), ``cache_dir`` (frames prepared ahead, or None),
+        ``qa`` and ``pictures`` (booleans: measure the QA of each ``_skyCorrected`` frame
+        into its header; write a PNG beside the master flat and each ``_skyCorrected``).
 
     Returns
     -------
     dict
         ``products``: list of (path, kind); ``skipped``: list of (file, reason);
-        ``seconds``: run time; ``note``: a short description for the log.
+        ``seconds``: run time; ``note``: a short description for the log; ``qa``: one dict
+        per measured product (``file``, ``log`` and the QA values).
     """
+    if spec["recipe"] == "stack":
+        return run_stack(spec)
     t0 = time.perf_counter()
     out = Path(spec["output_dir"])
     out.mkdir(parents=True, exist_ok=True)
@@ -48,17 +60,23 @@ def run_job(spec: dict) -> dict:
         tmp = caldir / f".{path.name}.tmp"
         shutil.copyfile(path, tmp)
         tmp.replace(caldir / path.name)
-        return {"products": [(str(caldir / path.name), "processed_flat")],
+        if spec.get("pictures"):
+            _picture(path)
+        return {"products": [(str(caldir / path.name), "processed_flat")], "qa": [],
                 "skipped": flat.meta.get("skipped", []),
                 "seconds": round(time.perf_counter() - t0, 1),
                 "note": f"{path.name} from {flat.phu['NCOMBINE']} frames"}
     flat = load_frame(spec["flat"]) if spec.get("flat") else None
-    written = []
+    written, measured = [], []
 
     def store(frame):
+        sky_corrected = "_skyCorrected" in frame.filename
+        if sky_corrected and spec.get("qa"):
+            frame = _measure(frame, measured)
         p = write_frame(frame, out)
-        written.append((str(p), "sky_corrected" if "_skyCorrected" in p.name
-                        else "flat_corrected"))
+        written.append((str(p), "sky_corrected" if sky_corrected else "flat_corrected"))
+        if sky_corrected and spec.get("pictures"):
+            _picture(p)
         return str(p)
 
     prepared = None
@@ -71,7 +89,43 @@ def run_job(spec: dict) -> dict:
                         bpm=bpm, bpm_name=bpm_name, params=spec.get("params") or {},
                         on_product=store, prepared=prepared)
     n_sky = len(res["sky_corrected"])
-    return {"products": written, "skipped": res["skipped"],
+    return {"products": written, "skipped": res["skipped"], "qa": measured,
             "seconds": round(time.perf_counter() - t0, 1),
             "note": f"{n_sky} _skyCorrected" + (" (quick-look, no flat)" if flat is None else "")
             + f"; skyCorrect offset_sky={res['offset_sky']} ({res['sky_reason']})"}
+
+
+def _measure(frame, measured):
+    """Quick-look QA of a reduced frame into its header; never fails the reduction."""
+    try:
+        standard = find_standard(frame.phu.get("OBJECT"), frame.phu.get("RA"),
+                                 frame.phu.get("DEC"))
+        result = frame_qa(frame, standard=standard)
+    except Exception as exc:  # noqa: BLE001 -- QA is advisory: log it and carry on
+        log.warning("frame=%s QA failed: %s", frame.filename, exc)
+        return frame
+    measured.append({**result.to_dict(), "file": frame.filename, "log": qa_log_line(result)})
+    return qa_header(frame, result)
+
+
+def _picture(path):
+    """A PNG beside a product; a failure is logged, never fatal."""
+    try:
+        write_picture(path)
+    except Exception as exc:  # noqa: BLE001 -- pictures are advisory
+        log.warning("product=%s no picture: %s", Path(path).name, exc)
+
+
+def run_stack(spec: dict) -> dict:
+    """Distortion-correct, align and stack ``_skyCorrected`` frames (the disco step).
+
+    ``spec``: ``paths``, ``output_dir``, ``output_name``, ``pictures``; see
+    :func:`gsaoi_watch.stacking.run_stack_job`.  Returns the same dict as :func:`run_job`.
+    """
+    from gsaoi_watch.stacking import run_stack_job
+
+    result = run_stack_job(spec)
+    if spec.get("pictures"):
+        for path, _ in result["products"]:
+            _picture(path)
+    return {**result, "qa": []}

@@ -17,14 +17,12 @@ from gsaoi_watch.errors import ReductionError
 from gsaoi_watch.instrument import DQ
 from gsaoi_watch.products import load_bpm, load_frame, write_frame
 from gsaoi_watch.reduction import stack
-from gsaoi_watch.reduction.container import Array
-from gsaoi_watch.reduction.detect import detect_array
 from gsaoi_watch.reduction.recipes import make_processed_flat, reduce_images
 from gsaoi_watch.sim import BPM_NAME, simulate_night
 from gsaoi_watch.sim.scene import MOFFAT_BETA, sky_to_tangent
 from gsaoi_watch.stacking import run_stack_job, stack_files
 
-SIZE = 256
+SIZE = 512
 
 
 @pytest.fixture(scope="module")
@@ -78,44 +76,66 @@ def _truth_stars(truth, used):
             "frames": [per_star[i]["frames"] for i in ids]}
 
 
+def _star_stats(sci, var, x, y, *, radius=6.0, sigma_w=2.0):
+    """Windowed centroid, S/N within ``radius``, half-maximum FWHM of a star near (x, y)."""
+    x0, y0 = int(round(x)) - 20, int(round(y)) - 20
+    cut = sci[y0 - 1:y0 + 40, x0 - 1:x0 + 40].astype(float)
+    vcut = var[y0 - 1:y0 + 40, x0 - 1:x0 + 40].astype(float)
+    yy, xx = np.mgrid[y0:y0 + 41, x0:x0 + 41].astype(float)
+    r = np.hypot(xx - x, yy - y)
+    # background: a plane fitted to the pixels beyond 14 px (the galaxy has a gradient)
+    ring = (r > 14) & np.isfinite(cut)
+    design = np.column_stack([np.ones(ring.sum()), xx[ring] - x, yy[ring] - y])
+    keep = np.ones(ring.sum(), bool)
+    for _ in range(3):
+        coef, *_ = np.linalg.lstsq(design[keep], cut[ring][keep], rcond=None)
+        res = cut[ring] - design @ coef
+        keep = np.abs(res) < 3 * 1.4826 * np.median(np.abs(res[keep]))
+    data = cut - (coef[0] + coef[1] * (xx - x) + coef[2] * (yy - y))
+    xc, yc = x, y
+    for _ in range(10):  # Gaussian-windowed centroid, iterated (SExtractor XWIN-like)
+        w = np.exp(-((xx - xc) ** 2 + (yy - yc) ** 2) / (2 * sigma_w**2))
+        w[np.hypot(xx - xc, yy - yc) > 4 * sigma_w] = 0.0
+        norm = np.sum(w * data)
+        dx = 2.0 * np.sum(w * data * (xx - xc)) / norm
+        dy = 2.0 * np.sum(w * data * (yy - yc)) / norm
+        xc, yc = xc + dx, yc + dy
+        if math.hypot(dx, dy) < 1e-4:
+            break
+    ap = np.hypot(xx - xc, yy - yc) <= radius
+    snr = np.sum(data[ap]) / math.sqrt(max(np.sum(vcut[ap]), 1e-9))
+    peak = np.max(data[np.hypot(xx - xc, yy - yc) <= 3])
+    fwhm = 2.0 * math.sqrt(np.count_nonzero(data[r < 15] >= 0.5 * peak) / math.pi)
+    return xc, yc, snr, fwhm
+
+
 def _measure(path, truth):
-    """Detect stars in the stack file and pair them with the truth."""
+    """Measure the truth stars in the stack file (isolated, fully covered, unflagged)."""
     with fits.open(path) as hdul:
         sci, var, dq = hdul["SCI"].data, hdul["VAR"].data, hdul["DQ"].data
         wcs = WCS(hdul["SCI"].header)
         phu = hdul[0].header
         scale = hdul["SCI"].header["PIXSCALE"]
     used = [phu[f"IMCMB{k:03d}"] for k in range(1, phu["NCOMBINE"] + 1)]
-    arr = Array(sci.astype(np.float32), var.astype(np.float32), dq.astype(np.uint16),
-                fits.Header())
-    _, cat = detect_array(arr, detect_thresh=3.0, detect_minarea=10)
     stars = _truth_stars(truth, used)
     tx, ty = wcs.all_world2pix(stars["ra"], stars["dec"], 1)
-    # pair each truth star with the nearest detection within 2 output pixels
-    dx = np.asarray(cat["x"])[None, :] - tx[:, None]
-    dy = np.asarray(cat["y"])[None, :] - ty[:, None]
-    d = np.hypot(dx, dy)
-    j = np.argmin(d, axis=1)
-    ok = d[np.arange(len(tx)), j] < 2.0
-    # isolated: no other truth star within 12 output pixels
+    # isolated: no other truth star brighter than 1 % of it within 12 output pixels
+    mean_flux = np.array([np.mean([f for f, _ in fr]) for fr in stars["frames"]])
     sep = np.hypot(tx[:, None] - tx[None, :], ty[:, None] - ty[None, :])
     np.fill_diagonal(sep, np.inf)
-    isolated = sep.min(axis=1) > 12.0
-    # covered by every frame and away from the gaps and edges (DQ clean around the star)
+    isolated = ~np.any((sep < 12.0) & (mean_flux[None, :] > 0.01 * mean_flux[:, None]), axis=1)
+    # covered by every frame and no flagged stack pixel within 32 output pixels
     ny, nx = sci.shape
     clean = np.zeros(len(tx), bool)
-    for k in np.nonzero(ok)[0]:
+    for k in range(len(tx)):
         x, y = int(round(tx[k])) - 1, int(round(ty[k])) - 1
-        if 25 <= x < nx - 25 and 25 <= y < ny - 25:
-            clean[k] = not dq[y - 25:y + 26, x - 25:x + 26].any()
-    full = stars["n"] == len(used)
-    sel = ok & isolated & clean & full
-    det = cat[j[sel]]
-    snr = np.asarray(det["flux"]) / np.asarray(det["flux_err"])
+        if 32 <= x < nx - 32 and 32 <= y < ny - 32:
+            clean[k] = not dq[y - 32:y + 33, x - 32:x + 33].any()
+    sel = np.nonzero(isolated & clean & (stars["n"] == len(used)))[0]
+    stats = np.array([_star_stats(sci, var, tx[k], ty[k]) for k in sel]).reshape(-1, 4)
     return {"sci": sci, "scale": scale, "used": used, "tx": tx[sel], "ty": ty[sel],
-            "x": np.asarray(det["x"]), "y": np.asarray(det["y"]), "snr": snr,
-            "fwhm": np.asarray(det["fwhm"]), "array0": stars["array0"][sel],
-            "frames": [stars["frames"][k] for k in np.nonzero(sel)[0]]}
+            "x": stats[:, 0], "y": stats[:, 1], "snr": stats[:, 2], "fwhm": stats[:, 3],
+            "array0": stars["array0"][sel], "frames": [stars["frames"][k] for k in sel]}
 
 
 def _aperture_flux(sci, x, y, radius):
@@ -150,10 +170,10 @@ def measured(stacked, reduced):
 # --- accuracy -----------------------------------------------------------------------------
 def test_positions_match_truth(measured):
     """Star positions through the output WCS: rms < 0.2 output pixel after a global shift,
-    and no offset between stars from different arrays (> 0.1 pixel)."""
+    and no offset between stars from different arrays (> 0.05 pixel)."""
     m = measured
     bright = m["snr"] > 30
-    assert bright.sum() >= 15, f"only {bright.sum()} clean bright stars to test positions"
+    assert bright.sum() >= 10, f"only {bright.sum()} clean bright stars to test positions"
     dx = m["x"][bright] - m["tx"][bright]
     dy = m["y"][bright] - m["ty"][bright]
     dx, dy = dx - np.median(dx), dy - np.median(dy)
@@ -165,18 +185,18 @@ def test_positions_match_truth(measured):
     means = {}
     for a in np.unique(arrays):
         sel = arrays == a
-        if sel.sum() >= 3:
+        if sel.sum() >= 2:
             means[int(a)] = (float(np.mean(dx[sel])), float(np.mean(dy[sel])))
     assert len(means) >= 3, f"too few arrays with stars: {means}"
     for a, (mx, my) in means.items():
-        assert math.hypot(mx, my) < 0.1, f"array {a}: mean residual ({mx:.3f}, {my:.3f}) px"
+        assert math.hypot(mx, my) < 0.05, f"array {a}: mean residual ({mx:.3f}, {my:.3f}) px"
 
 
 def test_fluxes_match_truth(measured):
     """Median stack/truth flux ratio within 1 % for stars with S/N > 100."""
     m = measured
     bright = m["snr"] > 100
-    assert bright.sum() >= 8, f"only {bright.sum()} stars with S/N > 100"
+    assert bright.sum() >= 5, f"only {bright.sum()} stars with S/N > 100"
     radius = 18.0  # output pixels, ~4 FWHM
     flux = _aperture_flux(m["sci"], m["tx"][bright], m["ty"][bright], radius)
     # planted flux inside the aperture, per frame (the stack is the mean over frames);

@@ -216,13 +216,14 @@ def frame_catalog(cats, geom: FrameGeometry, center, *, max_sources=500):
     -------
     astropy.table.Table
         ``east``, ``north`` (arcsec about ``center``), ``flux``, ``array`` (0-3), ``x``,
-        ``y`` (1-based array pixels), ``fwhm`` (pixels).
+        ``y`` (1-based array pixels), ``fwhm`` (pixels), ``sigma`` (centroid error, arcsec).
     """
     rows = []
     widths = np.concatenate([np.asarray(c["fwhm"], float) for c in cats
                              if c is not None and len(c) and "fwhm" in c.colnames] or [[]])
     widths = widths[np.isfinite(widths) & (widths > 0)]
     max_fwhm = 3.0 * np.median(widths) if len(widths) else np.inf
+    pixel = math.sqrt(mosaic_pixel_area(geom.size))
     for i, cat in enumerate(cats):
         if cat is None or len(cat) == 0:
             continue
@@ -236,10 +237,17 @@ def frame_catalog(cats, geom: FrameGeometry, center, *, max_sources=500):
         if not ok.any():
             continue
         e, n = geom.to_plane(i, x[ok], y[ok], center)
-        rows.append((e, n, flux[ok], np.full(ok.sum(), i), x[ok], y[ok], fwhm[ok]))
-    names = ("east", "north", "flux", "array", "x", "y", "fwhm")
+        # centroid error ~ FWHM / (2.35 S/N), floored; 1" when the catalogue has no errors
+        err = (np.asarray(cat["flux_err"], float)[ok] if "flux_err" in cat.colnames
+               else np.full(ok.sum(), np.nan))
+        width = np.where(np.isfinite(fwhm[ok]), fwhm[ok], np.median(widths) if len(widths)
+                         else 3.0) * pixel
+        sigma = np.where(np.isfinite(err) & (err > 0), width * err / (2.35 * flux[ok]), 1.0)
+        sigma = np.maximum(sigma, 0.01 * pixel)
+        rows.append((e, n, flux[ok], np.full(ok.sum(), i), x[ok], y[ok], fwhm[ok], sigma))
+    names = ("east", "north", "flux", "array", "x", "y", "fwhm", "sigma")
     if not rows:
-        return Table(names=names, dtype=(float, float, float, int, float, float, float))
+        return Table(names=names, dtype=(float, float, float, int, float, float, float, float))
     cols = [np.concatenate(c) for c in zip(*rows)]
     order = np.argsort(-cols[2])[:max_sources]
     return Table([c[order] for c in cols], names=names)
@@ -279,11 +287,62 @@ def _match(ref, src, radius):
     return i[mutual], j[mutual]
 
 
-def _fit_affine(src, ref):
-    """Least-squares ref = A @ src + b: returns the 2x3 matrix [A | b]."""
-    design = np.column_stack([src, np.ones(len(src))])
-    coef, *_ = np.linalg.lstsq(design, ref, rcond=None)
-    return coef.T
+def _fit_model(src, ref, weights, model):
+    """Weighted least-squares transform ref = A @ src + b of the given model.
+
+    ``model`` is 'shift' (2 parameters), 'similarity' (rotation and scale, 4) or 'affine'
+    (6).  Returns the 2x3 matrix [A | b] and the weighted sum of squared residuals.
+    """
+    w = np.sqrt(weights)
+    sx, sy = src[:, 0], src[:, 1]
+    n = len(src)
+    one, zero = np.ones(n), np.zeros(n)
+    if model == "shift":
+        d = ref - src
+        b = np.sum(d * weights[:, None], axis=0) / np.sum(weights)
+        m = np.array([[1.0, 0.0, b[0]], [0.0, 1.0, b[1]]])
+    elif model == "similarity":
+        # ref_x = a sx - c sy + bx ; ref_y = c sx + a sy + by
+        design = np.vstack([np.column_stack([sx, -sy, one, zero]),
+                            np.column_stack([sy, sx, zero, one])])
+        rhs = np.concatenate([ref[:, 0], ref[:, 1]])
+        ww = np.concatenate([w, w])
+        p, *_ = np.linalg.lstsq(design * ww[:, None], rhs * ww, rcond=None)
+        m = np.array([[p[0], -p[1], p[2]], [p[1], p[0], p[3]]])
+    else:
+        design = np.column_stack([sx, sy, one]) * w[:, None]
+        coef, *_ = np.linalg.lstsq(design, ref * w[:, None], rcond=None)
+        m = coef.T
+    chi2 = float(np.sum(weights * np.sum((_apply(m, src) - ref) ** 2, axis=1)))
+    return m, chi2
+
+
+_MODELS = (("shift", 2), ("similarity", 4), ("affine", 6))
+
+
+def _fit_best(src, ref, weights, *, p_value=0.001):
+    """Fit a shift, then a similarity, then an affine transform; keep the richest significant.
+
+    A richer model is kept only when an F-test says it explains the residuals better
+    (false-alarm probability ``p_value``).
+    """
+    from scipy.stats import f as f_dist
+
+    n_obs = 2 * len(src)
+    m, chi2 = _fit_model(src, ref, weights, "shift")
+    best, p_best = "shift", 2
+    for model, p in _MODELS[1:]:
+        if n_obs - p < 4:
+            break
+        m2, chi2_2 = _fit_model(src, ref, weights, model)
+        dof = n_obs - p
+        if chi2_2 <= 0:
+            m, chi2, best, p_best = m2, chi2_2, model, p
+            break
+        stat = ((chi2 - chi2_2) / (p - p_best)) / (chi2_2 / dof)
+        if stat > f_dist.ppf(1.0 - p_value, p - p_best, dof):
+            m, chi2, best, p_best = m2, chi2_2, model, p
+    return m, best
 
 
 def _apply(m, pts):
@@ -296,9 +355,12 @@ def align_catalogs(src: Table, ref: Table, *, search_radius=3.0, match_radius=0.
 
     A shift is voted first from all pairs closer than ``search_radius`` (a 2-D histogram of
     pair offsets with ``bin_size`` bins); sources are then matched as mutual nearest
-    neighbours within ``match_radius`` and an affine transform is fitted with
-    ``clip_sigma`` rejection, rematching after each fit (at most ``max_iter`` times).  With
-    fewer than ``min_matches`` matches only the shift is kept.
+    neighbours within ``match_radius`` and a transform is fitted by weighted least squares
+    (weights from the ``sigma`` columns, the centroid errors, when present) with
+    ``clip_sigma`` rejection, rematching after each fit (at most ``max_iter`` times).  The
+    transform is a shift, or a shift with rotation and scale, or a full affine, the richer
+    models being kept only when an F-test finds them significant: with a few dozen noisy
+    centroids a free affine fit adds more error than it removes.
 
     Returns
     -------
@@ -306,7 +368,8 @@ def align_catalogs(src: Table, ref: Table, *, search_radius=3.0, match_radius=0.
         ``[A | b]`` with aligned = A @ (east, north) + b; None if fewer than
         ``min_matches`` sources agree with the voted shift.
     info : dict
-        ``n_match`` (matches used in the last fit), ``rms`` (arcsec), ``shift`` (voted).
+        ``n_match`` (matches used in the last fit), ``rms`` (arcsec), ``shift`` (voted),
+        ``model`` (the transform kept).
     """
     s = np.column_stack([src["east"], src["north"]]) if len(src) else np.zeros((0, 2))
     r = np.column_stack([ref["east"], ref["north"]]) if len(ref) else np.zeros((0, 2))
@@ -320,6 +383,8 @@ def align_catalogs(src: Table, ref: Table, *, search_radius=3.0, match_radius=0.
         info["n_match"] = votes
         return None, info
     m = np.array([[1.0, 0.0, shift[0]], [0.0, 1.0, shift[1]]])
+    sig_s = np.asarray(src["sigma"], float) if "sigma" in src.colnames else np.ones(len(s))
+    sig_r = np.asarray(ref["sigma"], float) if "sigma" in ref.colnames else np.ones(len(r))
     keep_prev = None
     for _ in range(max_iter):
         i, j = _match(r, _apply(m, s), match_radius)
@@ -327,17 +392,20 @@ def align_catalogs(src: Table, ref: Table, *, search_radius=3.0, match_radius=0.
             break
         keep = np.ones(len(i), bool)
         for _ in range(3):
-            trial = _fit_affine(s[i[keep]], r[j[keep]])
+            weights = 1.0 / (sig_s[i] ** 2 + sig_r[j] ** 2)
+            trial, model = _fit_best(s[i[keep]], r[j[keep]], weights[keep])
+            # normalised residuals; their scale from the median (1.1774 sigma in 2-D)
             res = np.hypot(*(_apply(trial, s[i]) - r[j]).T)
-            # per-axis sigma from the median radius (1.1774 sigma for a 2-D Gaussian)
-            sig = np.median(res[keep]) / 1.1774 if keep.sum() else 0.0
-            new = res <= max(clip_sigma * sig, 1e-6)
+            z = res * np.sqrt(weights)
+            sig = np.median(z[keep]) / 1.1774 if keep.sum() else 0.0
+            new = z <= max(clip_sigma * sig, 1e-9)
             if new.sum() < min_matches or np.array_equal(new, keep):
                 break
             keep = new
         m = trial
         info["n_match"] = int(keep.sum())
         info["rms"] = float(np.sqrt(np.mean(res[keep] ** 2)))
+        info["model"] = model
         pair = (tuple(i[keep]), tuple(j[keep]))
         if pair == keep_prev:
             break

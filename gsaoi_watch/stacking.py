@@ -120,8 +120,14 @@ def stack_files(paths, output, *, reference_catalog=None, overwrite=True, **kwar
     if reference_catalog is not None and not isinstance(reference_catalog, Table):
         reference_catalog = read_reference_catalog(reference_catalog)
     loaders = [lambda p=p: load_frame(p) for p in good]
-    result = stack_frames(loaders, geometries=geoms, catalogs=cats,
-                          reference_catalog=reference_catalog, **kwargs)
+    try:
+        result = stack_frames(loaders, geometries=geoms, catalogs=cats,
+                              reference_catalog=reference_catalog, **kwargs)
+    except ReductionError as exc:
+        if not skipped:
+            raise
+        raise ReductionError(f"{exc} (also left out: "
+                             + "; ".join(f"{n}: {r}" for n, r in skipped) + ")") from exc
     result.meta["skipped"] = skipped + result.meta["skipped"]
     first = load_frame_header(good[[g.name for g in geoms].index(result.meta["used"][0])])
     phu = _stack_phu(first, result, reference_catalog is not None)

@@ -97,11 +97,15 @@ def _star_stats(sci, var, x, y, *, radius=6.0, sigma_w=2.0):
         w = np.exp(-((xx - xc) ** 2 + (yy - yc) ** 2) / (2 * sigma_w**2))
         w[np.hypot(xx - xc, yy - yc) > 4 * sigma_w] = 0.0
         norm = np.sum(w * data)
+        if not norm > 0:
+            return np.nan, np.nan, 0.0, np.nan
         dx = 2.0 * np.sum(w * data * (xx - xc)) / norm
         dy = 2.0 * np.sum(w * data * (yy - yc)) / norm
         xc, yc = xc + dx, yc + dy
         if math.hypot(dx, dy) < 1e-4:
             break
+        if math.hypot(xc - x, yc - y) > 3.0:  # ran off to a neighbour
+            return np.nan, np.nan, 0.0, np.nan
     ap = np.hypot(xx - xc, yy - yc) <= radius
     snr = np.sum(data[ap]) / math.sqrt(max(np.sum(vcut[ap]), 1e-9))
     peak = np.max(data[np.hypot(xx - xc, yy - yc) <= 3])
@@ -135,7 +139,8 @@ def _measure(path, truth):
     stats = np.array([_star_stats(sci, var, tx[k], ty[k]) for k in sel]).reshape(-1, 4)
     return {"sci": sci, "scale": scale, "used": used, "tx": tx[sel], "ty": ty[sel],
             "x": stats[:, 0], "y": stats[:, 1], "snr": stats[:, 2], "fwhm": stats[:, 3],
-            "array0": stars["array0"][sel], "frames": [stars["frames"][k] for k in sel]}
+            "array0": stars["array0"][sel], "frames": [stars["frames"][k] for k in sel],
+            "ids": stars["id"][sel]}
 
 
 def _aperture_flux(sci, x, y, radius):
@@ -173,6 +178,11 @@ def test_positions_match_truth(measured):
     and no offset between stars from different arrays (> 0.05 pixel)."""
     m = measured
     bright = m["snr"] > 30
+    # a centroid more than 1.5 px off is another star caught by the window (a blend with a
+    # star below the isolation cut), not an alignment error; at most 10 % may be lost so
+    found = np.hypot(m["x"] - m["tx"], m["y"] - m["ty"]) < 1.5
+    assert (bright & found).sum() >= 0.9 * bright.sum()
+    bright &= found
     assert bright.sum() >= 10, f"only {bright.sum()} clean bright stars to test positions"
     dx = m["x"][bright] - m["tx"][bright]
     dy = m["y"][bright] - m["ty"][bright]
@@ -212,19 +222,26 @@ def test_fluxes_match_truth(measured):
 
 
 def test_fwhm_preserved(measured, reduced):
-    """Stack FWHM within 10 % of the single frames' FWHM (both in arcsec)."""
-    _, _, paths = reduced
+    """Stack FWHM within 10 % of the single frames' FWHM (same stars, same method, arcsec)."""
+    _, truth, paths = reduced
     m = measured
     bright = m["snr"] > 50
-    stack_fwhm = float(np.median(m["fwhm"][bright])) * m["scale"]
-    singles = []
+    assert bright.sum() >= 5
+    stack_fwhm = float(np.nanmedian(m["fwhm"][bright])) * m["scale"]
     p_in = math.sqrt(stack.mosaic_pixel_area(SIZE))
+    frames = {f["filename"]: f for f in truth["frames"]}
+    wanted = set(m["ids"][bright].tolist())
+    singles = []
     for p in paths:
-        with fits.open(p) as hdul:
-            cats = [Table(h.data) for h in hdul if h.name == "OBJCAT"]
-        c = np.concatenate([np.asarray(t["fwhm"])[np.asarray(t["flux"]) / np.asarray(
-            t["flux_err"]) > 50] for t in cats])
-        singles.append(np.median(c[np.isfinite(c)]) * p_in)
+        f = frames[Path(p).name.replace("_skyCorrected", "")]
+        frame = load_frame(p)
+        widths = []
+        for arr in f["arrays"]:
+            a = frame.arrays[arr["index"]]
+            for sid, x, y, _ in arr["stars"]:
+                if sid in wanted and 22 < x < SIZE - 22 and 22 < y < SIZE - 22:
+                    widths.append(_star_stats(a.sci, a.var, x, y)[3])
+        singles.append(np.nanmedian(widths) * p_in)
     single = float(np.median(singles))
     print(f"FWHM stack {stack_fwhm:.4f}\" single {single:.4f}\" ratio {stack_fwhm / single:.3f}")
     assert abs(stack_fwhm / single - 1.0) < 0.10
@@ -250,26 +267,36 @@ def test_output_file_structure(stacked, reduced):
         assert cd[0, 1] == 0 and cd[1, 0] == 0  # north up, east left
         dq = hdul["DQ"].data
         var = hdul["VAR"].data
-        assert dq.dtype == np.uint16 and hdul["SCI"].data.dtype == np.float32
+        assert dq.dtype.kind == "u" and dq.dtype.itemsize == 2
+        assert hdul["SCI"].data.dtype.kind == "f" and hdul["SCI"].data.dtype.itemsize == 4
         # corners are outside every frame: no_data; the middle of an array is good
         assert dq[0, 0] == DQ["no_data"] and dq[-1, -1] == DQ["no_data"]
         good = dq == 0
         assert good.mean() > 0.7
         assert np.all(var[good] > 0)
         # the no_data region is not in the gaps only: the stack covers the whole mosaic
-        assert (dq & DQ["no_data"]).mean() < 0.2
+        assert ((dq & DQ["no_data"]) != 0).mean() < 0.1
 
 
 def test_variance_matches_noise(stacked):
-    """The VAR plane predicts the pixel scatter of empty sky (within 30 %: resampling
-    correlates neighbouring pixels, which lowers the per-pixel scatter)."""
+    """The VAR plane predicts the pixel scatter of the sky: clipped scatter about the local
+    median in 32 x 32 boxes, against sqrt(VAR) there (0.5-1.3: resampling correlates
+    neighbouring pixels, which lowers the per-pixel scatter)."""
     path, _ = stacked
     with fits.open(path) as hdul:
         sci, var, dq = hdul["SCI"].data, hdul["VAR"].data, hdul["DQ"].data
-    good = (dq == 0) & (var > 0)
-    _, _, std = sigma_clipped_stats(sci[good][::3], sigma=3.0)
-    predicted = float(np.sqrt(np.median(var[good])))
-    assert 0.5 < std / predicted < 1.3, (std, predicted)
+    ratios = []
+    for y in range(0, sci.shape[0] - 32, 32):
+        for x in range(0, sci.shape[1] - 32, 32):
+            box = (slice(y, y + 32), slice(x, x + 32))
+            if dq[box].any():
+                continue
+            _, _, std = sigma_clipped_stats(sci[box], sigma=3.0)
+            ratios.append(std / math.sqrt(np.median(var[box])))
+    assert len(ratios) > 50
+    ratio = float(np.median(ratios))
+    print(f"sky scatter / sqrt(VAR) = {ratio:.3f}")
+    assert 0.5 < ratio < 1.3
 
 
 def test_inputs_not_modified(reduced):
@@ -351,7 +378,7 @@ def test_pixel_area_is_the_distortion_mean():
 
 
 # --- bad input -----------------------------------------------------------------------------
-def _without_sources(src, dst, keep=2):
+def _without_sources(src, dst, keep=1):
     """Copy a product keeping only ``keep`` rows of each OBJCAT and noise-only pixels."""
     with fits.open(src) as hdul:
         for h in hdul:
@@ -398,7 +425,7 @@ def test_all_frames_failing_is_an_error(reduced, tmp_path):
 def test_reference_catalogue_gives_absolute_astrometry(reduced, tmp_path):
     """With a reference catalogue, a pointing error common to all frames is removed."""
     out, truth, paths = reduced
-    # shift every frame's WCS by 0.5" east: relative alignment keeps the error, a
+    # shift every frame's WCS by 0.15" east: relative alignment keeps the error, a
     # reference catalogue removes it
     moved = []
     for p in paths[:3]:
@@ -406,7 +433,7 @@ def test_reference_catalogue_gives_absolute_astrometry(reduced, tmp_path):
         with fits.open(p) as hdul:
             for h in hdul:
                 if h.name == "SCI":
-                    h.header["CRVAL1"] += 0.5 / 3600.0 / math.cos(math.radians(
+                    h.header["CRVAL1"] += 0.15 / 3600.0 / math.cos(math.radians(
                         h.header["CRVAL2"]))
             hdul.writeto(dst)
         moved.append(str(dst))
@@ -420,9 +447,13 @@ def test_reference_catalogue_gives_absolute_astrometry(reduced, tmp_path):
         path, _ = stack_files(moved, tmp_path / f"{label}.fits", reference_catalog=ref)
         m = _measure(path, truth)
         sel = m["snr"] > 30
+        assert sel.sum() >= 10
         results[label] = float(np.median(m["x"][sel] - m["tx"][sel])) * m["scale"]
-    assert results["relative"] == pytest.approx(-0.5, abs=0.05)  # east is -x
-    assert abs(results["absolute"]) < 0.03
+    print(f"offset from truth: relative {results['relative']:.4f}\", absolute "
+          f"{results['absolute']:.4f}\"")
+    # the WCS error puts every star 0.15" east of where it is: -x on the north-up grid
+    assert results["relative"] == pytest.approx(-0.15, abs=0.02)
+    assert abs(results["absolute"]) < 0.01
 
 
 def test_run_stack_job(reduced, tmp_path):

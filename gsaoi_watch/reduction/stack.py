@@ -518,14 +518,22 @@ class _PreparedArray:
 
 def _fill_bad(sci, bad):
     """Replace flagged pixels by the mean of their good 3x3 neighbours (0 if none)."""
-    if not bad.any():
+    ys, xs = np.nonzero(bad)
+    if not len(ys):
         return sci
-    good = (~bad).astype(np.float32)
-    num = ndimage.uniform_filter(np.where(bad, 0.0, sci).astype(np.float32), 3)
-    den = ndimage.uniform_filter(good, 3)
+    ny, nx = sci.shape
+    total = np.zeros(len(ys))
+    count = np.zeros(len(ys))
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            yy, xx = ys + dy, xs + dx
+            ok = (yy >= 0) & (yy < ny) & (xx >= 0) & (xx < nx)
+            yy, xx = np.clip(yy, 0, ny - 1), np.clip(xx, 0, nx - 1)
+            ok &= ~bad[yy, xx]
+            total += np.where(ok, sci[yy, xx], 0.0)
+            count += ok
     out = sci.copy()
-    fill = np.where(den > 0, num / np.maximum(den, 1e-6), 0.0)
-    out[bad] = fill[bad]
+    out[ys, xs] = np.where(count > 0, total / np.maximum(count, 1), 0.0)
     return out
 
 
@@ -594,25 +602,37 @@ def _prepare_frame(frame, geom, transform, grid, *, t_ref, flux_mode, area_ref):
     return _PreparedFrame(geom.name, arrays, factor, flux_mode == "jacobian")
 
 
-def _resample_strip(pf: _PreparedFrame, row0, row1, nx, out_sci, out_var, out_dq, out_cov):
+def _interp_matrix(positions, n_nodes):
+    """Dense (len(positions), n_nodes) matrix of linear-interpolation weights."""
+    t = np.clip(positions, 0, n_nodes - 1)
+    i0 = np.minimum(np.floor(t).astype(int), max(n_nodes - 2, 0))
+    w = t - i0
+    m = np.zeros((len(positions), n_nodes))
+    rows = np.arange(len(positions))
+    m[rows, i0] += 1.0 - w
+    if n_nodes > 1:
+        m[rows, np.minimum(i0 + 1, n_nodes - 1)] += w
+    return m
+
+
+def _resample_strip(pf: _PreparedFrame, row0, row1, out_sci, out_var, out_dq, out_cov):
     """Resample frame ``pf`` into output rows [row0, row1) (1-based, exclusive end)."""
     for pa in pf.arrays:
         x0, x1, y0, y1 = pa.box
         r0, r1 = max(row0, y0), min(row1 - 1, y1)
         if r0 > r1:
             continue
-        ys = np.arange(r0, r1 + 1, dtype=float)
-        xs = np.arange(x0, x1 + 1, dtype=float)
-        cy = (ys - y0) / _NODE_STEP
-        cx = (xs - x0) / _NODE_STEP
-        coords = np.array(np.meshgrid(cy, cx, indexing="ij"))
-        ix = ndimage.map_coordinates(pa.nodes_x, coords, order=1, mode="nearest")
-        iy = ndimage.map_coordinates(pa.nodes_y, coords, order=1, mode="nearest")
+        wy = _interp_matrix((np.arange(r0, r1 + 1) - y0) / _NODE_STEP, pa.nodes_x.shape[0])
+        wx = _interp_matrix((np.arange(x0, x1 + 1) - x0) / _NODE_STEP, pa.nodes_x.shape[1])
+        ix = wy @ pa.nodes_x @ wx.T  # bilinear interpolation of the node grid
+        iy = wy @ pa.nodes_y @ wx.T
         ny, nxa = pa.coeffs.shape
         inside = (ix > 0.5) & (ix < nxa + 0.5) & (iy > 0.5) & (iy < ny + 0.5)
         if not inside.any():
             continue
-        pix = np.array([iy[inside] - 1.0, ix[inside] - 1.0])
+        ix -= 1.0
+        iy -= 1.0
+        pix = np.stack([iy, ix])
         sci = ndimage.map_coordinates(pa.coeffs, pix, order=3, prefilter=False,
                                       mode="mirror", output=np.float32)
         var = ndimage.map_coordinates(pa.var, pix, order=1, mode="nearest",
@@ -620,19 +640,15 @@ def _resample_strip(pf: _PreparedFrame, row0, row1, nx, out_sci, out_var, out_dq
         dq = ndimage.map_coordinates(pa.dq, pix, order=0, mode="nearest")
         factor = np.float32(pf.factor)
         if pf.jacobian:
-            jac = ndimage.map_coordinates(pa.jac, coords[:, inside], order=1, mode="nearest")
-            factor = (factor * jac).astype(np.float32)
+            factor = (factor * (wy @ pa.jac @ wx.T)).astype(np.float32)
+        sci *= factor
+        var *= factor * factor
         rows = slice(r0 - row0, r1 - row0 + 1)
         cols = slice(x0 - 1, x1)
-        target_sci = out_sci[rows, cols]
-        target_var = out_var[rows, cols]
-        target_dq = out_dq[rows, cols]
-        target_cov = out_cov[rows, cols]
-        target_sci[inside] = sci * factor
-        target_var[inside] = var * factor**2
-        target_dq[inside] = dq
-        target_cov[inside] = True
-    del nx
+        np.copyto(out_sci[rows, cols], sci, where=inside)
+        np.copyto(out_var[rows, cols], var, where=inside)
+        np.copyto(out_dq[rows, cols], dq, where=inside)
+        out_cov[rows, cols] |= inside
 
 
 def _combine(sci, var, dq, cov, *, sigma, maxiters):
@@ -844,7 +860,7 @@ def stack_frames(frames, *, reference_catalog=None, pixel_scale=None, center=Non
         s_dq = np.zeros((nf, h, nx), np.uint16)
         s_cov = np.zeros((nf, h, nx), bool)
         for f, pf in enumerate(prepared):
-            _resample_strip(pf, row0, row1, nx, s_sci[f], s_var[f], s_dq[f], s_cov[f])
+            _resample_strip(pf, row0, row1, s_sci[f], s_var[f], s_dq[f], s_cov[f])
         sci, var, dq, n = _combine(s_sci, s_var, s_dq, s_cov, sigma=sigma, maxiters=maxiters)
         rows = slice(row0 - 1, row1 - 1)
         out_sci[rows], out_var[rows], out_dq[rows], ncomb[rows] = sci, var, dq, n

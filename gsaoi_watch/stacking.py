@@ -71,7 +71,8 @@ def read_reference_catalog(path):
     return Table({"ra": np.asarray(table[ra], float), "dec": np.asarray(table[dec], float)})
 
 
-def stack_files(paths, output, *, reference_catalog=None, overwrite=True, **kwargs):
+def stack_files(paths, output, *, reference_catalog=None, overwrite=True, workers=2,
+                **kwargs):
     """Distortion-correct, align and stack ``_skyCorrected`` products into one MEF.
 
     Parameters
@@ -84,6 +85,9 @@ def stack_files(paths, output, *, reference_catalog=None, overwrite=True, **kwar
         RA/Dec reference sources for absolute astrometry.
     overwrite : bool
         Replace an existing output.
+    workers : int
+        Processes resampling and combining output strips (2: both cores of the summit
+        machine).
     **kwargs
         Passed to :func:`gsaoi_watch.reduction.stack.stack_frames`.
 
@@ -122,7 +126,7 @@ def stack_files(paths, output, *, reference_catalog=None, overwrite=True, **kwar
     loaders = [lambda p=p: load_frame(p) for p in good]
     try:
         result = stack_frames(loaders, geometries=geoms, catalogs=cats,
-                              reference_catalog=reference_catalog, **kwargs)
+                              reference_catalog=reference_catalog, workers=workers, **kwargs)
     except ReductionError as exc:
         if not skipped:
             raise

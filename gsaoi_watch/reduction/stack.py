@@ -615,6 +615,20 @@ def _interp_matrix(positions, n_nodes):
     return m
 
 
+def _interp_index(positions, n_nodes):
+    """Left node and weight of linear interpolation at ``positions`` (node units)."""
+    t = np.clip(positions, 0, n_nodes - 1)
+    i0 = np.minimum(np.floor(t).astype(np.intp), max(n_nodes - 2, 0))
+    return i0, t - i0
+
+
+def _interp_columns(a, i0, w):
+    """Linear interpolation of the columns of ``a`` at (left node, weight) ``i0``, ``w``."""
+    if a.shape[1] == 1:
+        return np.repeat(a, len(i0), axis=1)
+    return a[:, i0] * (1.0 - w) + a[:, i0 + 1] * w
+
+
 def _resample_strip(pf: _PreparedFrame, row0, row1, out_sci, out_var, out_dq, out_cov):
     """Resample frame ``pf`` into output rows [row0, row1) (1-based, exclusive end)."""
     for pa in pf.arrays:
@@ -623,24 +637,25 @@ def _resample_strip(pf: _PreparedFrame, row0, row1, out_sci, out_var, out_dq, ou
         if r0 > r1:
             continue
         wy = _interp_matrix((np.arange(r0, r1 + 1) - y0) / _NODE_STEP, pa.nodes_x.shape[0])
-        wx = _interp_matrix((np.arange(x0, x1 + 1) - x0) / _NODE_STEP, pa.nodes_x.shape[1])
-        ix = wy @ pa.nodes_x @ wx.T  # bilinear interpolation of the node grid
-        iy = wy @ pa.nodes_y @ wx.T
+        i0, w = _interp_index((np.arange(x0, x1 + 1) - x0) / _NODE_STEP, pa.nodes_x.shape[1])
+        ix = _interp_columns(wy @ pa.nodes_x, i0, w)  # bilinear interpolation of the nodes
+        iy = _interp_columns(wy @ pa.nodes_y, i0, w)
         ny, nxa = pa.coeffs.shape
         inside = (ix > 0.5) & (ix < nxa + 0.5) & (iy > 0.5) & (iy < ny + 0.5)
         if not inside.any():
             continue
         ix -= 1.0
         iy -= 1.0
-        pix = np.stack([iy, ix])
-        sci = ndimage.map_coordinates(pa.coeffs, pix, order=3, prefilter=False,
-                                      mode="mirror", output=np.float32)
-        var = ndimage.map_coordinates(pa.var, pix, order=1, mode="nearest",
-                                      output=np.float32)
-        dq = ndimage.map_coordinates(pa.dq, pix, order=0, mode="nearest")
+        sci = ndimage.map_coordinates(pa.coeffs, np.stack([iy, ix]), order=3,
+                                      prefilter=False, mode="mirror", output=np.float32)
+        # VAR and DQ from the nearest input pixel
+        flat = (np.clip(np.rint(iy), 0, ny - 1).astype(np.intp) * nxa
+                + np.clip(np.rint(ix), 0, nxa - 1).astype(np.intp))
+        var = np.take(pa.var, flat)
+        dq = np.take(pa.dq, flat)
         factor = np.float32(pf.factor)
         if pf.jacobian:
-            factor = (factor * (wy @ pa.jac @ wx.T)).astype(np.float32)
+            factor = _interp_columns(wy @ pa.jac, i0, w).astype(np.float32) * factor
         sci *= factor
         var *= factor * factor
         rows = slice(r0 - row0, r1 - row0 + 1)
@@ -704,11 +719,56 @@ def _combine(sci, var, dq, cov, *, sigma, maxiters):
             out_dq.astype(np.uint16), n)
 
 
+def _strip(prepared, row0, row1, nx, sigma, maxiters):
+    """Resample every frame into output rows [row0, row1) and combine them."""
+    nf, h = len(prepared), row1 - row0
+    s_sci = np.zeros((nf, h, nx), np.float32)
+    s_var = np.zeros((nf, h, nx), np.float32)
+    s_dq = np.zeros((nf, h, nx), np.uint16)
+    s_cov = np.zeros((nf, h, nx), bool)
+    for f, pf in enumerate(prepared):
+        _resample_strip(pf, row0, row1, s_sci[f], s_var[f], s_dq[f], s_cov[f])
+    sci, var, dq, n = _combine(s_sci, s_var, s_dq, s_cov, sigma=sigma, maxiters=maxiters)
+    return sci, var, dq, n.astype(np.uint8)
+
+
+#: What forked strip workers read (set just before the fork, cleared after): the prepared
+#: inputs are shared copy-on-write instead of being pickled.
+_FORK_STATE = {}
+
+
+def _strip_job(bounds):
+    prepared, nx, sigma, maxiters = _FORK_STATE["job"]
+    return bounds[0], _strip(prepared, bounds[0], bounds[1], nx, sigma, maxiters)
+
+
+def _map_strips(prepared, strips, nx, sigma, maxiters, workers):
+    """Yield (row0, strip result) for every strip, in forked processes when ``workers`` > 1.
+
+    Forked workers share the prepared inputs with this process (copy-on-write), so the
+    memory is the inputs once plus one strip per worker.  Without fork (or in a daemonic
+    process) the strips run here, one after the other.
+    """
+    import multiprocessing as mp
+
+    if workers > 1 and len(strips) > 1 and "fork" in mp.get_all_start_methods() \
+            and not mp.current_process().daemon:
+        _FORK_STATE["job"] = (prepared, nx, sigma, maxiters)
+        try:
+            with mp.get_context("fork").Pool(min(workers, len(strips))) as pool:
+                yield from pool.imap_unordered(_strip_job, strips)
+        finally:
+            _FORK_STATE.clear()
+        return
+    for row0, row1 in strips:
+        yield row0, _strip(prepared, row0, row1, nx, sigma, maxiters)
+
+
 # --- the step ---------------------------------------------------------------------------------
 def stack_frames(frames, *, reference_catalog=None, pixel_scale=None, center=None,
                  flux_mode="surface", sigma=3.0, maxiters=3, min_matches=6,
                  search_radius=3.0, match_radius=None, strip_rows=256, geometries=None,
-                 catalogs=None, detect=True):
+                 catalogs=None, detect=True, workers=1):
     """Correct the distortion of sky-subtracted frames, align them and stack them north up.
 
     Parameters
@@ -745,6 +805,9 @@ def stack_frames(frames, *, reference_catalog=None, pixel_scale=None, center=Non
         (OBJCAT tables).  With both, the first pass (alignment) does not load the frames.
     detect : bool
         Detect sources in frames that carry no catalogues (else they have no sources).
+    workers : int
+        Processes for the resampling and combination of the strips (forked; 1: in this
+        process).
 
     Returns
     -------
@@ -847,22 +910,14 @@ def stack_frames(frames, *, reference_catalog=None, pixel_scale=None, center=Non
                                        area_ref=area_ref))
         del frame
     ny, nx = grid.shape
-    nf = len(prepared)
     out_sci = np.zeros((ny, nx), np.float32)
     out_var = np.zeros((ny, nx), np.float32)
     out_dq = np.zeros((ny, nx), np.uint16)
     ncomb = np.zeros((ny, nx), np.uint8)
-    for row0 in range(1, ny + 1, strip_rows):
-        row1 = min(row0 + strip_rows, ny + 1)
-        h = row1 - row0
-        s_sci = np.zeros((nf, h, nx), np.float32)
-        s_var = np.zeros((nf, h, nx), np.float32)
-        s_dq = np.zeros((nf, h, nx), np.uint16)
-        s_cov = np.zeros((nf, h, nx), bool)
-        for f, pf in enumerate(prepared):
-            _resample_strip(pf, row0, row1, s_sci[f], s_var[f], s_dq[f], s_cov[f])
-        sci, var, dq, n = _combine(s_sci, s_var, s_dq, s_cov, sigma=sigma, maxiters=maxiters)
-        rows = slice(row0 - 1, row1 - 1)
+    strips = [(r, min(r + strip_rows, ny + 1)) for r in range(1, ny + 1, strip_rows)]
+    for row0, (sci, var, dq, n) in _map_strips(prepared, strips, nx, sigma, maxiters,
+                                               workers):
+        rows = slice(row0 - 1, row0 - 1 + sci.shape[0])
         out_sci[rows], out_var[rows], out_dq[rows], ncomb[rows] = sci, var, dq, n
     header = grid.header()
     header["BUNIT"] = ("electrons", "Electrons in EXPTIME seconds")

@@ -150,6 +150,18 @@ def _add_qa(sub):
     p.set_defaults(func=_run("qa"))
 
 
+def _add_stack(sub):
+    p = sub.add_parser("stack", help="correct distortion, align and stack _skyCorrected "
+                                     "frames (disco_stu)")
+    p.add_argument("inputs", nargs="+", help="_skyCorrected files and @lists")
+    p.add_argument("-o", "--output", default="disco_stack.fits",
+                   help="output file (default disco_stack.fits)")
+    p.add_argument("--refcat", default=None,
+                   help="reference catalogue (table with ra, dec in degrees) for absolute "
+                        "astrometry; default: align to the first frame")
+    p.set_defaults(func=_run("stack"))
+
+
 def _run(verb):
     def run(args):
         if verb == "qa":
@@ -161,6 +173,9 @@ def _run(verb):
         if verb == "reduce":
             from gsaoi_watch.reduce import run_reduce
             return run_reduce(args)
+        if verb == "stack":
+            from gsaoi_watch.stacking import main as run_stack
+            return run_stack(args)
         if verb == "caldb":
             from gsaoi_watch.caldb import run_caldb
             return run_caldb(args)
@@ -189,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     sub.required = True
     for add in (_add_typewalk, _add_showd, _add_dataselect, _add_simulate, _add_reduce,
-                _add_caldb, _add_daemon, _add_demo, _add_qa):
+                _add_caldb, _add_daemon, _add_demo, _add_qa, _add_stack):
         add(sub)
     return parser
 

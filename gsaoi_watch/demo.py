@@ -204,6 +204,8 @@ def run_demo_cli(args) -> int:
         print(f"gsaoi-watch demo: {result['error']}", file=sys.stderr)
         return 1
     print(f"The night was reduced {result['elapsed']:.0f} s after its first frame landed "
-          f"(last frame at {result['last_frame']:.0f} s).  Products: "
-          f"{result['config'].paths.output_dir}; log: {result['config'].paths.log_file}")
+          f"(last frame at {result['last_frame']:.0f} s).  Products and pictures: "
+          f"{result['config'].paths.output_dir}; night summary: "
+          f"{Path(result['config'].paths.output_dir) / 'index.html'}; "
+          f"log: {result['config'].paths.log_file}")
     return int(result["status"])

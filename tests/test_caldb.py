@@ -197,3 +197,23 @@ def test_tutorial_sequence_with_the_database(tmp_path, monkeypatch, capsys):
     db.close_database()
     info = read_frame_info("S20170504S0114_skyCorrected.fits")
     assert "RAW" not in info.tags and "PREPARED" in info.tags
+
+
+def test_a_schema_1_database_is_upgraded(tmp_path):
+    import peewee as pw
+    from playhouse.migrate import SchemaMigrator, migrate
+
+    path = tmp_path / "old.db"
+    db.open_database(path, create=True)
+    con = db.database.obj
+    migrate(SchemaMigrator.from_database(con).drop_column("product", "qa"))
+    db.SchemaInfo.delete().execute()
+    db.SchemaInfo.create(version=1)
+    db.close_database()
+    db.open_database(path)
+    try:
+        assert "qa" in {c.name for c in db.database.obj.get_columns("product")}
+        assert db.SchemaInfo.select(pw.fn.MAX(db.SchemaInfo.version)).scalar() == \
+            db.SCHEMA_VERSION == 2
+    finally:
+        db.close_database()

@@ -167,7 +167,8 @@ EXPECTED = (["S20170505S0030_flat.fits"]
             + [f"S20170504S{n:04d}_skyCorrected.fits" for n in range(114, 118)]
             + [f"S20170505S{n:04d}_skyCorrected.fits" for n in range(95, 111, 2)]
             + ["S20170505S0110_skyCorrected.fits"]
-            + [f"S20170505S{n:04d}_flatCorrected.fits" for n in range(96, 110, 2)])
+            + [f"S20170505S{n:04d}_flatCorrected.fits" for n in range(96, 110, 2)]
+            + ["S20170505S0095_stack.fits"])
 
 
 def test_a_shuffled_night_with_bad_files(stage, daemon):
@@ -212,6 +213,17 @@ def test_a_shuffled_night_with_bad_files(stage, daemon):
         "join product c on pc.calibration_id=c.id where p.filename=?",
         "S20170505S0095_skyCorrected.fits")
     assert ("S20170505S0030_flat.fits",) in used
+    # quick-look: QA in the database and headers, pictures, the night summary page
+    qa = dict(daemon.query("select filename, qa from product where kind='sky_corrected'"))
+    assert len(qa) == 13 and all(v is not None for v in qa.values())
+    assert "SKYLEVEL" in fits.getheader(daemon.out / "S20170505S0097_skyCorrected.fits")
+    assert daemon.query("select kind from product where filename='S20170505S0095_stack.fits'"
+                        ) == [("stack",)]
+    for name in ("S20170505S0030_flat.png", "S20170505S0095_skyCorrected.png",
+                 "S20170505S0095_stack.png"):
+        assert (daemon.out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    page = (daemon.out / "index.html").read_text()
+    assert "S20170505S0095_stack.png" in page and "GS-2017A-Q-29-9 standard 9132" in page
 
 
 def test_science_waits_for_flats_and_survives_kill_9(tmp_path_factory, daemon):
@@ -243,7 +255,7 @@ def test_science_waits_for_flats_and_survives_kill_9(tmp_path_factory, daemon):
                         "j.sequence_id = s.id where j.recipe='images' order by j.id")
     assert jobs == [("science", "DONE", 2), ("standard", "DONE", 1)]
     names = [n for (n,) in daemon.query("select filename from product")]
-    assert len(names) == len(set(names)) == 1 + 9 + 4 + 7 + 1  # flat, products, BPM
+    assert len(names) == len(set(names)) == 1 + 9 + 4 + 7 + 1 + 1  # flat, products, BPM, stack
     frames = daemon.query("select count(*), count(distinct path) from frame")[0]
     assert frames[0] == frames[1] == 16 + 30 + 1 + 4
     log = daemon.log.read_text()
@@ -314,7 +326,7 @@ def test_quicklook_without_flat_then_redone_and_a_late_frame_reopens(stage, daem
                     and daemon.settled(3), what="the late frame to be reduced")
     assert daemon.stop() == 0
     names = [n for (n,) in daemon.query("select filename from product")]
-    assert len(names) == len(set(names)) == 1 + 9 + 7 + 1
+    assert len(names) == len(set(names)) == 1 + 9 + 7 + 1 + 1
     log = daemon.log.read_text()
     assert "science NGC5128 Kshort 60s: WAITING→REDUCING (flat wait expired)" in log
     assert "(quick-look, no flat)" in log

@@ -338,13 +338,14 @@ def test_demo_reduces_the_night_live(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "gsaoi_watch", "demo", "--workdir", str(work),
                            "--size", "64", "--cadence", "0.05", "--timeout", "300"],
                           capture_output=True, text=True, timeout=400)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    said = f"{proc.stdout}\n--- stderr\n{proc.stderr[-4000:]}"
+    assert proc.returncode == 0, said
     products = sorted(p.name for p in (work / "reduced").glob("*.fits"))
-    assert products == sorted(EXPECTED)
-    assert "science NGC5128 Kshort 60s: REDUCING→DONE" in proc.stderr
-    assert re.search(r"processed_flat +1 +S20170505S0030_flat.fits", proc.stdout)
-    assert re.search(r"sky_corrected +13 ", proc.stdout)
-    assert "quarantined" not in proc.stdout
+    assert products == sorted(EXPECTED), said
+    assert "science NGC5128 Kshort 60s: REDUCING→DONE" in proc.stderr, said
+    assert re.search(r"processed_flat +1 +S20170505S0030_flat.fits", proc.stdout), said
+    assert re.search(r"sky_corrected +13 ", proc.stdout), said
+    assert "quarantined" not in proc.stdout, said
     # a second run replaces the earlier demo; a foreign directory is refused
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "keep.txt").write_text("mine")

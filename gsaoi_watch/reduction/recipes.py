@@ -295,21 +295,30 @@ def reduce_images(paths, *, flat, flat_name=None, bpm=None, bpm_name=None, param
                                dilation=sc["dilation"]), keys)))
 
         # pass 2: object frames, streamed
+        # one sky stack per *set* of skies: frames with the same skies in another order of
+        # nearness share it, since the median does not depend on the order and the level is
+        # set afterwards (the nearest sky's, or interpolated in time)
+        def sky_set(o):
+            return tuple(sorted(plan["obj_skies"][o]))
+
         remaining = {}
         for o in plan["objects"]:
-            key = tuple(plan["obj_skies"][o])
-            remaining[key] = remaining.get(key, 0) + 1
+            remaining[sky_set(o)] = remaining.get(sky_set(o), 0) + 1
         stacks = {}
 
         def pass2(o, frame, i):
-            key = tuple(plan["obj_skies"][o])
+            key = sky_set(o)
             if (key, i) not in stacks:
                 stacks[(key, i)] = combine_skies([masked[(k, i)] for k in key])
-            stacked, levels = stacks[(key, i)]
-            sky = stacked
+            stacked, levels = stacks[(key, i)]  # at the level of the set's first sky
             if interp:
-                shift = level_at(levels, [when[k] for k in key], when[o]) - levels[0]
-                sky = stacked.with_(sci=(stacked.sci + np.float32(shift)).astype(np.float32))
+                target = level_at(levels, [when[k] for k in key], when[o])
+            else:  # DRAGONS: the level of the nearest sky
+                target = levels[key.index(plan["obj_skies"][o][0])]
+            sky = stacked
+            if target != levels[0]:
+                sky = stacked.with_(sci=(stacked.sci + np.float32(target - levels[0])).astype(
+                    np.float32))
             obj = frame.arrays[i].with_(objmask=None)
             sub, factor = subtract_sky(obj, sky, offset_sky=offset, scale_sky=scale)
             header = sub.header.copy()  # the sky level taken off, for measureBG
@@ -327,7 +336,7 @@ def reduce_images(paths, *, flat, flat_name=None, bpm=None, bpm_name=None, param
                 log.warning("frame=%s skipped: every pixel is flagged bad", o)
                 continue
             done = list(pool.map(lambda i, o=o, f=frame: pass2(o, f, i), range(4)))
-            key = tuple(plan["obj_skies"][o])
+            key = sky_set(o)
             remaining[key] -= 1
             if not remaining[key]:
                 for i in range(4):

@@ -578,6 +578,12 @@ def _prepare_array(arr: Array, index, geom, m_inv, grid):
     return _PreparedArray(index, coeffs, var, _or_dilate(dq), (x0, x1, y0, y1), ix, iy, jac)
 
 
+def _compose(outer, inner):
+    """The affine transform ``outer(inner(p))`` as a 2x3 matrix."""
+    a = outer[:, :2] @ inner[:, :2]
+    return np.column_stack([a, outer[:, :2] @ inner[:, 2] + outer[:, 2]])
+
+
 def _invert(m):
     a = np.linalg.inv(m[:, :2])
     return np.column_stack([a, -a @ m[:, 2]])
@@ -781,7 +787,9 @@ def stack_frames(frames, *, reference_catalog=None, pixel_scale=None, center=Non
     reference_catalog : Table or tuple of arrays, optional
         RA/Dec (degrees) of reference sources (columns ``ra``, ``dec``).  Given, every
         frame is aligned to it (absolute astrometry); else frames are aligned to the first
-        frame that has enough sources.
+        frame that has enough sources, and the stack is put on the mean geometry of the
+        aligned frames (so that no single frame's pointing, rotation or scale error is
+        inherited whole).
     pixel_scale : float, optional
         Output pixel scale in arcsec (default 0.02" scaled by 2048 / array size).
     center : (ra, dec), optional
@@ -899,6 +907,15 @@ def stack_frames(frames, *, reference_catalog=None, pixel_scale=None, center=Non
     if not used:
         raise ReductionError("stack: no frame could be aligned ("
                              + "; ".join(f"{n}: {r}" for n, r in skipped) + ")")
+    if reference_catalog is None and len(transforms) > 1:
+        # Every frame's telescope WCS is equally good: put the stack on the mean of the
+        # frames' geometries rather than on the first frame's, whose pointing, rotation and
+        # scale errors would otherwise be inherited whole.
+        mean = np.mean(transforms, axis=0)
+        inv = _invert(mean)
+        transforms = [_compose(inv, m) for m in transforms]
+        for (_, g), m in zip(used, transforms):
+            align[g.name]["to_stack"] = m.tolist()
 
     grid = output_grid([g for _, g in used], transforms, center, scale)
     t_ref = used[0][1].exptime

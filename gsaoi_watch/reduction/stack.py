@@ -748,6 +748,35 @@ def _strip_job(bounds):
     return bounds[0], _strip(prepared, bounds[0], bounds[1], nx, sigma, maxiters)
 
 
+def _prepare_job(index):
+    jobs, grid, t_ref, flux_mode, area_ref = _FORK_STATE["prepare"]
+    load, geom, m = jobs[index]
+    return _prepare_frame(load(), geom, m, grid, t_ref=t_ref, flux_mode=flux_mode,
+                          area_ref=area_ref)
+
+
+def _can_fork(workers, n):
+    import multiprocessing as mp
+
+    return (workers > 1 and n > 1 and "fork" in mp.get_all_start_methods()
+            and not mp.current_process().daemon)
+
+
+def _map_prepare(jobs, grid, t_ref, flux_mode, area_ref, workers):
+    """Load and prepare every frame (in forked workers when ``workers`` > 1)."""
+    import multiprocessing as mp
+
+    if _can_fork(workers, len(jobs)):
+        _FORK_STATE["prepare"] = (jobs, grid, t_ref, flux_mode, area_ref)
+        try:
+            with mp.get_context("fork").Pool(min(workers, len(jobs))) as pool:
+                return pool.map(_prepare_job, range(len(jobs)), chunksize=1)
+        finally:
+            _FORK_STATE.clear()
+    return [_prepare_frame(load(), geom, m, grid, t_ref=t_ref, flux_mode=flux_mode,
+                           area_ref=area_ref) for load, geom, m in jobs]
+
+
 def _map_strips(prepared, strips, nx, sigma, maxiters, workers):
     """Yield (row0, strip result) for every strip, in forked processes when ``workers`` > 1.
 
@@ -757,8 +786,7 @@ def _map_strips(prepared, strips, nx, sigma, maxiters, workers):
     """
     import multiprocessing as mp
 
-    if workers > 1 and len(strips) > 1 and "fork" in mp.get_all_start_methods() \
-            and not mp.current_process().daemon:
+    if _can_fork(workers, len(strips)):
         _FORK_STATE["job"] = (prepared, nx, sigma, maxiters)
         try:
             with mp.get_context("fork").Pool(min(workers, len(strips))) as pool:
@@ -814,8 +842,8 @@ def stack_frames(frames, *, reference_catalog=None, pixel_scale=None, center=Non
     detect : bool
         Detect sources in frames that carry no catalogues (else they have no sources).
     workers : int
-        Processes for the resampling and combination of the strips (forked; 1: in this
-        process).
+        Processes (forked) that load and prepare the frames and then resample and combine
+        the strips; 1: everything in this process.
 
     Returns
     -------
@@ -920,12 +948,8 @@ def stack_frames(frames, *, reference_catalog=None, pixel_scale=None, center=Non
     grid = output_grid([g for _, g in used], transforms, center, scale)
     t_ref = used[0][1].exptime
     area_ref = mosaic_pixel_area(size)
-    prepared = []
-    for (k, geom), m in zip(used, transforms):
-        frame = loaders[k]()
-        prepared.append(_prepare_frame(frame, geom, m, grid, t_ref=t_ref, flux_mode=flux_mode,
-                                       area_ref=area_ref))
-        del frame
+    jobs = [(loaders[k], geom, m) for (k, geom), m in zip(used, transforms)]
+    prepared = _map_prepare(jobs, grid, t_ref, flux_mode, area_ref, workers)
     ny, nx = grid.shape
     out_sci = np.zeros((ny, nx), np.float32)
     out_var = np.zeros((ny, nx), np.float32)

@@ -310,6 +310,40 @@ def test_inputs_not_modified(reduced):
     assert res.meta["used"] == [Path(p).name for p in paths[:3]]
 
 
+def test_strips_and_workers_do_not_change_the_result(reduced):
+    """Strip height and forked workers only bound memory and time: same pixels."""
+    _, _, paths = reduced
+    frames = []
+    for p in paths[:3]:
+        f = load_frame(p)
+        with fits.open(p) as hdul:
+            f.meta["catalogs"] = [Table(h.data) for h in hdul if h.name == "OBJCAT"]
+        frames.append(f)
+    a = stack.stack_frames(frames, strip_rows=1000, workers=1).arrays[0]
+    b = stack.stack_frames(frames, strip_rows=97, workers=2).arrays[0]
+    assert np.array_equal(a.sci, b.sci) and np.array_equal(a.var, b.var)
+    assert np.array_equal(a.dq, b.dq)
+
+
+def test_jacobian_flux_mode_differs_by_the_pixel_area(reduced):
+    """flux_mode='jacobian' scales by the local pixel area instead of the mosaic mean: the
+    two stacks differ by the ratio of the two areas, within a few per cent, varying over
+    the field (which is why 'surface' is right for flat-fielded frames)."""
+    _, _, paths = reduced
+    frames = [load_frame(p) for p in paths[:2]]
+    for f, p in zip(frames, paths[:2]):
+        with fits.open(p) as hdul:
+            f.meta["catalogs"] = [Table(h.data) for h in hdul if h.name == "OBJCAT"]
+    a = stack.stack_frames(frames).arrays[0]
+    b = stack.stack_frames(frames, flux_mode="jacobian").arrays[0]
+    sel = (a.dq == 0) & (a.sci > 50 * np.sqrt(a.var))
+    ratio = b.sci[sel] / a.sci[sel]
+    assert 0.95 < np.percentile(ratio, 1) < np.percentile(ratio, 99) < 1.05
+    assert np.percentile(ratio, 99) - np.percentile(ratio, 1) > 0.005
+    with pytest.raises(ValueError):
+        stack.stack_frames(frames, flux_mode="counts")
+
+
 # --- alignment -----------------------------------------------------------------------------
 def test_align_recovers_planted_transform():
     """A catalogue shifted, rotated and scaled is aligned back to better than 1 mas."""

@@ -578,6 +578,12 @@ def _prepare_array(arr: Array, index, geom, m_inv, grid):
     return _PreparedArray(index, coeffs, var, _or_dilate(dq), (x0, x1, y0, y1), ix, iy, jac)
 
 
+def _compose(outer, inner):
+    """The affine transform ``outer(inner(p))`` as a 2x3 matrix."""
+    a = outer[:, :2] @ inner[:, :2]
+    return np.column_stack([a, outer[:, :2] @ inner[:, 2] + outer[:, 2]])
+
+
 def _invert(m):
     a = np.linalg.inv(m[:, :2])
     return np.column_stack([a, -a @ m[:, 2]])
@@ -742,6 +748,35 @@ def _strip_job(bounds):
     return bounds[0], _strip(prepared, bounds[0], bounds[1], nx, sigma, maxiters)
 
 
+def _prepare_job(index):
+    jobs, grid, t_ref, flux_mode, area_ref = _FORK_STATE["prepare"]
+    load, geom, m = jobs[index]
+    return _prepare_frame(load(), geom, m, grid, t_ref=t_ref, flux_mode=flux_mode,
+                          area_ref=area_ref)
+
+
+def _can_fork(workers, n):
+    import multiprocessing as mp
+
+    return (workers > 1 and n > 1 and "fork" in mp.get_all_start_methods()
+            and not mp.current_process().daemon)
+
+
+def _map_prepare(jobs, grid, t_ref, flux_mode, area_ref, workers):
+    """Load and prepare every frame (in forked workers when ``workers`` > 1)."""
+    import multiprocessing as mp
+
+    if _can_fork(workers, len(jobs)):
+        _FORK_STATE["prepare"] = (jobs, grid, t_ref, flux_mode, area_ref)
+        try:
+            with mp.get_context("fork").Pool(min(workers, len(jobs))) as pool:
+                return pool.map(_prepare_job, range(len(jobs)), chunksize=1)
+        finally:
+            _FORK_STATE.clear()
+    return [_prepare_frame(load(), geom, m, grid, t_ref=t_ref, flux_mode=flux_mode,
+                           area_ref=area_ref) for load, geom, m in jobs]
+
+
 def _map_strips(prepared, strips, nx, sigma, maxiters, workers):
     """Yield (row0, strip result) for every strip, in forked processes when ``workers`` > 1.
 
@@ -751,8 +786,7 @@ def _map_strips(prepared, strips, nx, sigma, maxiters, workers):
     """
     import multiprocessing as mp
 
-    if workers > 1 and len(strips) > 1 and "fork" in mp.get_all_start_methods() \
-            and not mp.current_process().daemon:
+    if _can_fork(workers, len(strips)):
         _FORK_STATE["job"] = (prepared, nx, sigma, maxiters)
         try:
             with mp.get_context("fork").Pool(min(workers, len(strips))) as pool:
@@ -781,7 +815,9 @@ def stack_frames(frames, *, reference_catalog=None, pixel_scale=None, center=Non
     reference_catalog : Table or tuple of arrays, optional
         RA/Dec (degrees) of reference sources (columns ``ra``, ``dec``).  Given, every
         frame is aligned to it (absolute astrometry); else frames are aligned to the first
-        frame that has enough sources.
+        frame that has enough sources, and the stack is put on the mean geometry of the
+        aligned frames (so that no single frame's pointing, rotation or scale error is
+        inherited whole).
     pixel_scale : float, optional
         Output pixel scale in arcsec (default 0.02" scaled by 2048 / array size).
     center : (ra, dec), optional
@@ -806,8 +842,8 @@ def stack_frames(frames, *, reference_catalog=None, pixel_scale=None, center=Non
     detect : bool
         Detect sources in frames that carry no catalogues (else they have no sources).
     workers : int
-        Processes for the resampling and combination of the strips (forked; 1: in this
-        process).
+        Processes (forked) that load and prepare the frames and then resample and combine
+        the strips; 1: everything in this process.
 
     Returns
     -------
@@ -899,16 +935,21 @@ def stack_frames(frames, *, reference_catalog=None, pixel_scale=None, center=Non
     if not used:
         raise ReductionError("stack: no frame could be aligned ("
                              + "; ".join(f"{n}: {r}" for n, r in skipped) + ")")
+    if reference_catalog is None and len(transforms) > 1:
+        # Every frame's telescope WCS is equally good: put the stack on the mean of the
+        # frames' geometries rather than on the first frame's, whose pointing, rotation and
+        # scale errors would otherwise be inherited whole.
+        mean = np.mean(transforms, axis=0)
+        inv = _invert(mean)
+        transforms = [_compose(inv, m) for m in transforms]
+        for (_, g), m in zip(used, transforms):
+            align[g.name]["to_stack"] = m.tolist()
 
     grid = output_grid([g for _, g in used], transforms, center, scale)
     t_ref = used[0][1].exptime
     area_ref = mosaic_pixel_area(size)
-    prepared = []
-    for (k, geom), m in zip(used, transforms):
-        frame = loaders[k]()
-        prepared.append(_prepare_frame(frame, geom, m, grid, t_ref=t_ref, flux_mode=flux_mode,
-                                       area_ref=area_ref))
-        del frame
+    jobs = [(loaders[k], geom, m) for (k, geom), m in zip(used, transforms)]
+    prepared = _map_prepare(jobs, grid, t_ref, flux_mode, area_ref, workers)
     ny, nx = grid.shape
     out_sci = np.zeros((ny, nx), np.float32)
     out_var = np.zeros((ny, nx), np.float32)

@@ -301,12 +301,16 @@ class Engine:
         t = advance(seq.state, event)
         if t is None:
             return
+        reason = REASONS.get(event, event)
+        if event == "calibration_missing" and seq.kind in ("flat_on", "flat_off"):
+            reason = "waiting for the lamp-{} frames".format(
+                "off" if seq.kind == "flat_on" else "on")
         with db.writing():
-            db.Sequence.update(state=t.next_state, reason=REASONS.get(event, event)).where(
+            db.Sequence.update(state=t.next_state, reason=reason).where(
                 db.Sequence.id == seq.id).execute()
         if t.next_state != seq.state:
             log.info("seq=%s: %s→%s (%s) %d frames", self._label(seq), seq.state, t.next_state,
-                     REASONS.get(event, event), seq.frames.count())
+                     reason, seq.frames.count())
         seq = db.Sequence.get_by_id(seq.id)
         for action in t.actions:
             self._act(seq, action, covered=covered)

@@ -58,12 +58,22 @@ def _cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _children(pid):
-    out = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        kids = task / "children"
-        if kids.exists():
-            out += [int(k) for k in kids.read_text().split()]
+def _descendants(pid):
+    """Every process below ``pid`` (the pool's workers are the forkserver's children)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            tasks = list(Path(f"/proc/{p}/task").iterdir())
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                kids = [int(k) for k in (task / "children").read_text().split()]
+            except OSError:
+                continue
+            out += kids
+            todo += kids
     return out
 
 
@@ -120,6 +130,7 @@ def main():
             _drop(stage / name, raw)
             if name == last_science:
                 t_last = time.monotonic()
+                t_last_wall = time.strftime("%H:%M:%S", time.localtime())
                 subprocess.run([sys.executable, "-m", "gsaoi_watch", "close", "--all", "-c",
                                 str(cfg)], check=True, capture_output=True)
             if k + 1 < len(order):
@@ -139,13 +150,17 @@ def main():
                 raise SystemExit("the daemon exited early; see " + str(logf))
             time.sleep(0.2)
         t_done = time.monotonic()
-        pids = [proc.pid] + _children(proc.pid)
+        pids = [proc.pid] + _descendants(proc.pid)
         cpu0 = sum(_cpu_seconds(p) for p in pids if Path(f"/proc/{p}").exists())
         time.sleep(args.idle)
         cpu1 = sum(_cpu_seconds(p) for p in pids if Path(f"/proc/{p}").exists())
         hwm = {("daemon" if p == proc.pid else f"worker {p}"): _hwm_gb(p) for p in pids
                if Path(f"/proc/{p}").exists()}
         log = logf.read_text()
+        science = [line[11:23] + " " + line.split("INFO", 1)[-1].strip()[:110]
+                   for line in log.splitlines()
+                   if " done in " in line or ("science" in line and (
+                       ": OPEN→COMPLETE" in line or " started " in line))]
         jobs = re.findall(r"job=\d+ (\w+) done in ([\d.]+) s", log)
         prepared = [float(x) for x in re.findall(r"prepared in ([\d.]+) s", log)]
         result = {
@@ -160,6 +175,7 @@ def main():
             "idle_cpu_percent": round(100 * (cpu1 - cpu0) / args.idle, 2),
             "peak_memory_gb": hwm,
             "products": len(list(out.glob("*.fits"))),
+            "timeline": [f"{t_last_wall} last science frame landed"] + science,
         }
         print(json.dumps(result, indent=1))
     finally:

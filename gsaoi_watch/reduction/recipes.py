@@ -23,7 +23,6 @@ from gsaoi_watch.reduction.sky import (
     mask_sky,
     separate_sky,
     sky_level,
-    sky_model,
     subtract_sky,
 )
 from gsaoi_watch.reduction.standardize import (
@@ -276,20 +275,27 @@ def reduce_images(paths, *, flat, flat_name=None, bpm=None, bpm_name=None, param
         skies = dict(zip(plan["skies"], pool.map(load, plan["skies"])))
 
         # pass 1: sky-subtract each sky frame with the other skies, detect its objects
+        # (each sky's level is measured once, not again in every other sky's model)
+        keys = [(n, i) for n in plan["skies"] for i in range(4)]
+        unmasked = dict(zip(keys, pool.map(
+            lambda k: mask_sky(skies[k[0]].arrays[k[1]], mask_objects=False), keys)))
+
         def pass1(name, i):
             sl = plan["sky_skies"].get(name)
             arr = skies[name].arrays[i]
             if not sl:
                 return arr
-            sky = sky_model([skies[k].arrays[i] for k in sl], [when[k] for k in sl],
-                            when[name], mask_objects=False, interpolate_time=interp)
+            sky, levels = combine_skies([unmasked[(k, i)] for k in sl])
+            if interp:  # as sky_model: the level interpolated in time, else the nearest's
+                shift = level_at(levels, [when[k] for k in sl], when[name]) - levels[0]
+                sky = sky.with_(sci=(sky.sci + np.float32(shift)).astype(np.float32))
             sub, _ = subtract_sky(arr, sky, offset_sky=offset, scale_sky=scale)
             return arr.with_(objmask=detect_array(sub, catalog=False, **det_kw)[0].objmask)
 
         for name in plan["skies"]:
             arrays = tuple(pool.map(lambda i, n=name: pass1(n, i), range(4)))
             skies[name] = skies[name].with_(arrays=arrays)
-        keys = [(n, i) for n in plan["skies"] for i in range(4)]
+        unmasked.clear()  # the frames are kept in skies; free the copies
         masked = dict(zip(keys, pool.map(
             lambda k: mask_sky(skies[k[0]].arrays[k[1]], mask_objects=sc["mask_objects"],
                                dilation=sc["dilation"]), keys)))

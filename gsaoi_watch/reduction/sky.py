@@ -223,7 +223,10 @@ def dilate_mask(mask, radius):
 
 def measure_background(sci, good, *, sampling=10):
     """Robust background level of the pixels ``good``: a 3-sigma clipped median."""
-    values = sci[good][::sampling] if good.sum() > 20 * sampling else sci[good]
+    # every sampling-th pixel first, then the good ones among them: no full-size copy
+    values = sci.ravel()[::sampling][good.ravel()[::sampling]]
+    if values.size < 20:
+        values = sci[good]
     if values.size == 0:
         raise ReductionError("no unmasked pixels to measure the background")
     _, median, _ = sigma_clipped_stats(values, sigma=3.0, maxiters=10)

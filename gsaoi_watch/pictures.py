@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import math
-import os
 import re
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -14,6 +12,7 @@ from astropy.io import fits
 from astropy.visualization import ZScaleInterval
 
 from gsaoi_watch.instrument import ARRAY_BY_ID, DQ, FULL_SIZE, NOMINAL_PIXEL_SCALE, TILE_GAPS
+from gsaoi_watch.products import atomic_output
 
 __all__ = ["mosaic", "picture_path", "write_picture"]
 
@@ -234,12 +233,6 @@ def write_picture(product, *, out=None, size_px=800, max_pixels=1024) -> Path:
     ax.set_xlim(-0.5, nx - 0.5)
     ax.set_ylim(-0.5, ny - 0.5)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png", dpi=dpi, facecolor=fig.get_facecolor())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(target) as fh:
+        fig.savefig(fh, format="png", dpi=dpi, facecolor=fig.get_facecolor())
     return target

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import tempfile
@@ -15,7 +16,7 @@ from gsaoi_watch.errors import FrameError
 from gsaoi_watch.frames import read_frame_info
 from gsaoi_watch.reduction.container import Array, Frame
 
-__all__ = ["load_bpm", "load_frame", "write_frame"]
+__all__ = ["atomic_output", "load_bpm", "load_frame", "write_frame"]
 
 
 def load_frame(path, *, indices=(0, 1, 2, 3)) -> Frame:
@@ -90,6 +91,28 @@ def _extension_headers(header, name):
     return h
 
 
+@contextlib.contextmanager
+def atomic_output(target, *, fsync=False):
+    """Open a temporary file beside ``target`` for binary writing; rename it into place.
+
+    A reader never sees a half-written file: the data go to a hidden temporary name in the
+    same directory, which replaces ``target`` only when the block ends without an error
+    (and is removed otherwise).  ``fsync`` flushes the data to disk before the rename.
+    """
+    target = Path(target)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            yield fh
+            if fsync:
+                fh.flush()
+                os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def write_frame(frame: Frame, directory, *, filename=None, overwrite=True) -> Path:
     """Write ``frame`` as a MEF (SCI, VAR, DQ[, OBJMASK] per array) atomically.
 
@@ -129,14 +152,6 @@ def write_frame(frame: Frame, directory, *, filename=None, overwrite=True) -> Pa
             cat = fits.BinTableHDU(catalogs[i], name="OBJCAT")
             cat.header["EXTVER"] = ver
             hdus.append(cat)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fits.HDUList(hdus).writeto(fh, output_verify="silentfix")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(target, fsync=True) as fh:
+        fits.HDUList(hdus).writeto(fh, output_verify="silentfix")
     return target

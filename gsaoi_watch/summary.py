@@ -6,9 +6,7 @@ import datetime
 import html
 import logging
 import math
-import os
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -16,7 +14,7 @@ from astropy.io import fits
 from astropy.table import Table
 
 from gsaoi_watch.pictures import picture_path, write_picture
-from gsaoi_watch.products import load_frame
+from gsaoi_watch.products import atomic_output, load_frame
 from gsaoi_watch.reduction import qa
 from gsaoi_watch.standards import find_standard
 
@@ -190,14 +188,8 @@ def write_summary(outdir, sequences, *, title="GSAOI night summary") -> Path:
         parts.append("</table>")
     parts.append("</body></html>\n")
     target = outdir / "index.html"
-    fd, tmp = tempfile.mkstemp(prefix=".index.html.", suffix=".tmp", dir=outdir)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write("\n".join(parts))
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(target) as fh:
+        fh.write("\n".join(parts).encode("utf-8"))
     return target
 
 

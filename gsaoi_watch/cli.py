@@ -137,7 +137,7 @@ def _add_demo(sub):
                    help="seconds between frames landing (default 0.3)")
     p.add_argument("--workers", type=int, default=None, help="reduction worker processes")
     p.add_argument("--timeout", type=float, default=1800.0,
-                   help="seconds allowed for the whole night (default 1800)")
+                   help="seconds allowed after the last frame for the reductions (default 1800)")
     p.set_defaults(func=_run("demo"))
 
 

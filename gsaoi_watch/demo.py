@@ -135,7 +135,7 @@ def run_demo(workdir, *, size=256, seed=20170505, cadence=0.3, timeout=1800.0,
     cadence : float
         Seconds between frames landing in the raw directory.
     timeout : float
-        Seconds allowed for the whole night after the first frame.
+        Seconds allowed, after the last frame has landed, for the reductions to finish.
     workers : int, optional
         Reduction worker processes (default: the configuration default).
 

@@ -136,20 +136,29 @@ class Engine:
             self._command(cmd)
         idle = dt.timedelta(seconds=self.config.sequences.idle_timeout)
         wait = dt.timedelta(seconds=self.config.sequences.flat_wait)
+        self._close_superseded()
+        for seq in db.Sequence.select().where(db.Sequence.state.in_(("OPEN", "REOPENED"))):
+            if now - seq.updated >= idle:
+                self._apply(seq, "idle_timeout")
+        for seq in db.Sequence.select().where(db.Sequence.state == "WAITING"):
+            if seq.wait_started is not None and now - seq.wait_started >= wait:
+                self._apply(seq, "wait_expired")
+
+    def _close_superseded(self):
+        """Close open sequences that a later observation has followed (new_observation).
+
+        The telescope runs one observation at a time, so a sequence is complete once frames
+        of another observation taken after its last frame exist.  Frames copied in bulk
+        arrive in any order: only a sequence quiet for ``min_quiet`` seconds is closed.
+        """
+        now = self.now()
         quiet = dt.timedelta(seconds=self.config.sequences.min_quiet)
         for seq in db.Sequence.select().where(db.Sequence.state.in_(("OPEN", "REOPENED"))):
             if now - seq.updated >= quiet and seq.last_frame_ut is not None and \
                     db.Sequence.select().where(
                         (db.Sequence.observation_id != seq.observation_id)
                         & (db.Sequence.last_frame_ut > seq.last_frame_ut)).exists():
-                # another observation has started since (its frames came while this one
-                # was not yet quiet): the telescope runs one observation at a time
                 self._apply(seq, "new_observation")
-            elif now - seq.updated >= idle:
-                self._apply(seq, "idle_timeout")
-        for seq in db.Sequence.select().where(db.Sequence.state == "WAITING"):
-            if seq.wait_started is not None and now - seq.wait_started >= wait:
-                self._apply(seq, "wait_expired")
 
     def shutdown(self):
         """Stop submitting; abandon running jobs (they are re-run after a restart)."""
@@ -227,20 +236,12 @@ class Engine:
             log.info("seq=%s: new sequence OPEN", self._label(seq))
         # one observation at a time: a later frame of another observation closes open ones
         when = info.ut_datetime()
-        quiet = dt.timedelta(seconds=self.config.sequences.min_quiet)
-        for other in db.Sequence.select().where(
-                db.Sequence.state.in_(("OPEN", "REOPENED")) & (db.Sequence.id != seq.id)
-                & (db.Sequence.observation_id != key.observation_id)):
-            # frames copied in bulk arrive in any order: only a sequence that has been quiet
-            # for min_quiet seconds, and whose frames are all earlier, is closed this way
-            later = other.last_frame_ut is None or when is None or other.last_frame_ut < when
-            if later and self.now() - other.updated >= quiet:
-                self._apply(other, "new_observation")
         seq = db.Sequence.get_by_id(seq.id)
         last = max(filter(None, [seq.last_frame_ut, when]), default=None)
         with db.writing():
             db.Sequence.update(updated=self.now(), last_frame_ut=last).where(
                 db.Sequence.id == seq.id).execute()
+        self._close_superseded()
         if not created:
             self._apply(db.Sequence.get_by_id(seq.id), "frame")
 
@@ -465,7 +466,7 @@ class Engine:
         self._job_state(job, "DONE")
         log.info("job=%d %s done in %.1f s → %s", job.id, job.recipe, result["seconds"],
                  result["note"])
-        self._record_qa(result.get("qa") or [])
+        self._record_qa(result.get("qa") or [], result["products"])
         quick = spec["recipe"] == "images" and not spec.get("flat")
         if not quick:  # reduced with its flat: the prepared frames have served
             self._drop_prepared(spec["paths"])
@@ -484,13 +485,12 @@ class Engine:
         self._refresh_summary()
 
     # --- follow-up work: QA, stack, summary ------------------------------------------------
-    def _record_qa(self, measured):
+    def _record_qa(self, measured, products):
+        path_of = {Path(p).name: str(Path(p).resolve()) for p, _ in products}
         for qa in measured:
-            product = db.Product.get_or_none(db.Product.filename == qa["file"])
-            if product is not None:
-                with db.writing():
-                    db.Product.update(qa=json.dumps(qa)).where(
-                        db.Product.id == product.id).execute()
+            with db.writing():
+                db.Product.update(qa=json.dumps(qa)).where(
+                    db.Product.path == path_of.get(qa["file"])).execute()
             log.info("qa %s", qa["log"])
 
     def _submit_stack(self, seq, objects):

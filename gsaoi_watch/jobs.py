@@ -18,9 +18,10 @@ from gsaoi_watch.prepared import fetch
 from gsaoi_watch.products import load_bpm, load_frame, write_frame
 from gsaoi_watch.reduction.qa import frame_qa, qa_header, qa_log_line
 from gsaoi_watch.reduction.recipes import make_processed_flat, reduce_images
+from gsaoi_watch.stacking import run_stack_job
 from gsaoi_watch.standards import find_standard
 
-__all__ = ["run_job"]
+__all__ = ["run_job", "run_stack"]
 
 log = logging.getLogger("gsaoi_watch")
 
@@ -122,8 +123,6 @@ def run_stack(spec: dict) -> dict:
     ``spec``: ``paths``, ``output_dir``, ``output_name``, ``pictures``; see
     :func:`gsaoi_watch.stacking.run_stack_job`.  Returns the same dict as :func:`run_job`.
     """
-    from gsaoi_watch.stacking import run_stack_job
-
     result = run_stack_job(spec)
     if spec.get("pictures"):
         for path, _ in result["products"]:

@@ -11,8 +11,9 @@ import numpy as np
 from astropy.io import fits
 from astropy.visualization import ZScaleInterval
 
-from gsaoi_watch.instrument import ARRAY_BY_ID, DQ, FULL_SIZE, NOMINAL_PIXEL_SCALE, TILE_GAPS
+from gsaoi_watch.instrument import ARRAY_BY_ID, DQ, FULL_SIZE, TILE_GAPS
 from gsaoi_watch.products import atomic_output
+from gsaoi_watch.reduction.qa import header_pixel_scale
 
 __all__ = ["mosaic", "picture_path", "write_picture"]
 
@@ -133,20 +134,6 @@ def mosaic(planes, *, max_pixels=1024):
     return image, factor, planes[0][2]
 
 
-def _pixel_scale(header, phu):
-    try:
-        det = header["CD1_1"] * header["CD2_2"] - header["CD1_2"] * header["CD2_1"]
-        if det:
-            return 3600.0 * math.sqrt(abs(det))
-    except KeyError:
-        pass
-    for h in (header, phu):
-        value = h.get("PIXSCALE")
-        if isinstance(value, int | float) and value > 0:
-            return float(value)
-    return NOMINAL_PIXEL_SCALE
-
-
 def _compass(header, phu):
     """Unit vectors (in image x, y) pointing North and East."""
     try:
@@ -215,7 +202,7 @@ def write_picture(product, *, out=None, size_px=800, max_pixels=1024) -> Path:
     ax.set_axis_off()
     fig.suptitle(product.name, color="white", fontsize=12, y=0.985)
     ny, nx = image.shape
-    scale = _pixel_scale(header, phu) * factor  # arcsec per displayed pixel
+    scale = header_pixel_scale(header, phu) * factor  # arcsec per displayed pixel
     bar = _nice_length(0.2 * nx * scale)
     bar_px = bar / scale
     x1, yb = 0.05 * nx, 0.05 * ny

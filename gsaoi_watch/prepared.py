@@ -13,6 +13,7 @@ flat is applied then); anything else is recomputed from the raw frame.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -83,6 +84,16 @@ def fetch(raw_path, cache_dir, *, flat=None, flat_name=None, bpm_name=None):
     return frame
 
 
+@functools.lru_cache(maxsize=2)
+def _calibration(path, mtime_ns, kind):
+    """A flat or BPM, read once per worker process (the same one serves a whole night)."""
+    return load_frame(path) if kind == "flat" else load_bpm(path)
+
+
+def _load_calibration(path, kind):
+    return _calibration(str(path), os.stat(path).st_mtime_ns, kind)
+
+
 def prepare_ahead(spec: dict) -> dict:
     """Worker-pool task: prepare one raw frame and keep it in the cache.
 
@@ -102,9 +113,10 @@ def prepare_ahead(spec: dict) -> dict:
     bpm_path, flat_path = spec.get("bpm"), spec.get("flat")
     frame = load_frame(raw)
     frame.meta["bpm_name"] = Path(bpm_path).name if bpm_path else None
-    frame = preprocess(frame, bpm=load_bpm(bpm_path) if bpm_path else None)
+    frame = preprocess(frame, bpm=_load_calibration(bpm_path, "bpm") if bpm_path else None)
     if flat_path:
-        frame = flat_correct(frame, load_frame(flat_path), flat_name=Path(flat_path).name)
+        frame = flat_correct(frame, _load_calibration(flat_path, "flat"),
+                             flat_name=Path(flat_path).name)
     out = store(frame, raw, spec["cache_dir"])
     return {"path": str(out), "seconds": round(time.perf_counter() - t0, 2),
             "flat": Path(flat_path).name if flat_path else None}

@@ -44,6 +44,7 @@ __all__ = [
     "bg_band",
     "cc_band",
     "frame_qa",
+    "header_pixel_scale",
     "ideal_peak_fraction",
     "iq_band",
     "measure_bg",
@@ -189,16 +190,23 @@ def _array_index(frame: Frame, k: int) -> int:
     return tuple(frame.meta.get("indices", range(len(frame.arrays))))[k]
 
 
-def _pixel_scale(arr: Array, frame: Frame) -> float:
-    h = arr.header
+def header_pixel_scale(header, phu) -> float:
+    """Pixel scale (arcsec) from an extension's CD matrix, else PIXSCALE, else nominal."""
     try:
-        det = h["CD1_1"] * h["CD2_2"] - h["CD1_2"] * h["CD2_1"]
+        det = header["CD1_1"] * header["CD2_2"] - header["CD1_2"] * header["CD2_1"]
         if det:
             return 3600.0 * math.sqrt(abs(det))
     except KeyError:
         pass
-    value = frame.phu.get("PIXSCALE")
-    return float(value) if isinstance(value, int | float) and value > 0 else NOMINAL_PIXEL_SCALE
+    for h in (header, phu):
+        value = h.get("PIXSCALE")
+        if isinstance(value, int | float) and value > 0:
+            return float(value)
+    return NOMINAL_PIXEL_SCALE
+
+
+def _pixel_scale(arr: Array, frame: Frame) -> float:
+    return header_pixel_scale(arr.header, frame.phu)
 
 
 def _filter(frame: Frame) -> str | None:

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
-from gsaoi_watch.instrument import ARRAYS, FULL_SIZE
-from gsaoi_watch.pictures import write_picture
+from gsaoi_watch.instrument.tables import ARRAYS, FULL_SIZE
+from gsaoi_watch.quicklook.pictures import write_picture
 
 
 def synthetic_product(directory):

@@ -21,7 +21,7 @@ from pathlib import Path
 
 CHILD = r"""
 import json, resource, sys, time
-from gsaoi_watch.stacking import stack_files
+from gsaoi_watch.pipeline.stack_files import stack_files
 paths = sys.argv[2:]
 t0 = time.perf_counter()
 path, result = stack_files(paths, sys.argv[1])

@@ -2,6 +2,6 @@
 
 import sys
 
-from gsaoi_watch.cli import main
+from gsaoi_watch.cli.main import main
 
 sys.exit(main())

@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from gsaoi_watch import db
-from gsaoi_watch.caldb import add_calibration
-from gsaoi_watch.cli import main
+from gsaoi_watch.calibration import db, queries
+from gsaoi_watch.calibration.caldb import add_calibration
+from gsaoi_watch.cli.main import main
+from gsaoi_watch.data.descriptors import FrameInfo
+from gsaoi_watch.data.fitsio import read_frame_info
 from gsaoi_watch.errors import GsaoiWatchError
-from gsaoi_watch.frames import FrameInfo, read_frame_info
 from gsaoi_watch.sim import simulate_night
 
 ARRAY_IDS = ["H2RG-032-074", "H2RG-032-064", "H2RG-032-071", "H2RG-032-061"]
@@ -77,13 +78,13 @@ def test_association_picks_the_right_flat_among_decoys(tmp_path, cal_db):
         add_calibration(p)
     db.Product.update(is_bad=True).where(db.Product.filename == "bad_flat.fits").execute()
     decoys["deleted"].unlink()
-    best = db.best_calibration(frame_at(t))
+    best = queries.best_calibration(frame_at(t))
     assert best.filename == "right_flat.fits"
     # an ROI frame is served the same full-frame flat (reductions crop it)
-    assert db.best_calibration(frame_at(t, roi=True)).filename == "right_flat.fits"
+    assert queries.best_calibration(frame_at(t, roi=True)).filename == "right_flat.fits"
     # with no flat of the filter within 30 days, nothing is served
-    assert db.best_calibration(frame_at(t, filter1="H_G1103")) is None
-    assert db.best_calibration(frame_at(t + dt.timedelta(days=40))) is None
+    assert queries.best_calibration(frame_at(t, filter1="H_G1103")) is None
+    assert queries.best_calibration(frame_at(t + dt.timedelta(days=40))) is None
 
 
 def test_adding_a_raw_frame_is_a_clear_error(tmp_path, cal_db):
@@ -103,7 +104,7 @@ def test_remove_keeps_the_file_and_bad_is_never_served(tmp_path, cal_db, capsys)
     assert "S20170505S0030_flat.fits" in capsys.readouterr().out
     assert main(["caldb", "bad", "S20170505S0030_flat.fits", *common]) == 0
     db.open_database(cal_db)
-    assert db.best_calibration(frame_at(t)) is None
+    assert queries.best_calibration(frame_at(t)) is None
     db.close_database()
     assert main(["caldb", "good", str(flat), *common]) == 0
     assert main(["caldb", "remove", "S20170505S0030_flat.fits", *common]) == 0

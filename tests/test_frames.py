@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from gsaoi_watch.cli import main
+from gsaoi_watch.cli.main import main
+from gsaoi_watch.data.fitsio import read_frame_info
+from gsaoi_watch.data.sections import parse_section
+from gsaoi_watch.data.tags import compute_tags
 from gsaoi_watch.errors import FrameError
-from gsaoi_watch.frames import parse_section, read_frame_info
-from gsaoi_watch.tags import compute_tags
 
 
 def gsaoi_file(path, n_ext=4, instrument="GSAOI", **phu):
@@ -114,7 +115,7 @@ def test_ut_datetime_fallbacks(tmp_path):
     p = gsaoi_file(tmp_path / "a.fits", UT="23:59:59.95")
     assert str(read_frame_info(p).ut_datetime()) == "2017-05-05 23:59:59.950000"
     h = fits.Header([("DATE-OBS", "2017-05-05T03:04:05"), ("INSTRUME", "GSAOI")])
-    from gsaoi_watch.frames import FrameInfo
+    from gsaoi_watch.data.descriptors import FrameInfo
     assert str(FrameInfo(h, []).ut_datetime()) == "2017-05-05 03:04:05"
     h = fits.Header([("MJD-OBS", 57878.5)])
     assert str(FrameInfo(h, []).ut_datetime()) == "2017-05-05 12:00:00"

@@ -5,8 +5,8 @@ import os
 import numpy as np
 import pytest
 
-from gsaoi_watch.prepared import cache_path, fetch, prepare_ahead
-from gsaoi_watch.products import load_bpm, write_frame
+from gsaoi_watch.daemon.prepared import cache_path, fetch, prepare_ahead
+from gsaoi_watch.data.fitsio import load_bpm, write_frame
 from gsaoi_watch.reduction.recipes import make_processed_flat, reduce_images
 from gsaoi_watch.sim import simulate_night
 

@@ -11,16 +11,17 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from gsaoi_watch.instrument import ARRAYS, EXTINCTION, NOMINAL_ZEROPOINTS
-from gsaoi_watch.pictures import mosaic, picture_path, write_picture
-from gsaoi_watch.products import load_bpm, load_frame, write_frame
+from gsaoi_watch.data.fitsio import load_bpm, load_frame, write_frame
+from gsaoi_watch.instrument.standards import find_standard
+from gsaoi_watch.instrument.tables import ARRAYS, EXTINCTION, NOMINAL_ZEROPOINTS
+from gsaoi_watch.quicklook.pictures import mosaic, picture_path, write_picture
+from gsaoi_watch.quicklook.qaformat import qa_header, qa_log_line
+from gsaoi_watch.quicklook.summary import qa_for_product, write_summary
 from gsaoi_watch.reduction import qa
 from gsaoi_watch.reduction.flat import flat_correct
 from gsaoi_watch.reduction.recipes import make_processed_flat, preprocess, reduce_images
 from gsaoi_watch.sim import BPM_NAME, simulate_night
 from gsaoi_watch.sim.scene import MOFFAT_BETA
-from gsaoi_watch.standards import find_standard
-from gsaoi_watch.summary import qa_for_product, write_summary
 
 SIZE = 512
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -289,7 +290,7 @@ def test_qa_header_and_log_line(standard):
     frame = standard[0][0]
     before = frame.phu.tostring()
     result = qa.frame_qa(frame, standard=find_standard("9132"))
-    out = qa.qa_header(frame, result)
+    out = qa_header(frame, result)
     assert frame.phu.tostring() == before
     zp = result.zeropoints[0]
     assert out.phu[f"ZP_ARR{zp.array + 1}"] == pytest.approx(zp.zp, abs=1e-4)
@@ -299,7 +300,7 @@ def test_qa_header_and_log_line(standard):
     assert out.phu["CCBAND"] == "CC50"
     for key in ("MEANELLP", "STREHL", "SKYMAG", "BGBAND", "CLOUDEXT", "IQBAND"):
         assert key in out.phu
-    line = qa.qa_log_line(result)
+    line = qa_log_line(result)
     assert frame.filename in line and "CC50" in line and "\n" not in line
     assert f"{zp.zp:.3f}" in line
     json.dumps(result.to_dict())  # plain data
@@ -397,7 +398,7 @@ def test_summary_page_links_pictures_and_qa(tmp_path, night, master, standard):
 
 def test_cli_qa_prints_a_line_per_frame_and_writes_pictures(tmp_path, master, standard,
                                                            capsys):
-    from gsaoi_watch.cli import main
+    from gsaoi_watch.cli.main import main
     for p in standard[1]:
         picture_path(p).unlink(missing_ok=True)
     status = main(["qa", *map(str, standard[1]), str(master[1]), "--png"])

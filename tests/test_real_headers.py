@@ -9,7 +9,7 @@ import datetime as dt
 import pytest
 from conftest import write_fits_from_dump
 
-from gsaoi_watch.frames import read_frame_info
+from gsaoi_watch.data.fitsio import read_frame_info
 
 SCIENCE = {"GEMINI", "GSAOI", "IMAGE", "RAW", "SIDEREAL", "SOUTH", "UNPREPARED"}
 EXPECTED_TAGS = {

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
+from gsaoi_watch.data.fitsio import load_bpm, load_frame, write_frame
 from gsaoi_watch.errors import ReductionError
-from gsaoi_watch.instrument import ARRAYS, DQ
-from gsaoi_watch.products import load_bpm, load_frame, write_frame
-from gsaoi_watch.reduce import Reduce, parse_uparms
+from gsaoi_watch.instrument.dq import DQ
+from gsaoi_watch.instrument.tables import ARRAYS
+from gsaoi_watch.pipeline.reduce import Reduce, parse_uparms
 from gsaoi_watch.reduction import detect, flat, sky, standardize
 from gsaoi_watch.reduction.container import Array, Frame
 from gsaoi_watch.reduction.recipes import make_processed_flat, preprocess, reduce_images
@@ -267,7 +268,7 @@ def test_roi_frames_use_the_matching_crop_of_the_full_flat(night, master):
 
 # --- command line and API ----------------------------------------------------------------------
 def test_tutorial_reduce_sequence(night, tmp_path, monkeypatch, capsys):
-    from gsaoi_watch.cli import main
+    from gsaoi_watch.cli.main import main
 
     out, truth = night
     monkeypatch.chdir(tmp_path)

@@ -5,9 +5,9 @@ import datetime as dt
 import pytest
 from astropy.io import fits
 
+from gsaoi_watch.data.descriptors import FrameInfo
+from gsaoi_watch.data.select import compile_expression
 from gsaoi_watch.errors import ExpressionError
-from gsaoi_watch.frames import FrameInfo
-from gsaoi_watch.select import compile_expression
 
 
 def info(**phu):

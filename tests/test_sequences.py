@@ -5,8 +5,7 @@ import logging
 import pytest
 from conftest import write_fits_from_dump
 
-from gsaoi_watch.frames import read_frame_info
-from gsaoi_watch.sequences import (
+from gsaoi_watch.daemon.sequences import (
     ACTIONS,
     EVENTS,
     STATES,
@@ -15,6 +14,7 @@ from gsaoi_watch.sequences import (
     frame_kind,
     sequence_key,
 )
+from gsaoi_watch.data.fitsio import read_frame_info
 from gsaoi_watch.sim import simulate_night
 
 

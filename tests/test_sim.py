@@ -7,8 +7,8 @@ import pytest
 from astropy.io import fits
 from astropy.wcs import WCS
 
-from gsaoi_watch.frames import read_frame_info
-from gsaoi_watch.instrument import ARRAYS
+from gsaoi_watch.data.fitsio import read_frame_info
+from gsaoi_watch.instrument.tables import ARRAYS
 from gsaoi_watch.sim import BPM_NAME, simulate_night, truth_plane
 from gsaoi_watch.sim.detector import invert_nonlinearity
 

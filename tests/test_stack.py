@@ -12,15 +12,15 @@ from astropy.stats import sigma_clipped_stats
 from astropy.table import Table
 from astropy.wcs import WCS
 
-from gsaoi_watch import distortion
+from gsaoi_watch.data.fitsio import load_bpm, load_frame, write_frame
 from gsaoi_watch.errors import ReductionError
-from gsaoi_watch.instrument import DQ
-from gsaoi_watch.products import load_bpm, load_frame, write_frame
+from gsaoi_watch.instrument import distortion
+from gsaoi_watch.instrument.dq import DQ
+from gsaoi_watch.pipeline.stack_files import run_stack_job, stack_files
 from gsaoi_watch.reduction import stack
 from gsaoi_watch.reduction.recipes import make_processed_flat, reduce_images
 from gsaoi_watch.sim import BPM_NAME, simulate_night
 from gsaoi_watch.sim.scene import MOFFAT_BETA, sky_to_tangent
-from gsaoi_watch.stacking import run_stack_job, stack_files
 
 SIZE = 512
 
@@ -500,7 +500,7 @@ def test_run_stack_job(reduced, tmp_path):
 
 
 def test_cli_stack(reduced, tmp_path, monkeypatch):
-    from gsaoi_watch.cli import main
+    from gsaoi_watch.cli.main import main
 
     _, _, paths = reduced
     lst = tmp_path / "sci.list"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from gsaoi_watch.cli import main
+from gsaoi_watch.cli.main import main
 from gsaoi_watch.sim import BPM_NAME, simulate_night
 
 STANDARD = [f"S20170504S{n:04d}.fits" for n in range(114, 118)]

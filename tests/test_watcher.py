@@ -7,8 +7,8 @@ import time
 
 import pytest
 
+from gsaoi_watch.daemon.watcher import ArrivalGate, is_candidate, make_observer, scan_directory
 from gsaoi_watch.sim import simulate_night
-from gsaoi_watch.watcher import ArrivalGate, is_candidate, make_observer, scan_directory
 
 
 class Clock:
@@ -113,8 +113,8 @@ def test_observer_thread_enqueues_real_events(frames, tmp_path):
 
 
 def test_the_service_exits_non_zero_when_the_observer_dies(tmp_path, monkeypatch):
-    from gsaoi_watch import service
     from gsaoi_watch.config import Config
+    from gsaoi_watch.daemon import service
 
     observers = []
     real = service.make_observer

@@ -11,9 +11,8 @@ from photutils.background import Background2D, BkgZoomInterpolator, MedianBackgr
 from photutils.segmentation import detect_sources
 from scipy import ndimage
 
-from gsaoi_watch.instrument import DQ
+from gsaoi_watch.instrument.dq import DQ, FAIL_BITS
 from gsaoi_watch.reduction.container import Array
-from gsaoi_watch.reduction.flat import FAIL_BITS
 
 __all__ = ["CATALOG_COLUMNS", "detect_array", "source_table"]
 

@@ -7,14 +7,15 @@ import warnings
 import numpy as np
 from astropy.stats import sigma_clip
 
+from gsaoi_watch.data.sections import parse_section
 from gsaoi_watch.errors import ReductionError
-from gsaoi_watch.frames import parse_section
-from gsaoi_watch.instrument import DQ
+from gsaoi_watch.instrument.dq import DQ, FAIL_BITS
 from gsaoi_watch.reduction.container import Array, Frame
 from gsaoi_watch.reduction.standardize import info, mark
 
-__all__ = ["flat_correct", "make_lamp_flat", "normalize_flat", "stack_arrays",
-           "threshold_flatfield"]
+__all__ = [
+    'flat_correct', 'make_lamp_flat', 'normalize_flat', 'stack_arrays', 'threshold_flatfield',
+]
 
 #: n x variance of the median of n unit normal values (Monte Carlo, 4e5 draws each), n = 1..15;
 #: the asymptotic value pi/2 is used beyond.  DRAGONS uses pi/2 / n_used, which overstates
@@ -22,9 +23,6 @@ __all__ = ["flat_correct", "make_lamp_flat", "normalize_flat", "stack_arrays",
 MEDIAN_VARIANCE_FACTOR = np.array([1.0, 0.996, 0.997, 1.344, 1.198, 1.43, 1.288, 1.472, 1.347,
                                    1.494, 1.379, 1.517, 1.405, 1.522, 1.426, 1.526],
                                   dtype=np.float32)
-
-#: DQ bits that exclude a pixel from a stack (bad_pixel | saturated | cosmic_ray | no_data).
-FAIL_BITS = DQ["bad_pixel"] | DQ["saturated"] | DQ["cosmic_ray"] | DQ["no_data"]
 
 
 def stack_arrays(arrays, *, operation="mean", reject="sigclip", hsigma=3.0, lsigma=3.0,
@@ -277,3 +275,4 @@ def flat_correct(frame: Frame, flat: Frame, *, flat_name=None) -> Frame:
     out = frame.with_(arrays=tuple(arrays))
     out.phu["FLATIM"] = (flat_name or flat.filename, "Flat field image used")
     return mark(out, "FLATCORR", "_flatCorrected", "UT time stamp for flatCorrect")
+

@@ -2,7 +2,7 @@
 
 The measurements follow DRAGONS' ``measureIQ``, ``measureBG`` and ``measureCC``
 (``geminidr/gemini/primitives_qa.py``; band limits from ``qa_constraints.py``, kept in
-:mod:`gsaoi_watch.instrument`).  Everything here is a pure function of a
+:mod:`gsaoi_watch.instrument.tables`).  Everything here is a pure function of a
 :class:`~gsaoi_watch.reduction.container.Frame`: no file, database or logging I/O.
 """
 
@@ -18,49 +18,36 @@ from astropy.wcs import WCS
 from photutils.aperture import CircularAnnulus, CircularAperture
 from scipy import special
 
-from gsaoi_watch.frames import FrameInfo
-from gsaoi_watch.instrument import (
+from gsaoi_watch.data.descriptors import FrameInfo
+from gsaoi_watch.instrument.dq import DQ, FAIL_BITS
+from gsaoi_watch.instrument.tables import (
     AO_IQ_BANDS,
     ARRAY_BY_ID,
     BG_BANDS,
     CC_BANDS,
-    DQ,
     EXTINCTION,
     NOMINAL_PIXEL_SCALE,
     NOMINAL_ZEROPOINTS,
     TELESCOPE_APERTURE,
 )
 from gsaoi_watch.reduction.container import Array, Frame
-from gsaoi_watch.reduction.flat import FAIL_BITS
 
 __all__ = [
-    "Background",
-    "CloudCover",
-    "FrameQA",
-    "ImageQuality",
-    "StarPhotometry",
-    "ZeroPoint",
-    "aperture_photometry",
-    "bg_band",
-    "cc_band",
-    "frame_qa",
-    "header_pixel_scale",
-    "ideal_peak_fraction",
-    "iq_band",
-    "measure_bg",
-    "measure_cc",
-    "measure_iq",
-    "qa_header",
-    "qa_log_line",
-    "standard_photometry",
-    "zero_points",
+    'Background', 'CloudCover', 'FrameQA', 'ImageQuality', 'StarPhotometry', 'ZeroPoint',
+    'aperture_photometry', 'bg_band', 'cc_band', 'frame_qa', 'header_pixel_scale',
+    'ideal_peak_fraction', 'iq_band', 'measure_bg', 'measure_cc', 'measure_iq',
+    'standard_photometry', 'zero_points',
 ]
 
 #: Bits that make a pixel unusable for photometry.
 _BAD = FAIL_BITS | DQ["unilluminated"]
+
+
 #: Bits that disqualify a source for image quality if they touch its core.
 _CORE_BAD = DQ["saturated"] | DQ["non_linear"] | DQ["no_data"] | DQ["bad_pixel"] \
     | DQ["cosmic_ray"]
+
+
 #: DRAGONS' natural-seeing estimate from an AO FWHM (gsaoi_facts.md section 7).
 _SEEING_PER_AO_FWHM = 7.0
 
@@ -659,8 +646,8 @@ def frame_qa(frame: Frame, *, standard=None) -> FrameQA:
     frame : Frame
         A reduced (sky-subtracted) frame with its source catalogues in
         ``meta['catalogs']``.
-    standard : gsaoi_watch.standards.Standard, optional
-        The standard star observed (see :func:`gsaoi_watch.standards.find_standard`).
+    standard : gsaoi_watch.instrument.standards.Standard, optional
+        The standard star observed (see :func:`gsaoi_watch.instrument.standards.find_standard`).
 
     Returns
     -------
@@ -695,69 +682,3 @@ def frame_qa(frame: Frame, *, standard=None) -> FrameQA:
             cc = measure_cc(zps) if zps else None
     return FrameQA(frame.filename, iq, bg, name, phot, zps, cc, tuple(notes))
 
-
-def _fmt(value, spec):
-    return format(value, spec) if value is not None and math.isfinite(value) else "nan"
-
-
-def qa_header(frame: Frame, qa: FrameQA) -> Frame:
-    """Return a copy of ``frame`` with the QA values as primary-header keywords.
-
-    MEANFWHM (arcsec), FWHMZEN, MEANELLP, STREHL, IQNSTARS, AOSEEING, IQBAND; SKYLEVEL
-    (e-/s/pixel), SKYMAG (mag/arcsec^2), BGBAND; for a standard ZP_ARRn (array n = 1-4),
-    MEANZP, CLOUDEXT (mag), CCBAND.  Values that could not be measured are left out.
-    """
-    out = frame.with_()
-    h = out.phu
-
-    def put(key, value, comment, digits=4):
-        if value is None:
-            return
-        if isinstance(value, str):
-            h[key] = (value, comment)
-        elif math.isfinite(value):
-            h[key] = (round(float(value), digits), comment)
-
-    if qa.iq is not None and qa.iq.n_stars:
-        put("MEANFWHM", qa.iq.fwhm, "Mean point-source FWHM (arcsec)")
-        put("FWHMZEN", qa.iq.fwhm_zenith, "Mean FWHM corrected to zenith (arcsec)")
-        put("MEANELLP", qa.iq.ellipticity, "Mean point-source ellipticity")
-        put("STREHL", qa.iq.strehl, "Mean Strehl ratio")
-        h["IQNSTARS"] = (qa.iq.n_stars, "Point sources used for image quality")
-        put("AOSEEING", qa.iq.seeing, "Natural seeing estimate (arcsec)")
-        put("IQBAND", qa.iq.band, "Image quality band")
-    if qa.bg is not None:
-        put("SKYLEVEL", qa.bg.rate, "Sky background (e-/s/pixel)", 3)
-        put("SKYMAG", qa.bg.mag, "Sky background (mag/arcsec2)", 3)
-        put("BGBAND", qa.bg.band, "Sky background band")
-    for z in qa.zeropoints:
-        put(f"ZP_ARR{z.array + 1}", z.zp, f"Zero point of array {z.array + 1} (mag)")
-    if qa.zeropoints:
-        put("MEANZP", float(np.mean([z.zp for z in qa.zeropoints])), "Mean zero point (mag)")
-    if qa.cc is not None:
-        put("CLOUDEXT", qa.cc.extinction, "Cloud extinction (mag)")
-        put("CCBAND", qa.cc.band, "Cloud cover band")
-    return out
-
-
-def qa_log_line(qa: FrameQA) -> str:
-    """One log line for a frame: IQ, BG and (for a standard) zero points and CC."""
-    parts = [qa.filename]
-    iq = qa.iq
-    if iq is not None and iq.n_stars:
-        parts.append(f"FWHM {_fmt(iq.fwhm, '.3f')}\" (zenith {_fmt(iq.fwhm_zenith, '.3f')}\") "
-                     f"ellip {_fmt(iq.ellipticity, '.3f')} Strehl {_fmt(iq.strehl, '.3f')} "
-                     f"from {iq.n_stars} stars, {iq.band}")
-    else:
-        parts.append("IQ: no point sources")
-    if qa.bg is not None:
-        parts.append(f"BG {_fmt(qa.bg.rate, '.2f')} e-/s/pix = {_fmt(qa.bg.mag, '.2f')} "
-                     f"mag/arcsec2, {qa.bg.band}")
-    if qa.standard is not None:
-        zps = ", ".join(f"ZP array {z.array + 1} {z.zp:.3f}+-{z.zp_err:.3f} "
-                        f"(nominal {_fmt(z.nominal, '.3f')})" for z in qa.zeropoints)
-        parts.append(f"standard {qa.standard}: " + (zps or "no zero point"))
-        if qa.cc is not None:
-            parts.append(f"cloud {_fmt(qa.cc.extinction, '.3f')} mag, {qa.cc.band}")
-    parts.extend(qa.notes)
-    return " | ".join(parts)

@@ -6,8 +6,8 @@ import logging
 
 import numpy as np
 
+from gsaoi_watch.data.fitsio import load_frame
 from gsaoi_watch.errors import ReductionError
-from gsaoi_watch.products import load_frame
 from gsaoi_watch.reduction.container import Frame
 from gsaoi_watch.reduction.detect import detect_array
 from gsaoi_watch.reduction.flat import (
@@ -60,8 +60,8 @@ def screen_inputs(paths, *, same_filter=True):
         Unreadable files, frames missing what prepare needs, and (``same_filter``) frames
         whose raw filter differs from the first lamp-on frame's (or the first frame's).
     """
+    from gsaoi_watch.data.fitsio import read_frame_info
     from gsaoi_watch.errors import FrameError
-    from gsaoi_watch.frames import read_frame_info
     from gsaoi_watch.reduction.standardize import check_frame
 
     usable, skipped = [], []

@@ -15,9 +15,10 @@ from astropy.wcs import WCS, FITSFixedWarning
 from scipy import ndimage
 
 from gsaoi_watch.errors import ReductionError
-from gsaoi_watch.instrument import DQ, FULL_SIZE, TILE_GAPS
+from gsaoi_watch.instrument.dq import DQ, FAIL_BITS
+from gsaoi_watch.instrument.tables import FULL_SIZE, TILE_GAPS
 from gsaoi_watch.reduction.container import Array
-from gsaoi_watch.reduction.flat import FAIL_BITS, stack_arrays
+from gsaoi_watch.reduction.flat import stack_arrays
 
 __all__ = ["associate_sky", "combine_skies", "dilate_mask", "fields_overlap", "level_at",
            "mask_sky", "measure_background", "separate_sky", "sky_level", "sky_model",
@@ -43,7 +44,7 @@ def _fov_centre_pixel(info):
 
 
 def _size(info):
-    from gsaoi_watch.frames import parse_section
+    from gsaoi_watch.data.sections import parse_section
     full = parse_section(info.ext_headers[0].get("CCDSIZE"))
     return (full.x2 - full.x1) if full else FULL_SIZE
 

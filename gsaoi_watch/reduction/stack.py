@@ -21,12 +21,12 @@ from astropy.io import fits
 from astropy.table import Table
 from scipy import ndimage
 
-from gsaoi_watch import distortion
 from gsaoi_watch.errors import ReductionError
-from gsaoi_watch.instrument import DQ, FULL_SIZE
+from gsaoi_watch.instrument import distortion
+from gsaoi_watch.instrument.dq import DQ, FAIL_BITS
+from gsaoi_watch.instrument.tables import FULL_SIZE
 from gsaoi_watch.reduction.container import Array, Frame
 from gsaoi_watch.reduction.detect import detect_array
-from gsaoi_watch.reduction.flat import FAIL_BITS
 
 __all__ = ["FrameGeometry", "OutputGrid", "align_catalogs", "frame_catalog",
            "frame_geometry", "mosaic_pixel_area", "output_grid", "stack_frames"]

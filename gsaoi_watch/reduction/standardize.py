@@ -9,10 +9,12 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from gsaoi_watch import __version__, instrument
+from gsaoi_watch import __version__
+from gsaoi_watch.data.descriptors import FrameInfo
+from gsaoi_watch.data.sections import parse_section
 from gsaoi_watch.errors import ReductionError
-from gsaoi_watch.frames import FrameInfo, parse_section
-from gsaoi_watch.instrument import DQ
+from gsaoi_watch.instrument import tables as instrument
+from gsaoi_watch.instrument.dq import DQ
 from gsaoi_watch.reduction.container import Frame
 
 __all__ = ["add_dq", "add_var", "adu_to_electrons", "check_frame", "info", "mark",

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -18,18 +17,20 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
-from gsaoi_watch.instrument import ARRAYS
+from gsaoi_watch.instrument.tables import ARRAYS
 from gsaoi_watch.sim.detector import T_READ, make_detector
 from gsaoi_watch.sim.headers import roi_origin
 from gsaoi_watch.sim.plan import FramePlan, Night, plan_night
 from gsaoi_watch.sim.render import make_catalogue, render_frame
 
-__all__ = ["BPM_NAME", "KINDS", "FramePlan", "Night", "main", "plan_night", "simulate_night",
+__all__ = ["BPM_NAME", "KINDS", "FramePlan", "Night", "plan_night", "simulate_night",
            "truth_plane", "write_frame"]
 
 log = logging.getLogger(__name__)
 
 BPM_NAME = "bpm_20121104_gsaoi_gsaoi_11_full_4amp.fits"
+
+
 KINDS = {"flats": ("flat_on", "flat_off"), "standard": ("standard",),
          "science": ("science",), "bpm": ()}
 
@@ -193,17 +194,3 @@ def simulate_night(outdir, *, seed=20170505, size=2048, workers=None, only=None)
              truth["elapsed_seconds"])
     return truth
 
-
-def main(args) -> int:
-    """Entry point of ``gsaoi-watch simulate``."""
-    only = args.only.split(",") if args.only else None
-    try:
-        truth = simulate_night(args.outdir, seed=args.seed, size=args.size,
-                               workers=args.workers, only=only)
-    except ValueError as exc:
-        print(f"gsaoi-watch simulate: {exc}", file=sys.stderr)
-        return 2
-    n = len(truth["frames"])
-    print(f"wrote {n} raw frames, {BPM_NAME} and truth.json to {args.outdir} "
-          f"in {truth['elapsed_seconds']:.1f} s")
-    return 0

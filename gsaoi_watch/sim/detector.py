@@ -8,8 +8,8 @@ from functools import lru_cache
 import numpy as np
 from scipy import ndimage
 
-from gsaoi_watch import distortion
-from gsaoi_watch.instrument import ARRAYS, FULL_SIZE
+from gsaoi_watch.instrument import distortion
+from gsaoi_watch.instrument.tables import ARRAYS, FULL_SIZE
 
 __all__ = ["Detector", "invert_nonlinearity", "make_detector", "read_out"]
 

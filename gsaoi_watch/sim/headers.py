@@ -8,7 +8,7 @@ import math
 import numpy as np
 from astropy.io import fits
 
-from gsaoi_watch import distortion
+from gsaoi_watch.instrument import distortion
 
 __all__ = ["extension_header", "primary_header", "roi_origin"]
 

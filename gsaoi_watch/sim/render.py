@@ -9,8 +9,8 @@ import numpy as np
 from astropy.io import fits
 from scipy import ndimage
 
-from gsaoi_watch import distortion
-from gsaoi_watch.instrument import ARRAYS, FULL_SIZE, NOMINAL_ZEROPOINTS, ROI_FIX_DATE
+from gsaoi_watch.instrument import distortion
+from gsaoi_watch.instrument.tables import ARRAYS, FULL_SIZE, NOMINAL_ZEROPOINTS, ROI_FIX_DATE
 from gsaoi_watch.sim import scene
 from gsaoi_watch.sim.detector import make_detector, read_out
 from gsaoi_watch.sim.headers import extension_header, primary_header, roi_origin

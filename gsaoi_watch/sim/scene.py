@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from gsaoi_watch import distortion
+from gsaoi_watch.instrument import distortion
 
 __all__ = [
     "MOFFAT_BETA",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gsaoi_watch.instrument import ARRAYS, FULL_SIZE, STATIC_DISTORTION
+from gsaoi_watch.instrument.tables import ARRAYS, FULL_SIZE, STATIC_DISTORTION
 
 __all__ = ["focal_plane_center", "forward", "inverse", "jacobian"]
 

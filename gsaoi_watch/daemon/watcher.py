@@ -20,8 +20,8 @@ from watchdog.events import FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
+from gsaoi_watch.data.fitsio import read_frame_info
 from gsaoi_watch.errors import FrameError
-from gsaoi_watch.frames import read_frame_info
 
 __all__ = ["ArrivalGate", "QueueingHandler", "is_candidate", "is_network_mount",
            "make_observer", "scan_directory"]

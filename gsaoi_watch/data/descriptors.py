@@ -6,65 +6,15 @@ import datetime as _dt
 import math
 import os
 import re
-import warnings
-from dataclasses import dataclass
 from functools import cached_property
 
-from astropy.io import fits
+from gsaoi_watch.data.sections import parse_section
+from gsaoi_watch.data.tags import compute_tags
+from gsaoi_watch.instrument import tables as instrument
 
-from gsaoi_watch import instrument
-from gsaoi_watch.errors import FrameError
-from gsaoi_watch.tags import compute_tags
-
-__all__ = [
-    "DESCRIPTORS",
-    "FrameInfo",
-    "Section",
-    "classify",
-    "parse_section",
-    "read_frame_info",
-    "remove_component_id",
-]
+__all__ = ['DESCRIPTORS', 'FrameInfo', 'remove_component_id']
 
 N_ARRAYS = 4
-
-
-@dataclass(frozen=True)
-class Section:
-    """A 0-based, end-exclusive rectangle (x1, x2, y1, y2), as DRAGONS' Section."""
-
-    x1: int
-    x2: int
-    y1: int
-    y2: int
-
-    def as_iraf(self) -> str:
-        """Return the 1-based inclusive IRAF form, e.g. '[1:2048,1:2048]'."""
-        return f"[{self.x1 + 1}:{self.x2},{self.y1 + 1}:{self.y2}]"
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        """(ny, nx) of the rectangle."""
-        return self.y2 - self.y1, self.x2 - self.x1
-
-    def contains(self, other: Section) -> bool:
-        """True if ``other`` lies entirely inside this section."""
-        return (self.x1 <= other.x1 and other.x2 <= self.x2
-                and self.y1 <= other.y1 and other.y2 <= self.y2)
-
-
-_SECTION_RE = re.compile(r"^\s*\[\s*(\d+)\s*:\s*(\d+)\s*,\s*(\d+)\s*:\s*(\d+)\s*\]\s*$")
-
-
-def parse_section(text) -> Section | None:
-    """Parse an IRAF section string '[x1:x2,y1:y2]' (1-based, inclusive) into a Section."""
-    if not isinstance(text, str):
-        return None
-    m = _SECTION_RE.match(text)
-    if not m:
-        return None
-    x1, x2, y1, y2 = (int(v) for v in m.groups())
-    return Section(min(x1, x2) - 1, max(x1, x2), min(y1, y2) - 1, max(y1, y2))
 
 
 def remove_component_id(name):
@@ -75,11 +25,13 @@ def remove_component_id(name):
     return m.group("filt") if m else name
 
 
-def _strip(value):
+def header_text(value):
     return value.strip() if isinstance(value, str) else value
 
 
 _TIME_RE = re.compile(r"^(\d{1,2}):(\d{2}):(\d{2}(?:\.\d*)?)$")
+
+
 _DATE_RE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})$")
 
 
@@ -130,14 +82,14 @@ class FrameInfo:
 
     @cached_property
     def tags(self) -> frozenset:
-        """DRAGONS tags (see :func:`gsaoi_watch.tags.compute_tags`)."""
+        """DRAGONS tags (see :func:`gsaoi_watch.data.tags.compute_tags`)."""
         return compute_tags(self.phu)
 
     def _phu(self, key, default=None):
-        return _strip(self.phu.get(key, default))
+        return header_text(self.phu.get(key, default))
 
     def _ext(self, key):
-        return [_strip(h.get(key)) for h in self.ext_headers]
+        return [header_text(h.get(key)) for h in self.ext_headers]
 
     def instrument(self):
         """PHU INSTRUME."""
@@ -369,12 +321,12 @@ class FrameInfo:
     def wcs_ra(self):
         """CRVAL1 of the first array if CTYPE1 is 'RA---TAN'."""
         h = self.ext_headers[0] if self.ext_headers else {}
-        return h.get("CRVAL1") if _strip(h.get("CTYPE1")) == "RA---TAN" else None
+        return h.get("CRVAL1") if header_text(h.get("CTYPE1")) == "RA---TAN" else None
 
     def wcs_dec(self):
         """CRVAL2 of the first array if CTYPE2 is 'DEC--TAN'."""
         h = self.ext_headers[0] if self.ext_headers else {}
-        return h.get("CRVAL2") if _strip(h.get("CTYPE2")) == "DEC--TAN" else None
+        return h.get("CRVAL2") if header_text(h.get("CTYPE2")) == "DEC--TAN" else None
 
     def ra(self):
         """Field RA: the WCS value, else the target RA keyword."""
@@ -535,8 +487,8 @@ class FrameInfo:
     def is_roi(self):
         """True if the arrays are read out as a sub-array smaller than CCDSIZE."""
         for h in self.ext_headers:
-            full = parse_section(_strip(h.get("CCDSIZE")))
-            sec = parse_section(_strip(h.get("CCDSEC")))
+            full = parse_section(header_text(h.get("CCDSIZE")))
+            sec = parse_section(header_text(h.get("CCDSEC")))
             if full is not None and sec is not None and sec.shape != full.shape:
                 return True
         return False
@@ -549,92 +501,3 @@ DESCRIPTORS = tuple(sorted(
     and name not in {"is_roi"}
 ))
 
-
-def _array_hdus(hdul):
-    images = [h for h in hdul[1:] if isinstance(h, fits.ImageHDU | fits.CompImageHDU)]
-    sci = [h for h in images if _strip(h.header.get("EXTNAME")) in (None, "", "SCI")]
-    if sci:
-        return sci
-    return [h for h in images if _strip(h.header.get("EXTNAME")) == "DQ"]
-
-
-def _check_complete(path, hdul, size):
-    expected = 0
-    for hdu in hdul:
-        info = hdu.fileinfo()
-        if info is None:
-            continue
-        expected = max(expected, info["datLoc"] + info["datSpan"])
-    if expected > size:
-        raise FrameError(path, f"truncated FITS: {size} of {expected} bytes present")
-
-
-def classify(phu, ext_headers, path=None) -> FrameInfo:
-    """Build a FrameInfo from headers already in memory (no file access)."""
-    return FrameInfo(phu, ext_headers, path=path)
-
-
-def read_frame_info(path, *, require_gsaoi=True) -> FrameInfo:
-    """Read the headers of a GSAOI file and return its descriptors and tags.
-
-    Parameters
-    ----------
-    path : str or os.PathLike
-        The FITS file.
-    require_gsaoi : bool, optional
-        Reject files whose INSTRUME is not GSAOI or that do not hold 4 arrays (default).
-
-    Returns
-    -------
-    FrameInfo
-
-    Raises
-    ------
-    FrameError
-        With a one-line message naming the file and the problem: missing, empty, not FITS,
-        truncated, another instrument, or the wrong number of arrays.
-    """
-    path = os.fspath(path)
-    try:
-        size = os.path.getsize(path)
-    except OSError as exc:
-        raise FrameError(path, f"cannot read: {exc.strerror or exc}") from None
-    if size == 0:
-        raise FrameError(path, "empty file")
-    try:
-        with open(path, "rb") as fh:
-            start = fh.read(30)
-    except OSError as exc:
-        raise FrameError(path, f"cannot read: {exc.strerror or exc}") from None
-    if not start.startswith(b"SIMPLE  =") and not start.startswith(b"\x1f\x8b"):
-        raise FrameError(path, "not a FITS file")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with fits.open(path, memmap=False, lazy_load_hdus=False) as hdul:
-                if not path.endswith((".gz", ".bz2", ".fz")):
-                    _check_complete(path, hdul, size)
-                phu = hdul[0].header.copy()
-                arrays = [h.header.copy() for h in _array_hdus(hdul)]
-                n_hdus = len(hdul) - 1
-    except FrameError:
-        raise
-    except (OSError, ValueError, IndexError, KeyError, TypeError, EOFError) as exc:
-        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        if "truncated" in text.lower() or "empty or corrupt" in text.lower():
-            raise FrameError(path, f"truncated or corrupt FITS ({text})") from None
-        raise FrameError(path, f"unreadable FITS ({text})") from None
-    nextend = phu.get("NEXTEND")
-    if isinstance(nextend, int) and not isinstance(nextend, bool) and n_hdus < nextend:
-        # cut at an HDU boundary: the PHU promises more extensions than the file holds
-        raise FrameError(path, f"truncated FITS: {n_hdus} of {nextend} extensions present")
-    if require_gsaoi:
-        inst = _strip(phu.get("INSTRUME"))
-        if inst is None:
-            raise FrameError(path, "no INSTRUME keyword: not a GSAOI frame")
-        if str(inst).upper() != "GSAOI":
-            raise FrameError(path, f"not a GSAOI frame (INSTRUME={inst!r})")
-        if len(arrays) != N_ARRAYS:
-            raise FrameError(
-                path, f"has {len(arrays)} array extensions; a GSAOI frame has {N_ARRAYS}")
-    return FrameInfo(phu, arrays, path=path)

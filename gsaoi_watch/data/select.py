@@ -1,22 +1,6 @@
-"""The dataselect expression language: parsed with ``ast`` against a whitelist, never eval'd.
+"""dataselect, typewalk and showd as plain functions over files and their headers.
 
-An expression combines comparisons of descriptor names with literals using ``and``, ``or``,
-``not`` and parentheses, e.g. ``'(observation_class=="science" and exposure_time==60.)'``.
-Semantics follow DRAGONS' dataselect:
-
-- ``filter_name`` (also ``detector_name``, ``camera``) is compared in its pretty form
-  ('Kshort') unless ``strict`` (then 'Kshort_G1105&Clear');
-- ``exposure_time == v`` is true within 1 % (``math.isclose``, rel_tol=1e-2) unless strict,
-  ``central_wavelength == v`` within 1e-5;
-- ``ut_date`` compares with 'YYYY-MM-DD', ``ut_time``/``local_time`` with 'HH:MM:SS',
-  ``ut_datetime`` with 'YYYY-MM-DD HH:MM:SS' (or ISO 'T');
-- a descriptor that has no value (None) makes its comparison false.
-
-Deliberate difference: DRAGONS skips its special rules for the first term inside a
-parenthesis (a regex artefact); here the rules apply to every comparison alike.
-Anything else -- calls, attributes, subscripts, arithmetic, comprehensions, lambdas,
-unknown or underscore names -- is rejected with :class:`ExpressionError` before any file
-is read.
+The expression language is parsed with ``ast`` against a whitelist, never eval'd.
 """
 
 from __future__ import annotations
@@ -26,17 +10,28 @@ import datetime as dt
 import glob
 import math
 import operator
+import os
 from pathlib import Path
 
+from gsaoi_watch.data.descriptors import DESCRIPTORS
+from gsaoi_watch.data.fitsio import read_frame_info
 from gsaoi_watch.errors import ExpressionError, FrameError
-from gsaoi_watch.frames import DESCRIPTORS, read_frame_info
 
-__all__ = ["Selector", "compile_expression", "expand_inputs", "read_list_file", "select_data"]
+__all__ = [
+    'FITS_SUFFIXES', 'Selector', 'compile_expression', 'expand_inputs', 'format_table',
+    'read_list_file', 'select_data', 'show_descriptors', 'typewalk', 'write_list',
+]
 
 _OPS = {ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt,
         ast.LtE: operator.le, ast.Gt: operator.gt, ast.GtE: operator.ge}
+
+
 _PRETTY = {"filter_name", "detector_name", "camera"}
+
+
 _CLOSE = {"exposure_time": 1e-2, "central_wavelength": 1e-5}
+
+
 _PARSERS = {
     "ut_date": lambda s: dt.datetime.strptime(s, "%Y-%m-%d").date(),
     "ut_time": lambda s: dt.datetime.strptime(s, "%H:%M:%S").time(),
@@ -244,3 +239,108 @@ def select_data(inputs, tags=(), xtags=(), expression="True", *, strict=False):
         if tags <= info.tags and not (xtags & info.tags) and selector(info):
             selected.append(path)
     return selected, problems
+
+
+FITS_SUFFIXES = (".fits", ".fits.gz", ".fits.bz2", ".fit")
+
+
+def _is_fits_name(name):
+    return name.lower().endswith(FITS_SUFFIXES) and not name.startswith(".")
+
+
+def typewalk(directories, *, recursive=True, tags=()):
+    """Walk directories and classify every FITS file.
+
+    Returns
+    -------
+    list of (directory, [(filename, tags)])
+        Per directory (sorted), the files (sorted) with their sorted tags; files that do
+        not carry all of ``tags`` are left out.
+    problems : list of str
+        One message per file that could not be read.
+    """
+    wanted = set(tags or ())
+    listing, problems = [], []
+    for top in directories:
+        top = Path(top)
+        if not top.is_dir():
+            problems.append(f"{top}: not a directory")
+            continue
+        walker = os.walk(top) if recursive else [(str(top), [], os.listdir(top))]
+        for dirpath, dirnames, filenames in walker:
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            rows = []
+            for name in sorted(filenames):
+                if not _is_fits_name(name):
+                    continue
+                path = Path(dirpath) / name
+                try:
+                    info = read_frame_info(path)
+                except FrameError as exc:
+                    problems.append(str(exc))
+                    continue
+                if wanted <= info.tags:
+                    rows.append((name, sorted(info.tags)))
+            if rows:
+                listing.append((str(Path(dirpath).resolve()), rows))
+    return listing, problems
+
+
+def _format_value(value):
+    if isinstance(value, float):
+        return str(value) if len(str(value)) <= 12 else f"{value:.6g}"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_format_value(v) for v in value) + "]"
+    return str(value)
+
+
+def show_descriptors(files, descriptors):
+    """Descriptor values of files.
+
+    Returns
+    -------
+    rows : list of (filename, [values])
+    problems : list of str
+    """
+    rows, problems = [], []
+    for path in files:
+        try:
+            info = read_frame_info(path)
+        except FrameError as exc:
+            problems.append(str(exc))
+            continue
+        values = []
+        for name in descriptors:
+            try:
+                values.append(getattr(info, name)())
+            except (KeyError, TypeError, ValueError, IndexError):
+                values.append(None)
+        rows.append((path, values))
+    return rows, problems
+
+
+def format_table(rows, descriptors, *, csv=False):
+    """Lay out showd rows as DRAGONS does (a dashed rule, filename column, value columns)."""
+    header = ["filename", *descriptors]
+    body = [[str(name), *(_format_value(v) for v in values)] for name, values in rows]
+    if csv:
+        return "\n".join(",".join(r) for r in [header, *body])
+    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
+    line = "-" * (sum(widths) + 3 * (len(widths) - 1))
+
+    def fmt(r):
+        cells = [r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:], widths[1:])]
+        return "   ".join(cells)
+
+    return "\n".join([line, fmt(header), line, *(fmt(r) for r in body)])
+
+
+def write_list(path, files, *, tags=(), xtags=(), expression="True"):
+    """Write a DRAGONS list file: three comment lines, then one file per line (atomic)."""
+    path = Path(path)
+    text = (f"# Includes tags: {list(tags)}\n# Excludes tags: {list(xtags)}\n"
+            f"# Descriptor expression: {expression}\n" + "".join(f"{f}\n" for f in files))
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+

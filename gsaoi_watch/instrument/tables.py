@@ -12,39 +12,28 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = [
-    "ARRAYS",
-    "AO_IQ_BANDS",
-    "ARRAY_BY_ID",
-    "BG_BANDS",
-    "CC_BANDS",
-    "DQ",
-    "EXTINCTION",
-    "FILTER_WAVELENGTHS",
-    "FULL_SIZE",
-    "NOMINAL_PIXEL_SCALE",
-    "NOMINAL_ZEROPOINTS",
-    "READ_MODES",
-    "ROI_FIX_DATE",
-    "STATIC_DISTORTION",
-    "TELESCOPE_APERTURE",
-    "TILE_GAPS",
-    "ArraySpec",
-    "effective_wavelength",
-    "read_speed_setting",
+    'AO_IQ_BANDS', 'ARRAYS', 'ARRAY_BY_ID', 'ArraySpec', 'BG_BANDS', 'CC_BANDS', 'EXTINCTION',
+    'FILTER_WAVELENGTHS', 'FULL_SIZE', 'NOMINAL_PIXEL_SCALE', 'NOMINAL_ZEROPOINTS',
+    'READ_MODES', 'ROI_FIX_DATE', 'STATIC_DISTORTION', 'TELESCOPE_APERTURE', 'TILE_GAPS',
+    'effective_wavelength', 'read_speed_setting',
 ]
 
 #: Unbinned size of one HAWAII-2RG array (pixels on a side).
 FULL_SIZE = 2048
 
+
 #: LNRS (number of non-destructive reads) -> DRAGONS read-speed name (gsaoi/lookup.py read_modes).
 READ_MODES = {2: "Bright Objects", 8: "Faint Objects", 16: "Very Faint Objects"}
+
 
 #: Central-ROI CCDSEC/DETSEC row bug is present in data taken on or after this date
 #: (geminidr/gsaoi/primitives_gsaoi.py standardizeInstrumentHeaders).
 ROI_FIX_DATE = "2013-05-13"
 
+
 #: Gap between arrays in unbinned pixels, (x, y) (geminidr/gsaoi/lookups/geometry_conf.py).
 TILE_GAPS = (145, 140)
+
 
 #: Nominal pixel scale in arcsec (mean over the arrays of 3600*sqrt|det CD| in real headers).
 NOMINAL_PIXEL_SCALE = 0.0197
@@ -120,7 +109,9 @@ ARRAYS = (
               _coeffs(0.9958842, 2.1448022e-07, 3.8885419e-12)),
 )
 
+
 ARRAY_BY_ID = {a.array_id: a for a in ARRAYS}
+
 
 # Effective wavelengths in micrometres: GSAOI-specific table (gsaoi/lookup.py
 # filter_wavelengths) first, then the generic Gemini table (gemini/lookup.py).
@@ -172,12 +163,16 @@ NOMINAL_ZEROPOINTS = {
     "Kprime": (26.419, 26.505, 26.372, 26.410),
 }
 
+
 #: Extinction coefficients in mag/airmass quoted with the zero points (gsaoi/lookup.py comment).
 EXTINCTION = {"Z": 0.092, "J": 0.092, "H": 0.031, "Kshort": 0.065, "K": 0.065, "Kprime": 0.065}
+
 
 # QA band limits (geminidr/gemini/lookups/qa_constraints.py).
 #: Cloud cover: the largest extinction in magnitudes that still counts as that percentile band.
 CC_BANDS = {50: 0.08, 70: 0.3, 80: 1.0}
+
+
 #: Sky background: the faintest-limit sky in mag/arcsec^2 for each percentile band (bgBands,
 #: near-IR rows); GSAOI's Kshort/Kprime are looked up as K (DRAGONS has no entry for them).
 BG_BANDS = {
@@ -186,23 +181,16 @@ BG_BANDS = {
     "K": {20: 14.60, 50: 14.60, 80: 14.60},
     "Ks": {20: 14.60, 50: 14.60, 80: 14.60},
 }
+
+
 #: Image quality of AO data (iqBands["AO"], arcsec, applied to the natural-seeing estimate).
 AO_IQ_BANDS = {20: 0.45, 70: 0.80, 85: 1.20}
+
+
 #: Telescope aperture for the Strehl reference PSF, metres: (primary diameter, central
 #: obscuration diameter) as DRAGONS' measureIQ uses them (geminidr/gemini/primitives_qa.py).
 TELESCOPE_APERTURE = (8.1, 1.2)
 
-#: DRAGONS data-quality bits (geminidr/gemini/lookups/DQ_definitions.py).
-DQ = {
-    "good": 0,
-    "bad_pixel": 1,
-    "non_linear": 2,
-    "saturated": 4,
-    "cosmic_ray": 8,
-    "no_data": 16,
-    "overlap": 32,
-    "unilluminated": 64,
-}
 
 # Static distortion (geminidr/gsaoi/lookups/gsaoi_static_distortion_info.py,
 # STATIC_CORRECTIONS["forward"]): per array index, the linear and the degree-3 non-linear
@@ -218,8 +206,12 @@ _LINEAR = (
     ((-3.608039600938993, 0.01941851868447217, -3.684556341286741e-4),
      (-4.196595494921446, 1.417908733063215e-4, 0.01969654015724558)),
 )
+
+
 # Order of the non-linear terms: c0_0 c1_0 c2_0 c3_0 c0_1 c1_1 c2_1 c0_2 c1_2 c0_3.
 _NL_TERMS = ((0, 0), (1, 0), (2, 0), (3, 0), (0, 1), (1, 1), (2, 1), (0, 2), (1, 2), (0, 3))
+
+
 _NONLINEAR = (
     ((-0.2000441189104647, 2.493979183483538e-4, -1.114794181513601e-7, -4.531542177492621e-12,
       3.137509342682636e-4, -2.641687769102021e-8, 4.322499461312955e-12,
@@ -262,3 +254,4 @@ def _sum_models(index):
 
 #: Per array index: (coefficients of focal-plane x, coefficients of focal-plane y), arcsec.
 STATIC_DISTORTION = tuple(_sum_models(i) for i in range(4))
+

@@ -6,58 +6,12 @@ import os
 import sys
 from pathlib import Path
 
-from gsaoi_watch import db
+from gsaoi_watch.calibration import db
+from gsaoi_watch.calibration.caldb import add_calibration, calibration_files, find_calibration
 from gsaoi_watch.config import resolve_database
 from gsaoi_watch.errors import ConfigError, FrameError, GsaoiWatchError
-from gsaoi_watch.frames import read_frame_info
 
-__all__ = ["add_calibration", "calibration_kind", "run_caldb"]
-
-
-def calibration_kind(info) -> str | None:
-    """'processed_flat' or 'processed_bpm' for a processed calibration, else None."""
-    if "BPM" in info.tags:
-        return "processed_bpm"
-    if "PROCESSED" in info.tags and "FLAT" in info.tags:
-        return "processed_flat"
-    return None
-
-
-def add_calibration(path):
-    """Register one processed calibration file; return its Product row.
-
-    Raises
-    ------
-    GsaoiWatchError
-        If the file is not a readable processed GSAOI calibration.
-    """
-    info = read_frame_info(path)
-    kind = calibration_kind(info)
-    if kind is None:
-        raise GsaoiWatchError(f"{path}: not a processed calibration (tags: "
-                              f"{' '.join(sorted(info.tags))}); only processed flats and "
-                              "bad-pixel masks are served")
-    return db.register_product(path, info, kind=kind, is_calibration=True)
-
-
-def _files(paths, walk):
-    for p in paths:
-        p = Path(p)
-        if p.is_dir():
-            it = p.rglob("*.fits") if walk else p.glob("*.fits")
-            yield from sorted(f for f in it if f.is_file())
-        else:
-            yield p
-
-
-def _find(name_or_path):
-    path = str(Path(name_or_path).resolve())
-    row = db.Product.get_or_none(db.Product.path == path)
-    if row is None:
-        rows = list(db.Product.select().where(db.Product.filename == Path(name_or_path).name))
-        row = rows[0] if len(rows) == 1 else None
-    return row
-
+__all__ = ['run_caldb']
 
 def run_caldb(args) -> int:
     """Entry point of ``gsaoi-watch caldb VERB``."""
@@ -107,7 +61,7 @@ def _init(target, wipe):
 
 def _add(paths, walk):
     status = 0
-    for path in _files(paths, walk):
+    for path in calibration_files(paths, walk):
         try:
             product = add_calibration(path)
         except (FrameError, GsaoiWatchError) as exc:
@@ -130,7 +84,7 @@ def _list():
 def _remove(names):
     status = 0
     for name in names:
-        row = _find(name)
+        row = find_calibration(name)
         if row is None:
             print(f"caldb remove: {name}: not in the database", file=sys.stderr)
             status = 1
@@ -144,7 +98,7 @@ def _remove(names):
 def _mark(names, bad):
     status = 0
     for name in names:
-        row = _find(name)
+        row = find_calibration(name)
         if row is None:
             print(f"caldb: {name}: not in the database", file=sys.stderr)
             status = 1
@@ -153,3 +107,4 @@ def _mark(names, bad):
             db.Product.update(is_bad=bad).where(db.Product.id == row.id).execute()
         print(f"{row.filename} marked {'bad: it will not be served' if bad else 'good'}")
     return status
+

@@ -8,22 +8,18 @@ import logging.handlers
 import os
 import signal
 import socket
-import sys
 import threading
 from pathlib import Path
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from gsaoi_watch import db
-from gsaoi_watch.engine import Engine
-from gsaoi_watch.watcher import make_observer
+from gsaoi_watch.calibration import db
+from gsaoi_watch.daemon.engine import Engine
+from gsaoi_watch.daemon.watcher import make_observer
 
-__all__ = ["run_service", "sd_notify", "setup_logging"]
+__all__ = ['run_service', 'sd_notify']
 
 log = logging.getLogger("gsaoi_watch")
-
-LOG_FORMAT = "%(asctime)s %(levelname)-7s %(message)s"
-
 
 def sd_notify(message: str) -> bool:
     """Send a datagram to systemd's NOTIFY_SOCKET (READY=1, STATUS=..., WATCHDOG=1, ...).
@@ -48,23 +44,6 @@ def sd_notify(message: str) -> bool:
     except OSError as exc:
         log.warning("sd_notify failed: %s", exc)
         return False
-
-
-def setup_logging(level="INFO", log_file=""):
-    """Log to standard error (journald) and, if given, a WatchedFileHandler (logrotate)."""
-    root = logging.getLogger()
-    root.setLevel(getattr(logging, level))
-    for h in list(root.handlers):
-        root.removeHandler(h)
-    handlers = [logging.StreamHandler(sys.stderr)]
-    if log_file:
-        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.handlers.WatchedFileHandler(log_file))
-    for h in handlers:
-        h.setFormatter(logging.Formatter(LOG_FORMAT))
-        root.addHandler(h)
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)
-    logging.getLogger("watchdog").setLevel(logging.WARNING)
 
 
 def run_service(config, *, stop_event=None, idle_exit=None, install_signals=True) -> int:
@@ -150,38 +129,3 @@ def run_service(config, *, stop_event=None, idle_exit=None, install_signals=True
             signal.signal(sig, handler)
     return status["code"]
 
-
-def config_from_args(args):
-    """The configuration file (``-c``) with command-line overrides applied."""
-    from gsaoi_watch.config import load_config
-
-    config = load_config(getattr(args, "config", None))
-    paths = {}
-    if getattr(args, "raw_dir", None):
-        paths["raw_dir"] = args.raw_dir
-    if getattr(args, "output_dir", None):
-        paths["output_dir"] = args.output_dir
-    if getattr(args, "log", None):
-        paths["log_file"] = args.log
-    if paths:
-        config = config.replace("paths", **paths)
-    if getattr(args, "database", None):
-        config = config.replace("database", url=args.database)
-    return config
-
-
-def run_cli(args) -> int:
-    """Entry point of ``gsaoi-watch run``."""
-    from gsaoi_watch.errors import GsaoiWatchError
-
-    try:
-        config = config_from_args(args)
-    except GsaoiWatchError as exc:
-        print(f"gsaoi-watch run: {exc}", file=sys.stderr)
-        return 2
-    setup_logging(config.service.log_level, config.paths.log_file)
-    try:
-        return run_service(config)
-    except GsaoiWatchError as exc:
-        log.error("%s", exc)
-        return 2

@@ -6,22 +6,21 @@ import datetime
 import html
 import logging
 import math
-import sys
 import warnings
 from pathlib import Path
 
 from astropy.io import fits
 from astropy.table import Table
 
-from gsaoi_watch.pictures import picture_path, write_picture
-from gsaoi_watch.products import atomic_output, load_frame
+from gsaoi_watch.data.fitsio import atomic_output, load_frame
+from gsaoi_watch.instrument.standards import find_standard
+from gsaoi_watch.quicklook.pictures import picture_path
+from gsaoi_watch.quicklook.qaformat import qa_log_line
 from gsaoi_watch.reduction import qa
-from gsaoi_watch.standards import find_standard
 
-__all__ = ["qa_for_product", "run_qa", "write_summary"]
+__all__ = ['qa_for_product', 'write_summary']
 
 log = logging.getLogger(__name__)
-
 
 def _read_catalogs(path, n):
     """The OBJCAT table of each array (None where there is none)."""
@@ -78,7 +77,7 @@ def qa_for_product(path) -> dict:
     standard = find_standard(phu.get("OBJECT"), phu.get("RA"), phu.get("DEC"))
     result = qa.frame_qa(frame, standard=standard)
     out = result.to_dict()
-    out.update(file=path.name, path=str(path), log=qa.qa_log_line(result))
+    out.update(file=path.name, path=str(path), log=qa_log_line(result))
     return out
 
 
@@ -90,6 +89,7 @@ table { border-collapse: collapse; } td, th { border: 1px solid #444; padding: 3
 th { background: #222; } td.num { text-align: right; font-family: monospace; }
 img { width: 160px; height: 160px; } a { color: #8cf; } .note { color: #fa6; }
 """
+
 
 _COLUMNS = ("product", "picture", "FWHM\"", "ellip", "Strehl", "IQ", "BG e-/s/pix",
             "BG mag/\"²", "BG", "ZP", "cloud mag", "CC", "notes")
@@ -192,23 +192,3 @@ def write_summary(outdir, sequences, *, title="GSAOI night summary") -> Path:
         fh.write("\n".join(parts).encode("utf-8"))
     return target
 
-
-def run_qa(args) -> int:
-    """Entry point of ``gsaoi-watch qa``: one QA line per file, optionally pictures."""
-    status = 0
-    for name in args.files:
-        path = Path(name)
-        try:
-            result = qa_for_product(path)
-        except Exception as exc:  # noqa: BLE001 - report the file and go on
-            print(f"{path.name}: QA failed: {exc}", file=sys.stderr)
-            status = 1
-            continue
-        print(result.get("log") or f"{result['file']}: {result['skipped']}")
-        if args.png:
-            try:
-                print(f"  picture {write_picture(path)}")
-            except (OSError, ValueError) as exc:
-                print(f"{path.name}: no picture: {exc}", file=sys.stderr)
-                status = 1
-    return status

@@ -17,14 +17,14 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from gsaoi_watch import db
-from gsaoi_watch.caldb import calibration_kind
-from gsaoi_watch.frames import read_frame_info
-from gsaoi_watch.jobs import run_job
-from gsaoi_watch.prepared import cache_path, prepare_ahead
-from gsaoi_watch.sequences import advance, frame_kind, sequence_key
-from gsaoi_watch.summary import write_summary
-from gsaoi_watch.watcher import ArrivalGate, scan_directory
+from gsaoi_watch.calibration import db, queries
+from gsaoi_watch.calibration.caldb import calibration_kind
+from gsaoi_watch.daemon.jobs import run_job
+from gsaoi_watch.daemon.prepared import cache_path, prepare_ahead
+from gsaoi_watch.daemon.sequences import advance, frame_kind, sequence_key
+from gsaoi_watch.daemon.watcher import ArrivalGate, scan_directory
+from gsaoi_watch.data.fitsio import read_frame_info
+from gsaoi_watch.quicklook.summary import write_summary
 
 __all__ = ["Engine"]
 
@@ -210,7 +210,7 @@ class Engine:
             return
         kind = frame_kind(info)
         if kind == "bpm" or calibration_kind(info) == "processed_bpm":
-            db.register_product(path, info, kind="processed_bpm", is_calibration=True)
+            queries.register_product(path, info, kind="processed_bpm", is_calibration=True)
             log.info("frame=%s registered as static BPM", name)
             self._record_frame(path, info, digest, "used", None)
             return
@@ -265,8 +265,8 @@ class Engine:
         """Run the per-frame steps on a frame now, while its sequence is still observed."""
         if self.stopping:
             return
-        flat = db.best_calibration(info)
-        bpm = db.best_calibration(info, "processed_bpm")
+        flat = queries.best_calibration(info)
+        bpm = queries.best_calibration(info, "processed_bpm")
         spec = {"path": path, "cache_dir": str(self.cache_dir),
                 "flat": flat.path if flat else None, "bpm": bpm.path if bpm else None}
         future = self.executor.submit(prepare_ahead, spec)
@@ -366,7 +366,7 @@ class Engine:
             return partner is not None and partner.state in ("COMPLETE", "WAITING")
         if seq.kind == "flat":
             return True
-        return db.best_calibration(self._first_info(seq)) is not None
+        return queries.best_calibration(self._first_info(seq)) is not None
 
     def _paths(self, seq):
         # every member, also those a previous reduction used or could not use: a sequence
@@ -376,7 +376,7 @@ class Engine:
 
     def _submit(self, seq, *, quicklook=False):
         info = self._first_info(seq)
-        bpm = db.best_calibration(info, "processed_bpm")
+        bpm = queries.best_calibration(info, "processed_bpm")
         spec = {"output_dir": str(self.output_dir), "bpm": bpm.path if bpm else None,
                 "params": {}, "sequences": [seq.id]}
         if seq.kind.startswith("flat"):
@@ -388,7 +388,7 @@ class Engine:
             spec.update(recipe="flat", paths=paths, flat=None,
                         pictures=self.config.quicklook.pictures)
         else:
-            flat = None if quicklook else db.best_calibration(info)
+            flat = None if quicklook else queries.best_calibration(info)
             spec.update(recipe="images", paths=self._paths(seq),
                         flat=flat.path if flat else None, cache_dir=str(self.cache_dir),
                         qa=self.config.quicklook.qa, pictures=self.config.quicklook.pictures)
@@ -453,7 +453,7 @@ class Engine:
             if bpm is not None:
                 used.append((bpm, "processed_bpm"))
         for path, kind in result["products"]:
-            db.register_product(path, read_frame_info(path), kind=kind,
+            queries.register_product(path, read_frame_info(path), kind=kind,
                                 is_calibration=kind == "processed_flat", job=job, used=used)
         self._supersede(job, seqs, {str(Path(p).resolve()) for p, _ in result["products"]})
         for name, reason in result["skipped"]:
@@ -505,7 +505,7 @@ class Engine:
 
     def _stack_finished(self, job, spec, result):
         for path, kind in result["products"]:
-            db.register_product(path, None, kind=kind, is_calibration=False, job=job)
+            queries.register_product(path, None, kind=kind, is_calibration=False, job=job)
         for name, reason in result["skipped"]:
             log.warning("frame=%s left out of the stack: %s", Path(name).name, reason)
         self._job_state(job, "DONE")
@@ -566,7 +566,7 @@ class Engine:
         for other in db.Sequence.select().where(
                 db.Sequence.state.in_(("WAITING", "QUICKLOOK"))
                 & db.Sequence.kind.in_(("standard", "science"))):
-            if db.best_calibration(self._first_info(other)) is not None:
+            if queries.best_calibration(self._first_info(other)) is not None:
                 self._apply(other, "calibration_ready")
 
     def _command(self, cmd):

@@ -1,4 +1,4 @@
-"""Read frames into reduction containers and write products atomically (the I/O edge)."""
+"""The only module that reads and writes FITS: headers, frames, the BPM, atomic products."""
 
 from __future__ import annotations
 
@@ -12,11 +12,100 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
+from gsaoi_watch.data.descriptors import N_ARRAYS, FrameInfo, header_text
 from gsaoi_watch.errors import FrameError
-from gsaoi_watch.frames import read_frame_info
 from gsaoi_watch.reduction.container import Array, Frame
 
-__all__ = ["atomic_output", "load_bpm", "load_frame", "write_frame"]
+__all__ = ['atomic_output', 'classify', 'load_bpm', 'load_frame', 'read_frame_info', 'write_frame']
+
+def _array_hdus(hdul):
+    images = [h for h in hdul[1:] if isinstance(h, fits.ImageHDU | fits.CompImageHDU)]
+    sci = [h for h in images if header_text(h.header.get("EXTNAME")) in (None, "", "SCI")]
+    if sci:
+        return sci
+    return [h for h in images if header_text(h.header.get("EXTNAME")) == "DQ"]
+
+
+def _check_complete(path, hdul, size):
+    expected = 0
+    for hdu in hdul:
+        info = hdu.fileinfo()
+        if info is None:
+            continue
+        expected = max(expected, info["datLoc"] + info["datSpan"])
+    if expected > size:
+        raise FrameError(path, f"truncated FITS: {size} of {expected} bytes present")
+
+
+def classify(phu, ext_headers, path=None) -> FrameInfo:
+    """Build a FrameInfo from headers already in memory (no file access)."""
+    return FrameInfo(phu, ext_headers, path=path)
+
+
+def read_frame_info(path, *, require_gsaoi=True) -> FrameInfo:
+    """Read the headers of a GSAOI file and return its descriptors and tags.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The FITS file.
+    require_gsaoi : bool, optional
+        Reject files whose INSTRUME is not GSAOI or that do not hold 4 arrays (default).
+
+    Returns
+    -------
+    FrameInfo
+
+    Raises
+    ------
+    FrameError
+        With a one-line message naming the file and the problem: missing, empty, not FITS,
+        truncated, another instrument, or the wrong number of arrays.
+    """
+    path = os.fspath(path)
+    try:
+        size = os.path.getsize(path)
+    except OSError as exc:
+        raise FrameError(path, f"cannot read: {exc.strerror or exc}") from None
+    if size == 0:
+        raise FrameError(path, "empty file")
+    try:
+        with open(path, "rb") as fh:
+            start = fh.read(30)
+    except OSError as exc:
+        raise FrameError(path, f"cannot read: {exc.strerror or exc}") from None
+    if not start.startswith(b"SIMPLE  =") and not start.startswith(b"\x1f\x8b"):
+        raise FrameError(path, "not a FITS file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with fits.open(path, memmap=False, lazy_load_hdus=False) as hdul:
+                if not path.endswith((".gz", ".bz2", ".fz")):
+                    _check_complete(path, hdul, size)
+                phu = hdul[0].header.copy()
+                arrays = [h.header.copy() for h in _array_hdus(hdul)]
+                n_hdus = len(hdul) - 1
+    except FrameError:
+        raise
+    except (OSError, ValueError, IndexError, KeyError, TypeError, EOFError) as exc:
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "truncated" in text.lower() or "empty or corrupt" in text.lower():
+            raise FrameError(path, f"truncated or corrupt FITS ({text})") from None
+        raise FrameError(path, f"unreadable FITS ({text})") from None
+    nextend = phu.get("NEXTEND")
+    if isinstance(nextend, int) and not isinstance(nextend, bool) and n_hdus < nextend:
+        # cut at an HDU boundary: the PHU promises more extensions than the file holds
+        raise FrameError(path, f"truncated FITS: {n_hdus} of {nextend} extensions present")
+    if require_gsaoi:
+        inst = header_text(phu.get("INSTRUME"))
+        if inst is None:
+            raise FrameError(path, "no INSTRUME keyword: not a GSAOI frame")
+        if str(inst).upper() != "GSAOI":
+            raise FrameError(path, f"not a GSAOI frame (INSTRUME={inst!r})")
+        if len(arrays) != N_ARRAYS:
+            raise FrameError(
+                path, f"has {len(arrays)} array extensions; a GSAOI frame has {N_ARRAYS}")
+    return FrameInfo(phu, arrays, path=path)
 
 
 def load_frame(path, *, indices=(0, 1, 2, 3)) -> Frame:
@@ -155,3 +244,4 @@ def write_frame(frame: Frame, directory, *, filename=None, overwrite=True) -> Pa
     with atomic_output(target, fsync=True) as fh:
         fits.HDUList(hdus).writeto(fh, output_verify="silentfix")
     return target
+

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime
 import logging
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -13,12 +12,12 @@ import numpy as np
 from astropy.io import fits
 from astropy.table import Table
 
+from gsaoi_watch.data.fitsio import load_frame, write_frame
 from gsaoi_watch.errors import FrameError, GsaoiWatchError, ReductionError
-from gsaoi_watch.products import load_frame, write_frame
 from gsaoi_watch.reduction.container import Array, Frame
 from gsaoi_watch.reduction.stack import frame_geometry, stack_frames
 
-__all__ = ["main", "read_reference_catalog", "run_stack_job", "stack_files"]
+__all__ = ['read_reference_catalog', 'run_stack_job', 'stack_files']
 
 log = logging.getLogger(__name__)
 
@@ -210,21 +209,3 @@ def run_stack_job(spec: dict) -> dict:
             "note": f"{path.name}: {len(result.meta['used'])} frames, "
                     f"{grid.shape[1]}x{grid.shape[0]} at {grid.scale:.3f}\"/pix"}
 
-
-def main(args) -> int:
-    """Entry point of ``gsaoi-watch stack``."""
-    from gsaoi_watch.reduce import expand_at_files
-
-    try:
-        files, _ = expand_at_files(args.inputs)
-        if not files:
-            print("gsaoi-watch stack: no input files", file=sys.stderr)
-            return 2
-        path, result = stack_files(files, args.output, reference_catalog=args.refcat)
-    except GsaoiWatchError as exc:
-        print(f"gsaoi-watch stack: {exc}", file=sys.stderr)
-        return 1
-    for name, reason in result.meta["skipped"]:
-        print(f"left out {name}: {reason}", file=sys.stderr)
-    print(f"wrote {path} from {len(result.meta['used'])} frames")
-    return 1 if result.meta["skipped"] else 0

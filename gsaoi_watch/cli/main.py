@@ -165,31 +165,31 @@ def _add_stack(sub):
 def _run(verb):
     def run(args):
         if verb == "qa":
-            from gsaoi_watch.summary import run_qa
+            from gsaoi_watch.cli.reduce import run_qa
             return run_qa(args)
         if verb == "simulate":
-            from gsaoi_watch import sim
-            return sim.main(args)
+            from gsaoi_watch.cli.simulate import run_simulate
+            return run_simulate(args)
         if verb == "reduce":
-            from gsaoi_watch.reduce import run_reduce
+            from gsaoi_watch.cli.reduce import run_reduce
             return run_reduce(args)
         if verb == "stack":
-            from gsaoi_watch.stacking import main as run_stack
+            from gsaoi_watch.cli.reduce import run_stack
             return run_stack(args)
         if verb == "caldb":
-            from gsaoi_watch.caldb import run_caldb
+            from gsaoi_watch.cli.caldb import run_caldb
             return run_caldb(args)
         if verb == "run":
-            from gsaoi_watch.service import run_cli
+            from gsaoi_watch.cli.daemon import run_cli
             return run_cli(args)
         if verb == "demo":
-            from gsaoi_watch.demo import run_demo_cli
+            from gsaoi_watch.cli.daemon import run_demo_cli
             return run_demo_cli(args)
         if verb in ("status", "close"):
-            from gsaoi_watch import control
-            return getattr(control, f"run_{verb}")(args)
-        from gsaoi_watch import tools
-        return getattr(tools, f"run_{verb}")(args)
+            from gsaoi_watch.cli import daemon
+            return getattr(daemon, f"run_{verb}")(args)
+        from gsaoi_watch.cli import files
+        return getattr(files, f"run_{verb}")(args)
     return run
 
 

@@ -13,13 +13,14 @@ import shutil
 import time
 from pathlib import Path
 
-from gsaoi_watch.pictures import write_picture
-from gsaoi_watch.prepared import fetch
-from gsaoi_watch.products import load_bpm, load_frame, write_frame
-from gsaoi_watch.reduction.qa import frame_qa, qa_header, qa_log_line
+from gsaoi_watch.daemon.prepared import fetch
+from gsaoi_watch.data.fitsio import load_bpm, load_frame, write_frame
+from gsaoi_watch.instrument.standards import find_standard
+from gsaoi_watch.pipeline.stack_files import run_stack_job
+from gsaoi_watch.quicklook.pictures import write_picture
+from gsaoi_watch.quicklook.qaformat import qa_header, qa_log_line
+from gsaoi_watch.reduction.qa import frame_qa
 from gsaoi_watch.reduction.recipes import make_processed_flat, reduce_images
-from gsaoi_watch.stacking import run_stack_job
-from gsaoi_watch.standards import find_standard
 
 __all__ = ["run_job", "run_stack"]
 
@@ -121,7 +122,8 @@ def run_stack(spec: dict) -> dict:
     """Distortion-correct, align and stack ``_skyCorrected`` frames (the disco step).
 
     ``spec``: ``paths``, ``output_dir``, ``output_name``, ``pictures``; see
-    :func:`gsaoi_watch.stacking.run_stack_job`.  Returns the same dict as :func:`run_job`.
+    :func:`gsaoi_watch.pipeline.stack_files.run_stack_job`.  Returns the same dict as
+    :func:`run_job`.
     """
     result = run_stack_job(spec)
     if spec.get("pictures"):

@@ -3,7 +3,7 @@
 The night is simulated into a staging directory first; a feeder thread then copies the
 frames into the watched raw directory in observing order at a compressed cadence (each
 written under a temporary name and renamed, as the data-handling system does), and the
-daemon -- the same :func:`gsaoi_watch.service.run_service` that systemd starts -- reduces
+daemon -- the same :func:`gsaoi_watch.daemon.service.run_service` that systemd starts -- reduces
 them.  After the last frame the feeder asks the daemon to close every open sequence (the
 operator's ``gsaoi-watch close --all``), waits until nothing is left to do, and stops it.
 """
@@ -13,19 +13,20 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import sys
 import threading
 import time
 from pathlib import Path
 
-from gsaoi_watch import db
+from gsaoi_watch.calibration import db
 from gsaoi_watch.config import Config
 
-__all__ = ["demo_config", "run_demo", "run_demo_cli"]
+__all__ = ['demo_config', 'run_demo']
 
 log = logging.getLogger("gsaoi_watch")
 
 MARKER = ".gsaoi_watch_demo"
+
+
 UNFINISHED = ("OPEN", "REOPENED", "COMPLETE", "WAITING", "REDUCING")
 
 
@@ -96,7 +97,7 @@ def _feed(stage, raw, cadence, stop, result, timeout):
         stop.set()
 
 
-def _summary(config) -> list[str]:
+def demo_summary(config) -> list[str]:
     db.open_database(config.database.url)
     try:
         lines = ["Sequences:"]
@@ -145,7 +146,7 @@ def run_demo(workdir, *, size=256, seed=20170505, cadence=0.3, timeout=1800.0,
         ``status`` (the daemon's exit status), ``last_frame`` and ``elapsed`` (seconds after
         the first frame landed), ``error`` if the night did not complete, ``config``.
     """
-    from gsaoi_watch.service import run_service
+    from gsaoi_watch.daemon.service import run_service
     from gsaoi_watch.sim import simulate_night
 
     workdir = Path(workdir)
@@ -184,28 +185,3 @@ def _wait_for_db(config, stop):
     while not stop.is_set() and (db.database.obj is None or not path.exists()):
         time.sleep(0.1)
 
-
-def run_demo_cli(args) -> int:
-    """Entry point of ``gsaoi-watch demo``."""
-    from gsaoi_watch.service import setup_logging
-
-    workdir = Path(args.workdir)
-    setup_logging("INFO", "")
-    try:
-        result = run_demo(workdir, size=args.size, seed=args.seed, cadence=args.cadence,
-                          timeout=args.timeout, workers=args.workers)
-    except (FileExistsError, ValueError) as exc:
-        print(f"gsaoi-watch demo: {exc}", file=sys.stderr)
-        return 2
-    print()
-    for line in _summary(result["config"]):
-        print(line)
-    if "error" in result:
-        print(f"gsaoi-watch demo: {result['error']}", file=sys.stderr)
-        return 1
-    print(f"The night was reduced {result['elapsed']:.0f} s after its first frame landed "
-          f"(last frame at {result['last_frame']:.0f} s).  Products and pictures: "
-          f"{result['config'].paths.output_dir}; night summary: "
-          f"{Path(result['config'].paths.output_dir) / 'index.html'}; "
-          f"log: {result['config'].paths.log_file}")
-    return int(result["status"])

@@ -11,19 +11,17 @@ from __future__ import annotations
 import logging
 import shlex
 import shutil
-import sys
 import time
 from pathlib import Path
 
-from gsaoi_watch import db
-from gsaoi_watch.caldb import add_calibration
+from gsaoi_watch.calibration import db, queries
+from gsaoi_watch.calibration.caldb import add_calibration
 from gsaoi_watch.config import resolve_database
+from gsaoi_watch.data.fitsio import load_bpm, load_frame, read_frame_info, write_frame
 from gsaoi_watch.errors import FrameError, GsaoiWatchError, ReductionError
-from gsaoi_watch.frames import read_frame_info
-from gsaoi_watch.products import load_bpm, load_frame, write_frame
 from gsaoi_watch.reduction.recipes import PARAMETERS, make_processed_flat, reduce_images
 
-__all__ = ["RECIPES", "Reduce", "expand_at_files", "find_bpm", "parse_uparms", "run_reduce"]
+__all__ = ['RECIPES', 'Reduce', 'expand_at_files', 'find_bpm', 'parse_uparms']
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +32,8 @@ RECIPES = {
     "reduce": "images",
     "reduce_nostack": "images",
 }
+
+
 CALDIR = Path("calibrations")
 
 
@@ -242,7 +242,7 @@ class Reduce:
         if given:
             path = Path(given)
             return path, add_calibration(path)
-        product = db.best_calibration(info, kind)
+        product = queries.best_calibration(info, kind)
         if product is not None:
             return Path(product.path), product
         if kind == "processed_bpm":
@@ -271,7 +271,7 @@ class Reduce:
             shutil.copyfile(path, tmp)
             tmp.replace(caldir / path.name)
             used = [(bpm_row, "processed_bpm")] if bpm_row else []
-            db.register_product(caldir / path.name, read_frame_info(caldir / path.name),
+            queries.register_product(caldir / path.name, read_frame_info(caldir / path.name),
                                 kind="processed_flat", is_calibration=True, used=used)
             self.output_filenames = [str(path)]
             self.result = flat
@@ -290,7 +290,7 @@ class Reduce:
         def store(frame):
             path = write_frame(frame, out)
             product_kind = "sky_corrected" if "_skyCorrected" in path.name else "flat_corrected"
-            db.register_product(path, read_frame_info(path), kind=product_kind,
+            queries.register_product(path, read_frame_info(path), kind=product_kind,
                                 is_calibration=False, used=used)
             return str(path)
 
@@ -303,45 +303,3 @@ class Reduce:
                  time.perf_counter() - t0, res["sky_reason"])
         return self
 
-
-def run_reduce(args) -> int:
-    """Entry point of ``gsaoi-watch reduce``."""
-    params = [p for group in (args.param or []) for p in group]
-    # argparse gives ``-p a=b FILE`` the FILE too: anything without '=' is an input
-    inputs = list(args.inputs) + [p for p in params if "=" not in p]
-    params = [p for p in params if "=" in p]
-    try:
-        listed, list_opts = expand_at_files([a for a in inputs if a.startswith("@")])
-        named = [a for a in inputs if not a.startswith("@")]
-        files = named or listed  # files on the command line replace those of @lists
-        uparms = _params_from_options(list_opts) + params  # command line wins
-        recipe = args.recipe or _option(list_opts, ("-r", "--recipe"))
-        r = Reduce(files=files, uparms=uparms, recipename=recipe, flat=args.flat,
-                   bpm=args.bpm, output_dir=args.output_dir, database=args.database,
-                   config=args.config)
-        r.run()
-    except (GsaoiWatchError, FileNotFoundError) as exc:
-        print(f"gsaoi-watch reduce: {exc}", file=sys.stderr)
-        return 2
-    for name in r.output_filenames:
-        print(name)
-    return 0
-
-
-def _option(options, names):
-    for k, tok in enumerate(options[:-1]):
-        if tok in names:
-            return options[k + 1]
-    return None
-
-
-def _params_from_options(options):
-    out, grab = [], False
-    for tok in options:
-        if tok in ("-p", "--param"):
-            grab = True
-        elif tok.startswith("-"):
-            grab = False
-        elif grab:
-            out.append(tok)
-    return out

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from astropy.io import fits
 
-from gsaoi_watch.products import load_bpm, load_frame, write_frame
+from gsaoi_watch.data.fitsio import load_bpm, load_frame, write_frame
 from gsaoi_watch.reduction.flat import flat_correct
 from gsaoi_watch.reduction.recipes import preprocess
 

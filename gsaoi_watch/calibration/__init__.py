@@ -1,0 +1,1 @@
+"""The calibration database: peewee models, association rules, caldb."""

@@ -1,0 +1,56 @@
+"""Calibrations in the database: what kind a file is, registering it, finding it by name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gsaoi_watch.calibration import db, queries
+from gsaoi_watch.data.fitsio import read_frame_info
+from gsaoi_watch.errors import GsaoiWatchError
+
+__all__ = ['add_calibration', 'calibration_kind']
+
+def calibration_kind(info) -> str | None:
+    """'processed_flat' or 'processed_bpm' for a processed calibration, else None."""
+    if "BPM" in info.tags:
+        return "processed_bpm"
+    if "PROCESSED" in info.tags and "FLAT" in info.tags:
+        return "processed_flat"
+    return None
+
+
+def add_calibration(path):
+    """Register one processed calibration file; return its Product row.
+
+    Raises
+    ------
+    GsaoiWatchError
+        If the file is not a readable processed GSAOI calibration.
+    """
+    info = read_frame_info(path)
+    kind = calibration_kind(info)
+    if kind is None:
+        raise GsaoiWatchError(f"{path}: not a processed calibration (tags: "
+                              f"{' '.join(sorted(info.tags))}); only processed flats and "
+                              "bad-pixel masks are served")
+    return queries.register_product(path, info, kind=kind, is_calibration=True)
+
+
+def calibration_files(paths, walk):
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            it = p.rglob("*.fits") if walk else p.glob("*.fits")
+            yield from sorted(f for f in it if f.is_file())
+        else:
+            yield p
+
+
+def find_calibration(name_or_path):
+    path = str(Path(name_or_path).resolve())
+    row = db.Product.get_or_none(db.Product.path == path)
+    if row is None:
+        rows = list(db.Product.select().where(db.Product.filename == Path(name_or_path).name))
+        row = rows[0] if len(rows) == 1 else None
+    return row
+

@@ -1,0 +1,1 @@
+"""The ``gsaoi-watch`` command line: one module per verb group; the only code that prints."""

@@ -1,0 +1,1 @@
+"""The daemon: events, the sequence table, the engine loop, jobs, watcher, service."""

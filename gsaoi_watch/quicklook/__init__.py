@@ -1,0 +1,1 @@
+"""Quick-look output: pictures, the night summary page, QA formatting."""

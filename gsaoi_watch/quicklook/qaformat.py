@@ -1,0 +1,79 @@
+"""QA values as product header keywords and as one log line."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from gsaoi_watch.reduction.container import Frame
+from gsaoi_watch.reduction.qa import FrameQA
+
+__all__ = ['qa_header', 'qa_log_line']
+
+def _fmt(value, spec):
+    return format(value, spec) if value is not None and math.isfinite(value) else "nan"
+
+
+def qa_header(frame: Frame, qa: FrameQA) -> Frame:
+    """Return a copy of ``frame`` with the QA values as primary-header keywords.
+
+    MEANFWHM (arcsec), FWHMZEN, MEANELLP, STREHL, IQNSTARS, AOSEEING, IQBAND; SKYLEVEL
+    (e-/s/pixel), SKYMAG (mag/arcsec^2), BGBAND; for a standard ZP_ARRn (array n = 1-4),
+    MEANZP, CLOUDEXT (mag), CCBAND.  Values that could not be measured are left out.
+    """
+    out = frame.with_()
+    h = out.phu
+
+    def put(key, value, comment, digits=4):
+        if value is None:
+            return
+        if isinstance(value, str):
+            h[key] = (value, comment)
+        elif math.isfinite(value):
+            h[key] = (round(float(value), digits), comment)
+
+    if qa.iq is not None and qa.iq.n_stars:
+        put("MEANFWHM", qa.iq.fwhm, "Mean point-source FWHM (arcsec)")
+        put("FWHMZEN", qa.iq.fwhm_zenith, "Mean FWHM corrected to zenith (arcsec)")
+        put("MEANELLP", qa.iq.ellipticity, "Mean point-source ellipticity")
+        put("STREHL", qa.iq.strehl, "Mean Strehl ratio")
+        h["IQNSTARS"] = (qa.iq.n_stars, "Point sources used for image quality")
+        put("AOSEEING", qa.iq.seeing, "Natural seeing estimate (arcsec)")
+        put("IQBAND", qa.iq.band, "Image quality band")
+    if qa.bg is not None:
+        put("SKYLEVEL", qa.bg.rate, "Sky background (e-/s/pixel)", 3)
+        put("SKYMAG", qa.bg.mag, "Sky background (mag/arcsec2)", 3)
+        put("BGBAND", qa.bg.band, "Sky background band")
+    for z in qa.zeropoints:
+        put(f"ZP_ARR{z.array + 1}", z.zp, f"Zero point of array {z.array + 1} (mag)")
+    if qa.zeropoints:
+        put("MEANZP", float(np.mean([z.zp for z in qa.zeropoints])), "Mean zero point (mag)")
+    if qa.cc is not None:
+        put("CLOUDEXT", qa.cc.extinction, "Cloud extinction (mag)")
+        put("CCBAND", qa.cc.band, "Cloud cover band")
+    return out
+
+
+def qa_log_line(qa: FrameQA) -> str:
+    """One log line for a frame: IQ, BG and (for a standard) zero points and CC."""
+    parts = [qa.filename]
+    iq = qa.iq
+    if iq is not None and iq.n_stars:
+        parts.append(f"FWHM {_fmt(iq.fwhm, '.3f')}\" (zenith {_fmt(iq.fwhm_zenith, '.3f')}\") "
+                     f"ellip {_fmt(iq.ellipticity, '.3f')} Strehl {_fmt(iq.strehl, '.3f')} "
+                     f"from {iq.n_stars} stars, {iq.band}")
+    else:
+        parts.append("IQ: no point sources")
+    if qa.bg is not None:
+        parts.append(f"BG {_fmt(qa.bg.rate, '.2f')} e-/s/pix = {_fmt(qa.bg.mag, '.2f')} "
+                     f"mag/arcsec2, {qa.bg.band}")
+    if qa.standard is not None:
+        zps = ", ".join(f"ZP array {z.array + 1} {z.zp:.3f}+-{z.zp_err:.3f} "
+                        f"(nominal {_fmt(z.nominal, '.3f')})" for z in qa.zeropoints)
+        parts.append(f"standard {qa.standard}: " + (zps or "no zero point"))
+        if qa.cc is not None:
+            parts.append(f"cloud {_fmt(qa.cc.extinction, '.3f')} mag, {qa.cc.band}")
+    parts.extend(qa.notes)
+    return " | ".join(parts)
+

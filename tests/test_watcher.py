@@ -98,8 +98,7 @@ def test_observer_thread_enqueues_real_events(frames, tmp_path):
         seen = set()
         while time.monotonic() < deadline and str(tmp_path / frames[2].name) not in seen:
             try:
-                kind, path = events.get(timeout=0.2)
-                seen.add(path)
+                seen.add(events.get(timeout=0.2).path)
             except queue.Empty:
                 pass
         assert str(tmp_path / frames[2].name) in seen

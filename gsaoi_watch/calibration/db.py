@@ -47,6 +47,8 @@ def _now():
 
 
 class _Model(pw.Model):
+    id = pw.AutoField()  # what peewee adds by itself, declared for the type checker
+
     class Meta:
         database = database
         legacy_table_names = False
@@ -78,6 +80,9 @@ class Sequence(_Model):
     wait_started = pw.DateTimeField(null=True)
     stale = pw.BooleanField(default=False)
     quicklook = pw.BooleanField(default=False)
+    # backrefs (declared for the type checker; peewee adds them)
+    frames: pw.ModelSelect[Frame]
+    jobs: pw.ModelSelect[Job]
 
 
 class Command(_Model):
@@ -118,6 +123,7 @@ class Job(_Model):
     started = pw.DateTimeField(null=True)
     finished = pw.DateTimeField(null=True)
     error = pw.TextField(null=True)
+    products: pw.ModelSelect[Product]  # backref
 
 
 class Product(_Model):
@@ -138,6 +144,9 @@ class Product(_Model):
     checksum = pw.CharField(null=True)
     created = pw.DateTimeField(default=_now)
     qa = pw.TextField(null=True)  # JSON: image quality, background, zero points (schema 2)
+    # backrefs
+    calibrations_used: pw.ModelSelect[ProductCalibration]
+    used_by: pw.ModelSelect[ProductCalibration]
 
 
 class ProductCalibration(_Model):

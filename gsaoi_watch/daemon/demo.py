@@ -12,17 +12,19 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from gsaoi_watch.calibration import db
 from gsaoi_watch.config import Config
 
 __all__ = ['demo_config', 'run_demo']
 
-log = logging.getLogger("gsaoi_watch")
+log = logging.getLogger(__name__)
 
 MARKER = ".gsaoi_watch_demo"
 
@@ -30,7 +32,7 @@ MARKER = ".gsaoi_watch_demo"
 UNFINISHED = ("OPEN", "REOPENED", "COMPLETE", "WAITING", "REDUCING")
 
 
-def demo_config(workdir) -> Config:
+def demo_config(workdir: str | os.PathLike[str]) -> Config:
     """The daemon configuration for a demo in ``workdir`` (short time-outs for a fast night)."""
     workdir = Path(workdir)
     config = Config()
@@ -45,27 +47,28 @@ def demo_config(workdir) -> Config:
     return config.replace("service", heartbeat_seconds=2.0)
 
 
-def _observing_order(stage):
+def _observing_order(stage: Path) -> list[str]:
     truth = json.loads((Path(stage) / "truth.json").read_text())
     names = [f["filename"] for f in truth["frames"]]
     extra = sorted(p.name for p in Path(stage).glob("*.fits") if p.name not in set(names))
     return extra + names  # the static BPM first, as it sits in the raw directory all night
 
 
-def _drop(src: Path, raw: Path):
+def _drop(src: Path, raw: Path) -> None:
     tmp = raw / f".{src.name}.tmp"
     shutil.copyfile(src, tmp)
     tmp.rename(raw / src.name)
 
 
-def _finished(n_files) -> bool:
+def _finished(n_files: int) -> bool:
     frames = db.Frame.select().count()
     busy = db.Job.select().where(db.Job.state.in_(("SUBMITTED", "RUNNING", "RETRY"))).count()
     open_ = db.Sequence.select().where(db.Sequence.state.in_(UNFINISHED)).count()
     return frames >= n_files and not busy and not open_
 
 
-def _feed(stage, raw, cadence, stop, result, timeout):
+def _feed(stage: Path, raw: Path, cadence: float, stop: threading.Event,
+          result: dict[str, Any], timeout: float) -> None:
     """Copy the night into ``raw``, close the sequences, wait for the reductions, stop."""
     try:
         names = _observing_order(stage)
@@ -97,7 +100,8 @@ def _feed(stage, raw, cadence, stop, result, timeout):
         stop.set()
 
 
-def demo_summary(config) -> list[str]:
+def demo_summary(config: Config) -> list[str]:
+    """Sequences, products by kind and quarantined frames of a finished demo, as lines."""
     db.open_database(config.database.url)
     try:
         lines = ["Sequences:"]
@@ -105,7 +109,7 @@ def demo_summary(config) -> list[str]:
             lines.append(f"  {s.state:9s} {s.observation_id:20s} {s.kind:9s} {s.object:12s} "
                          f"{s.frames.count():3d} frames")
         lines.append("Products:")
-        by_kind = {}
+        by_kind: dict[str, list[str]] = {}
         for p in db.Product.select().order_by(db.Product.filename):
             by_kind.setdefault(p.kind, []).append(p.filename)
         for kind, names in sorted(by_kind.items()):
@@ -119,8 +123,9 @@ def demo_summary(config) -> list[str]:
     return lines
 
 
-def run_demo(workdir, *, size=256, seed=20170505, cadence=0.3, timeout=1800.0,
-             workers=None) -> dict:
+def run_demo(workdir: str | os.PathLike[str], *, size: int = 256, seed: int = 20170505,
+             cadence: float = 0.3, timeout: float = 1800.0,
+             workers: int | None = None) -> dict[str, Any]:
     """Simulate the tutorial night, feed it to the daemon live, and reduce it.
 
     Parameters
@@ -165,12 +170,15 @@ def run_demo(workdir, *, size=256, seed=20170505, cadence=0.3, timeout=1800.0,
     raw = Path(config.paths.raw_dir)
     raw.mkdir(parents=True, exist_ok=True)
     stop = threading.Event()
-    result = {"config": config}
+    result: dict[str, Any] = {"config": config}
     feeder = threading.Thread(target=_feed, name="demo-feeder", daemon=True,
                               args=(stage, raw, cadence, stop, result, timeout))
     # the feeder starts once the daemon's database is open (it is created by run_service)
-    starter = threading.Thread(target=lambda: (_wait_for_db(config, stop), feeder.start()),
-                               daemon=True)
+    def start_feeder() -> None:
+        _wait_for_db(config, stop)
+        feeder.start()
+
+    starter = threading.Thread(target=start_feeder, daemon=True)
     starter.start()
     result["status"] = run_service(config, stop_event=stop)
     stop.set()
@@ -180,7 +188,7 @@ def run_demo(workdir, *, size=256, seed=20170505, cadence=0.3, timeout=1800.0,
     return result
 
 
-def _wait_for_db(config, stop):
+def _wait_for_db(config: Config, stop: threading.Event) -> None:
     path = Path(config.database.url)
     while not stop.is_set() and (db.database.obj is None or not path.exists()):
         time.sleep(0.1)

@@ -12,6 +12,7 @@ import logging
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 from gsaoi_watch.daemon.prepared import fetch
 from gsaoi_watch.data.fitsio import load_bpm, load_frame, write_frame
@@ -19,15 +20,16 @@ from gsaoi_watch.instrument.standards import find_standard
 from gsaoi_watch.pipeline.stack_files import run_stack_job
 from gsaoi_watch.quicklook.pictures import write_picture
 from gsaoi_watch.quicklook.qaformat import qa_header, qa_log_line
+from gsaoi_watch.reduction.container import Frame
 from gsaoi_watch.reduction.qa import frame_qa
 from gsaoi_watch.reduction.recipes import make_processed_flat, reduce_images
 
 __all__ = ["run_job", "run_stack"]
 
-log = logging.getLogger("gsaoi_watch")
+log = logging.getLogger(__name__)
 
 
-def run_job(spec: dict) -> dict:
+def run_job(spec: dict[str, Any]) -> dict[str, Any]:
     """Run one reduction.
 
     Parameters
@@ -68,10 +70,11 @@ def run_job(spec: dict) -> dict:
                 "skipped": flat.meta.get("skipped", []),
                 "seconds": round(time.perf_counter() - t0, 1),
                 "note": f"{path.name} from {flat.phu['NCOMBINE']} frames"}
-    flat = load_frame(spec["flat"]) if spec.get("flat") else None
-    written, measured = [], []
+    flat_frame = load_frame(spec["flat"]) if spec.get("flat") else None
+    written: list[tuple[str, str]] = []
+    measured: list[dict[str, Any]] = []
 
-    def store(frame):
+    def store(frame: Frame) -> str:
         sky_corrected = "_skyCorrected" in frame.filename
         if sky_corrected and spec.get("qa"):
             frame = _measure(frame, measured)
@@ -84,20 +87,21 @@ def run_job(spec: dict) -> dict:
     prepared = None
     if spec.get("cache_dir"):  # frames prepared while the sequence was observed
         prepared = functools.partial(
-            fetch, cache_dir=spec["cache_dir"], flat=flat, bpm_name=bpm_name,
+            fetch, cache_dir=spec["cache_dir"], flat=flat_frame, bpm_name=bpm_name,
             flat_name=Path(spec["flat"]).name if spec.get("flat") else None)
-    res = reduce_images(spec["paths"], flat=flat,
+    res = reduce_images(spec["paths"], flat=flat_frame,
                         flat_name=Path(spec["flat"]).name if spec.get("flat") else None,
                         bpm=bpm, bpm_name=bpm_name, params=spec.get("params") or {},
                         on_product=store, prepared=prepared)
     n_sky = len(res["sky_corrected"])
     return {"products": written, "skipped": res["skipped"], "qa": measured,
             "seconds": round(time.perf_counter() - t0, 1),
-            "note": f"{n_sky} _skyCorrected" + (" (quick-look, no flat)" if flat is None else "")
+            "note": f"{n_sky} _skyCorrected" + (" (quick-look, no flat)" if flat_frame is None
+                                                else "")
             + f"; skyCorrect offset_sky={res['offset_sky']} ({res['sky_reason']})"}
 
 
-def _measure(frame, measured):
+def _measure(frame: Frame, measured: list[dict[str, Any]]) -> Frame:
     """Quick-look QA of a reduced frame into its header; never fails the reduction."""
     try:
         standard = find_standard(frame.phu.get("OBJECT"), frame.phu.get("RA"),
@@ -110,7 +114,7 @@ def _measure(frame, measured):
     return qa_header(frame, result)
 
 
-def _picture(path):
+def _picture(path: str | Path) -> None:
     """A PNG beside a product; a failure is logged, never fatal."""
     try:
         write_picture(path)
@@ -118,7 +122,7 @@ def _picture(path):
         log.warning("product=%s no picture: %s", Path(path).name, exc)
 
 
-def run_stack(spec: dict) -> dict:
+def run_stack(spec: dict[str, Any]) -> dict[str, Any]:
     """Distortion-correct, align and stack ``_skyCorrected`` frames (the disco step).
 
     ``spec``: ``paths``, ``output_dir``, ``output_name``, ``pictures``; see

@@ -18,10 +18,12 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 from astropy.io import fits
 
 from gsaoi_watch.data.fitsio import load_bpm, load_frame, write_frame
+from gsaoi_watch.reduction.container import Frame
 from gsaoi_watch.reduction.flat import flat_correct
 from gsaoi_watch.reduction.recipes import preprocess
 
@@ -30,19 +32,20 @@ __all__ = ["cache_path", "fetch", "prepare_ahead", "store"]
 log = logging.getLogger(__name__)
 
 
-def _raw_stamp(raw_path) -> str:
+def _raw_stamp(raw_path: str | os.PathLike[str]) -> str:
     st = os.stat(raw_path)
     return f"{st.st_size}:{st.st_mtime_ns}"
 
 
-def cache_path(cache_dir, raw_path) -> Path:
+def cache_path(cache_dir: str | os.PathLike[str], raw_path: str | os.PathLike[str]) -> Path:
     """Where the prepared version of ``raw_path`` is kept."""
     name = Path(raw_path).name
     stem = name[:-5] if name.endswith(".fits") else name
     return Path(cache_dir) / f"{stem}_prepared.fits"
 
 
-def store(frame, raw_path, cache_dir) -> Path:
+def store(frame: Frame, raw_path: str | os.PathLike[str],
+          cache_dir: str | os.PathLike[str]) -> Path:
     """Write a prepared frame into the cache (atomically), stamped with its raw file."""
     out = frame.with_()
     out.phu["PREPRAW"] = (_raw_stamp(raw_path), "size:mtime_ns of the raw file prepared")
@@ -50,7 +53,9 @@ def store(frame, raw_path, cache_dir) -> Path:
     return write_frame(out, cache_dir, filename=cache_path(cache_dir, raw_path).name)
 
 
-def fetch(raw_path, cache_dir, *, flat=None, flat_name=None, bpm_name=None):
+def fetch(raw_path: str | os.PathLike[str], cache_dir: str | os.PathLike[str], *,
+          flat: Frame | None = None, flat_name: str | None = None,
+          bpm_name: str | None = None) -> Frame | None:
     """The cached prepared frame of ``raw_path``, flat-corrected with ``flat``, or None.
 
     Returns None (the caller prepares the raw frame) when there is no cached frame, or it
@@ -85,16 +90,16 @@ def fetch(raw_path, cache_dir, *, flat=None, flat_name=None, bpm_name=None):
 
 
 @functools.lru_cache(maxsize=2)
-def _calibration(path, mtime_ns, kind):
+def _calibration(path: str, mtime_ns: int, kind: str) -> Any:
     """A flat or BPM, read once per worker process (the same one serves a whole night)."""
     return load_frame(path) if kind == "flat" else load_bpm(path)
 
 
-def _load_calibration(path, kind):
+def _load_calibration(path: str, kind: str) -> Any:
     return _calibration(str(path), os.stat(path).st_mtime_ns, kind)
 
 
-def prepare_ahead(spec: dict) -> dict:
+def prepare_ahead(spec: dict[str, Any]) -> dict[str, Any]:
     """Worker-pool task: prepare one raw frame and keep it in the cache.
 
     Parameters

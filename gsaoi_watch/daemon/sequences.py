@@ -8,94 +8,143 @@ operator closed it) -> ``WAITING`` (for its calibration) or straight to ``REDUCI
 ``DONE`` / ``QUICKLOOK`` (reduced without a flat, redone when the flat arrives) / ``FAILED``.
 A frame arriving after completion re-opens the sequence (``REOPENED``) and it is reduced again.
 
-:func:`advance` is pure: (state, event) -> (new state, actions).  The engine performs the
-actions (database update, log line, job submission); an unknown pair is a logged error.
+:data:`TRANSITIONS` is the whole machine: every change of a sequence, and everything done
+because of one (a job submitted, a stack after a science reduction, the partner flat taken
+along, dependents released, superseded products retired and what used them re-reduced), is a
+row ``(state, event) -> (next state, actions)``.  :func:`advance` is pure; the engine performs
+the named actions with the executors of :mod:`gsaoi_watch.daemon.actions`.  An unknown pair
+is a logged error.  The states and actions are string enums whose values are what the
+database and the log have always held.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-__all__ = ["ACTIONS", "EVENTS", "STATES", "TRANSITIONS", "SequenceKey", "Transition",
-           "advance", "frame_kind", "sequence_key"]
+from gsaoi_watch.daemon.events import Event
+from gsaoi_watch.data.descriptors import FrameInfo
+
+if TYPE_CHECKING:
+    from gsaoi_watch.calibration.db import Sequence
+
+__all__ = ["ACTIONS", "EVENTS", "REASONS", "STATES", "TRANSITIONS", "Action", "Event",
+           "SequenceKey", "State", "Transition", "advance", "frame_kind", "label",
+           "reason", "sequence_key"]
 
 log = logging.getLogger(__name__)
 
-STATES = ("OPEN", "REOPENED", "COMPLETE", "WAITING", "REDUCING", "DONE", "QUICKLOOK", "FAILED")
 
-EVENTS = (
-    "frame",            # a new member frame arrived
-    "new_observation",  # a frame of another observation arrived
-    "idle_timeout",     # nothing new for idle_timeout seconds
-    "operator_close",   # gsaoi-watch close SEQ / close --all
-    "calibration_ready",    # what the reduction needs exists (flat; for flats: the partner)
-    "calibration_missing",  # it does not exist yet
-    "wait_expired",     # flat_wait seconds passed without a flat: reduce for quick-look
-    "job_done",
-    "job_done_quicklook",
-    "job_failed",       # tries left: run again
-    "job_gave_up",      # no tries left
-    "recalibrate",      # the calibration it was reduced with was re-made: reduce again
-)
+class State(enum.StrEnum):
+    """Where a sequence is (the ``sequence.state`` column)."""
 
-ACTIONS = (
-    "add_frame",        # record membership; run the per-frame steps
-    "check_calibration",  # look for the calibration; emits calibration_ready/_missing
-    "start_wait",       # schedule wait_expired after flat_wait
-    "cancel_wait",
-    "submit",           # submit the reduction job
-    "submit_quicklook",  # submit without a flat, flagged quick-look
-    "resubmit",         # run the job again (bounded tries)
-    "register_products",
-    "release_dependents",  # sequences WAITING for this product's calibration
-    "record_failure",
-    "mark_stale",       # a late frame arrived while reducing: reduce again afterwards
-)
+    OPEN = "OPEN"
+    REOPENED = "REOPENED"
+    COMPLETE = "COMPLETE"
+    WAITING = "WAITING"
+    REDUCING = "REDUCING"
+    DONE = "DONE"
+    QUICKLOOK = "QUICKLOOK"
+    FAILED = "FAILED"
+
+
+class Action(enum.StrEnum):
+    """What a transition does besides changing the state (one executor each)."""
+
+    ADD_FRAME = "add_frame"              # run the per-frame steps on the new member now
+    CHECK_CALIBRATION = "check_calibration"  # emits calibration_ready / calibration_missing
+    START_WAIT = "start_wait"            # the flat_wait clock starts
+    CANCEL_WAIT = "cancel_wait"
+    SUBMIT = "submit"                    # the reduction job (a flat takes its partner along)
+    SUBMIT_QUICKLOOK = "submit_quicklook"  # without a flat, flagged quick-look
+    RESUBMIT = "resubmit"                # run the failed job again (bounded tries)
+    RETIRE_SUPERSEDED = "retire_superseded"  # earlier products not remade go; users redone
+    RELEASE_DEPENDENTS = "release_dependents"  # sequences waiting for this calibration
+    SUBMIT_STACK = "submit_stack"        # science: distortion-correct, align and stack
+    MARK_STALE = "mark_stale"            # a frame arrived while reducing: reduce again after
+    REOPEN = "reopen"                    # clear the stale mark and re-open the sequence
+    RECORD_FAILURE = "record_failure"
+
+
+STATES = tuple(State)
+EVENTS = tuple(Event)
+ACTIONS = tuple(Action)
 
 
 @dataclass(frozen=True)
 class Transition:
-    """What happens on ``event`` in ``state``."""
+    """What happens on an event in a state."""
 
-    next_state: str
-    actions: tuple
+    next_state: State
+    actions: tuple[Action, ...]
 
 
-def _t(state, *actions):
+def _t(state: State, *actions: Action) -> Transition:
     return Transition(state, tuple(actions))
 
 
-_CLOSING = ("new_observation", "idle_timeout", "operator_close")
+S, E, A = State, Event, Action
+_CLOSING = (E.NEW_OBSERVATION, E.IDLE_TIMEOUT, E.OPERATOR_CLOSE)
 
 #: The whole state machine: (state, event) -> Transition.
-TRANSITIONS = {
-    ("OPEN", "frame"): _t("OPEN", "add_frame"),
-    **{("OPEN", e): _t("COMPLETE", "check_calibration") for e in _CLOSING},
-    ("REOPENED", "frame"): _t("REOPENED", "add_frame"),
-    **{("REOPENED", e): _t("COMPLETE", "check_calibration") for e in _CLOSING},
-    ("COMPLETE", "calibration_ready"): _t("REDUCING", "submit"),
-    ("COMPLETE", "calibration_missing"): _t("WAITING", "start_wait"),
-    ("COMPLETE", "frame"): _t("REOPENED", "add_frame"),
-    ("WAITING", "calibration_ready"): _t("REDUCING", "cancel_wait", "submit"),
-    ("WAITING", "wait_expired"): _t("REDUCING", "submit_quicklook"),
-    ("WAITING", "frame"): _t("REOPENED", "add_frame", "cancel_wait"),
-    ("WAITING", "operator_close"): _t("WAITING"),
-    ("REDUCING", "frame"): _t("REDUCING", "add_frame", "mark_stale"),
-    ("REDUCING", "job_done"): _t("DONE", "register_products", "release_dependents"),
-    ("REDUCING", "job_done_quicklook"): _t("QUICKLOOK", "register_products"),
-    ("REDUCING", "job_failed"): _t("REDUCING", "resubmit"),
-    ("REDUCING", "job_gave_up"): _t("FAILED", "record_failure"),
-    ("DONE", "frame"): _t("REOPENED", "add_frame"),
-    ("DONE", "operator_close"): _t("DONE"),
-    ("DONE", "recalibrate"): _t("REDUCING", "submit"),
-    ("QUICKLOOK", "calibration_ready"): _t("REDUCING", "submit"),
-    ("QUICKLOOK", "frame"): _t("REOPENED", "add_frame"),
-    ("QUICKLOOK", "operator_close"): _t("QUICKLOOK"),
-    ("QUICKLOOK", "recalibrate"): _t("REDUCING", "submit"),
-    ("FAILED", "frame"): _t("REOPENED", "add_frame"),
-    ("FAILED", "operator_close"): _t("COMPLETE", "check_calibration"),
+TRANSITIONS: dict[tuple[str, str], Transition] = {
+    (S.OPEN, E.FIRST_FRAME): _t(S.OPEN, A.ADD_FRAME),
+    (S.OPEN, E.FRAME): _t(S.OPEN, A.ADD_FRAME),
+    **{(S.OPEN, e): _t(S.COMPLETE, A.CHECK_CALIBRATION) for e in _CLOSING},
+    (S.REOPENED, E.FRAME): _t(S.REOPENED, A.ADD_FRAME),
+    **{(S.REOPENED, e): _t(S.COMPLETE, A.CHECK_CALIBRATION) for e in _CLOSING},
+    (S.COMPLETE, E.CALIBRATION_READY): _t(S.REDUCING, A.SUBMIT),
+    (S.COMPLETE, E.CALIBRATION_MISSING): _t(S.WAITING, A.START_WAIT),
+    (S.COMPLETE, E.PARTNER_SUBMITTED): _t(S.REDUCING),
+    (S.COMPLETE, E.FRAME): _t(S.REOPENED, A.ADD_FRAME),
+    (S.WAITING, E.CALIBRATION_READY): _t(S.REDUCING, A.CANCEL_WAIT, A.SUBMIT),
+    (S.WAITING, E.PARTNER_SUBMITTED): _t(S.REDUCING, A.CANCEL_WAIT),
+    (S.WAITING, E.WAIT_EXPIRED): _t(S.REDUCING, A.SUBMIT_QUICKLOOK),
+    (S.WAITING, E.FRAME): _t(S.REOPENED, A.ADD_FRAME, A.CANCEL_WAIT),
+    (S.WAITING, E.OPERATOR_CLOSE): _t(S.WAITING),
+    (S.REDUCING, E.FRAME): _t(S.REDUCING, A.ADD_FRAME, A.MARK_STALE),
+    (S.REDUCING, E.JOB_DONE): _t(S.DONE, A.RETIRE_SUPERSEDED, A.RELEASE_DEPENDENTS,
+                                 A.SUBMIT_STACK),
+    (S.REDUCING, E.JOB_DONE_STALE): _t(S.DONE, A.RETIRE_SUPERSEDED, A.RELEASE_DEPENDENTS,
+                                       A.REOPEN),
+    (S.REDUCING, E.JOB_DONE_QUICKLOOK): _t(S.QUICKLOOK, A.RETIRE_SUPERSEDED, A.SUBMIT_STACK),
+    (S.REDUCING, E.JOB_DONE_QUICKLOOK_STALE): _t(S.QUICKLOOK, A.RETIRE_SUPERSEDED, A.REOPEN),
+    (S.REDUCING, E.JOB_FAILED): _t(S.REDUCING, A.RESUBMIT),
+    (S.REDUCING, E.JOB_GAVE_UP): _t(S.FAILED, A.RECORD_FAILURE),
+    (S.DONE, E.FRAME): _t(S.REOPENED, A.ADD_FRAME),
+    (S.DONE, E.REOPEN): _t(S.REOPENED),
+    (S.DONE, E.OPERATOR_CLOSE): _t(S.DONE),
+    (S.DONE, E.RECALIBRATE): _t(S.REDUCING, A.SUBMIT),
+    (S.QUICKLOOK, E.CALIBRATION_READY): _t(S.REDUCING, A.SUBMIT),
+    (S.QUICKLOOK, E.FRAME): _t(S.REOPENED, A.ADD_FRAME),
+    (S.QUICKLOOK, E.REOPEN): _t(S.REOPENED),
+    (S.QUICKLOOK, E.OPERATOR_CLOSE): _t(S.QUICKLOOK),
+    (S.QUICKLOOK, E.RECALIBRATE): _t(S.REDUCING, A.SUBMIT),
+    (S.FAILED, E.FRAME): _t(S.REOPENED, A.ADD_FRAME),
+    (S.FAILED, E.OPERATOR_CLOSE): _t(S.COMPLETE, A.CHECK_CALIBRATION),
 }
+
+#: The reason recorded (``sequence.reason``) and logged for a transition on each event;
+#: None leaves the column empty (a new sequence).
+REASONS: dict[Event, str | None] = {
+    E.FIRST_FRAME: None, E.FRAME: "late frame", E.REOPEN: "late frame",
+    E.NEW_OBSERVATION: "new observation", E.IDLE_TIMEOUT: "idle",
+    E.OPERATOR_CLOSE: "closed by operator", E.CALIBRATION_READY: "calibration ready",
+    E.PARTNER_SUBMITTED: "calibration ready", E.CALIBRATION_MISSING: "waiting for a flat",
+    E.WAIT_EXPIRED: "flat wait expired", E.JOB_DONE: "reduced", E.JOB_DONE_STALE: "reduced",
+    E.JOB_DONE_QUICKLOOK: "quick-look reduced", E.JOB_DONE_QUICKLOOK_STALE: "quick-look reduced",
+    E.JOB_FAILED: "job failed, retrying", E.JOB_GAVE_UP: "job failed",
+    E.RECALIBRATE: "recalibrate",
+}
+
+
+def reason(kind: str, event: Event) -> str | None:
+    """The reason of a transition on ``event`` for a sequence of ``kind``."""
+    if event == E.CALIBRATION_MISSING and kind in ("flat_on", "flat_off"):
+        return "waiting for the lamp-{} frames".format("off" if kind == "flat_on" else "on")
+    return REASONS.get(event, str(event))
 
 
 def advance(state: str, event: str) -> Transition | None:
@@ -105,7 +154,7 @@ def advance(state: str, event: str) -> Transition | None:
     """
     transition = TRANSITIONS.get((state, event))
     if transition is None:
-        log.error("no transition for event %r in state %r", event, state)
+        log.error("no transition for event %r in state %r", str(event), str(state))
     return transition
 
 
@@ -120,7 +169,7 @@ class SequenceKey:
     read_mode: str
     roi: bool
 
-    def __str__(self):
+    def __str__(self) -> str:
         roi = " ROI" if self.roi else ""
         return (f"{self.observation_id} {self.kind} {self.filter_name} "
                 f"{self.exposure_time:g}s {self.read_mode}{roi}")
@@ -131,7 +180,7 @@ class SequenceKey:
                                          self.exposure_time, self.read_mode, int(self.roi)))
 
 
-def frame_kind(info) -> str:
+def frame_kind(info: FrameInfo) -> str:
     """What a frame is for: flat_on, flat_off, flat, standard, science, bpm, or ignored kinds.
 
     Acquisitions, darks and anything else return 'ignored' (recorded, not reduced).
@@ -157,7 +206,7 @@ def frame_kind(info) -> str:
     return "ignored"
 
 
-def sequence_key(info) -> SequenceKey:
+def sequence_key(info: FrameInfo) -> SequenceKey:
     """The sequence a raw frame belongs to, from its headers alone."""
     return SequenceKey(
         observation_id=str(info.observation_id()),
@@ -167,3 +216,9 @@ def sequence_key(info) -> SequenceKey:
         read_mode=f"{info.read_mode()}/{info.lnrs()}",
         roi=bool(info.is_roi()),
     )
+
+
+def label(seq: Sequence) -> str:
+    """How the log names a sequence: ``GS-2017A-Q-29-13 science NGC5128 Kshort 60s``."""
+    return (f"{seq.observation_id} {seq.kind} {seq.object} "
+            f"{(seq.filter_name or '').split('_')[0]} {seq.exposure_time:g}s")

@@ -10,16 +10,20 @@ import signal
 import socket
 import threading
 from pathlib import Path
+from types import FrameType
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from gsaoi_watch.calibration import db
+from gsaoi_watch.config import Config
 from gsaoi_watch.daemon.engine import Engine
+from gsaoi_watch.daemon.events import EngineEvent, Heartbeat, Rescan, Stop, Tick
 from gsaoi_watch.daemon.watcher import make_observer
 
 __all__ = ['run_service', 'sd_notify']
 
-log = logging.getLogger("gsaoi_watch")
+log = logging.getLogger(__name__)
+
 
 def sd_notify(message: str) -> bool:
     """Send a datagram to systemd's NOTIFY_SOCKET (READY=1, STATUS=..., WATCHDOG=1, ...).
@@ -46,7 +50,8 @@ def sd_notify(message: str) -> bool:
         return False
 
 
-def run_service(config, *, stop_event=None, idle_exit=None, install_signals=True) -> int:
+def run_service(config: Config, *, stop_event: threading.Event | None = None,
+                idle_exit: float | None = None, install_signals: bool = True) -> int:
     """Run the daemon until SIGTERM/SIGINT (or ``stop_event``); return the exit status.
 
     Start-up: open the database, re-run interrupted jobs, scan the raw directory, start
@@ -65,18 +70,15 @@ def run_service(config, *, stop_event=None, idle_exit=None, install_signals=True
                                                   "misfire_grace_time": 30})
     status = {"code": 0}
 
-    def heartbeat():
-        engine.events.put(("heartbeat",))
-
-    scheduler.add_job(lambda: engine.events.put(("tick",)), "interval",
+    scheduler.add_job(lambda: engine.events.put(Tick()), "interval",
                       seconds=config.sequences.tick_seconds, id="tick")
-    scheduler.add_job(lambda: engine.events.put(("rescan",)), "interval",
+    scheduler.add_job(lambda: engine.events.put(Rescan()), "interval",
                       seconds=config.watch.rescan_seconds, id="rescan")
-    scheduler.add_job(heartbeat, "interval", seconds=config.service.heartbeat_seconds,
-                      id="heartbeat")
+    scheduler.add_job(lambda: engine.events.put(Heartbeat()), "interval",
+                      seconds=config.service.heartbeat_seconds, id="heartbeat")
 
-    def stop(signum=None, frame=None):
-        engine.events.put(("stop",))
+    def stop(signum: int | None = None, frame: FrameType | None = None) -> None:
+        engine.events.put(Stop())
 
     previous = {}
     if install_signals and threading.current_thread() is threading.main_thread():
@@ -96,12 +98,12 @@ def run_service(config, *, stop_event=None, idle_exit=None, install_signals=True
         while not engine.stopping:
             if stop_event is not None and stop_event.is_set():
                 break
-            event = None
+            event: EngineEvent | None = None
             try:
                 event = engine.events.get(timeout=0.2)
             except Exception:  # noqa: BLE001 -- queue.Empty
                 event = None
-            if event is not None and event[0] == "heartbeat":
+            if isinstance(event, Heartbeat):
                 if not observer.is_alive():
                     log.error("the file observer died: exiting so that systemd restarts us")
                     status["code"] = 1

@@ -1,6 +1,7 @@
 """Watching the raw directory: watchdog handler, arrival gate, catch-up scan.
 
-The watchdog handler only puts ``(kind, path)`` on a queue and never raises (an exception in
+The watchdog handler only puts :class:`~gsaoi_watch.daemon.events.FileNoticed` events on a
+queue and never raises (an exception in
 a handler silently kills the observer thread).  The :class:`ArrivalGate`, owned by the
 engine thread, decides when a file has completely arrived: closed after writing (inotify)
 or with size and mtime unchanged for ``settle`` seconds, and then readable as a complete
@@ -13,13 +14,18 @@ import logging
 import os
 import queue
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from watchdog.events import FileSystemEventHandler
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
+from gsaoi_watch.daemon.events import FileNoticed
+from gsaoi_watch.data.descriptors import FrameInfo
 from gsaoi_watch.data.fitsio import read_frame_info
 from gsaoi_watch.errors import FrameError
 
@@ -33,7 +39,7 @@ NETWORK_FS = {"nfs", "nfs4", "cifs", "smbfs", "smb3", "sshfs", "fuse.sshfs", "9p
               "glusterfs", "lustre", "gpfs", "ceph"}
 
 
-def is_candidate(path) -> bool:
+def is_candidate(path: str | bytes | os.PathLike[str]) -> bool:
     """True for a name that may be a raw frame; temporary names are not (yet) candidates."""
     name = os.path.basename(str(path))
     if name.startswith(".") or name.startswith("~") or name.endswith((".tmp", ".part",
@@ -43,37 +49,37 @@ def is_candidate(path) -> bool:
 
 
 class QueueingHandler(FileSystemEventHandler):
-    """watchdog handler that enqueues ``("seen", path)`` or ``("closed", path)``; never raises."""
+    """watchdog handler that enqueues :class:`FileNoticed` events; never raises."""
 
-    def __init__(self, events: queue.Queue):
+    def __init__(self, events: queue.Queue[Any]) -> None:
         super().__init__()
         self.events = events
 
-    def _put(self, kind, path):
+    def _put(self, path: str | bytes, *, closed: bool) -> None:
         try:
             if is_candidate(path):
-                self.events.put((kind, str(path)))
+                self.events.put(FileNoticed(os.fsdecode(path), closed=closed))
         except Exception:  # noqa: BLE001 -- a handler must never raise
             log.exception("watch handler failed on %s", path)
 
-    def on_created(self, event):  # noqa: D102
+    def on_created(self, event: FileSystemEvent) -> None:  # noqa: D102
         if not event.is_directory:
-            self._put("seen", event.src_path)
+            self._put(event.src_path, closed=False)
 
-    def on_modified(self, event):  # noqa: D102
+    def on_modified(self, event: FileSystemEvent) -> None:  # noqa: D102
         if not event.is_directory:
-            self._put("seen", event.src_path)
+            self._put(event.src_path, closed=False)
 
-    def on_closed(self, event):  # noqa: D102
+    def on_closed(self, event: FileSystemEvent) -> None:  # noqa: D102
         if not event.is_directory:
-            self._put("closed", event.src_path)
+            self._put(event.src_path, closed=True)
 
-    def on_moved(self, event):  # noqa: D102  (rsync and atomic writers rename into place)
+    def on_moved(self, event: FileSystemEvent) -> None:  # noqa: D102  (rsync and atomic writers rename into place)
         if not event.is_directory:
-            self._put("closed", event.dest_path)
+            self._put(event.dest_path, closed=True)
 
 
-def is_network_mount(path) -> bool:
+def is_network_mount(path: str | os.PathLike[str]) -> bool:
     """True if ``path`` is on a network file system (inotify misses remote writes there)."""
     path = os.path.realpath(path)
     best, fstype = "", ""
@@ -89,7 +95,9 @@ def is_network_mount(path) -> bool:
     return fstype in NETWORK_FS
 
 
-def make_observer(directory, events, *, polling=False, poll_interval=1.0):
+def make_observer(directory: str | os.PathLike[str], events: queue.Queue[Any], *,
+                  polling: bool = False,
+                  poll_interval: float = 1.0) -> tuple[BaseObserver, bool]:
     """Build (not start) a watchdog observer on ``directory``.
 
     inotify by default; a polling observer when asked or when the directory is on a
@@ -101,7 +109,7 @@ def make_observer(directory, events, *, polling=False, poll_interval=1.0):
     return observer, use_polling
 
 
-def scan_directory(directory):
+def scan_directory(directory: str | os.PathLike[str]) -> list[str]:
     """Candidate files already in ``directory`` (start-up catch-up and periodic rescan)."""
     try:
         names = sorted(os.listdir(directory))
@@ -137,11 +145,11 @@ class ArrivalGate:
 
     settle: float = 2.0
     give_up: float = 120.0
-    clock: object = time.monotonic
-    pending: dict = field(default_factory=dict)
-    done: set = field(default_factory=set)
+    clock: Callable[[], float] = time.monotonic
+    pending: dict[str, _Pending] = field(default_factory=dict)
+    done: set[str] = field(default_factory=set)
 
-    def notice(self, path, *, closed=False):
+    def notice(self, path: str | os.PathLike[str], *, closed: bool = False) -> None:
         """Record an event for ``path`` (re-arms the settle timer if the file changed)."""
         path = str(path)
         try:
@@ -163,7 +171,7 @@ class ArrivalGate:
         elif closed:
             old.closed = True
 
-    def poll(self):
+    def poll(self) -> tuple[list[tuple[str, FrameInfo]], list[tuple[str, str]]]:
         """Return ``(ready, rejected)``: arrived frames (path, FrameInfo) and (path, problem).
 
         A file is examined once it was closed after writing or has been stable for

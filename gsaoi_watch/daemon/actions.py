@@ -1,0 +1,281 @@
+"""One executor per action of the transition table.
+
+:data:`EXECUTORS` maps every :class:`~gsaoi_watch.daemon.sequences.Action` to the function
+that performs it: ``executor(engine, sequence, event)``, called by the engine after the
+sequence's state was updated, with the :class:`~gsaoi_watch.daemon.events.SequenceEvent`
+that caused the transition (the frame that arrived, the job that finished and its result).
+An executor that changes another sequence (the partner flat taken along, dependents
+released, users of a retired calibration re-reduced) does so by raising that sequence's
+event through :meth:`~gsaoi_watch.daemon.engine.Engine.emit`, never by writing its state.
+Job rows are created here, in the same handler as the state change that asks for them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from concurrent.futures import Future
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from gsaoi_watch.calibration import db, queries
+from gsaoi_watch.daemon.events import Event, PreparedFinished, SequenceEvent
+from gsaoi_watch.daemon.prepared import prepare_ahead
+from gsaoi_watch.daemon.sequences import Action, State, label
+from gsaoi_watch.data.descriptors import FrameInfo
+from gsaoi_watch.data.fitsio import read_frame_info
+
+if TYPE_CHECKING:
+    from gsaoi_watch.daemon.engine import Engine
+
+__all__ = ["EXECUTORS", "Executor", "calibration_ready", "member_paths", "partner"]
+
+log = logging.getLogger(__name__)
+
+#: Frame states of the members a reduction takes.
+MEMBER_STATES = ("ingested", "used", "unusable")
+FLAT_KINDS = ("flat_on", "flat_off", "flat")
+
+Executor = Callable[["Engine", db.Sequence, SequenceEvent], None]
+
+#: action -> executor; every action of the table has one.
+EXECUTORS: dict[Action, Executor] = {}
+
+
+def _executes(action: Action) -> Callable[[Executor], Executor]:
+    def register(fn: Executor) -> Executor:
+        EXECUTORS[action] = fn
+        return fn
+    return register
+
+
+# --- what a sequence needs ------------------------------------------------------------------
+def partner(seq: db.Sequence) -> db.Sequence | None:
+    """The lamp-off sequence of a lamp-on one (and the reverse): same filter and read mode."""
+    want = {"flat_on": "flat_off", "flat_off": "flat_on"}.get(seq.kind)
+    if want is None:
+        return None
+    found: db.Sequence | None = (db.Sequence.select().where(
+        (db.Sequence.kind == want) & (db.Sequence.filter_name == seq.filter_name)
+        & (db.Sequence.read_mode == seq.read_mode) & (db.Sequence.roi == seq.roi))
+        .order_by(db.Sequence.opened.desc()).first())
+    return found
+
+
+def _first_info(seq: db.Sequence) -> FrameInfo:
+    frame = seq.frames.order_by(db.Frame.ut_datetime).first()
+    return read_frame_info(frame.path)
+
+
+def calibration_ready(seq: db.Sequence) -> bool:
+    """Whether what the reduction of ``seq`` needs exists.
+
+    A lamp-on or lamp-off flat below 1.4 um needs nothing; above, its partner must be
+    complete (or waiting).  Standards and science need a processed flat.
+    """
+    if seq.kind in ("flat_on", "flat_off"):
+        wave = _first_info(seq).effective_wavelength()
+        if wave is not None and wave < 1.4:
+            return True
+        other = partner(seq)
+        return other is not None and other.state in (State.COMPLETE, State.WAITING)
+    if seq.kind == "flat":
+        return True
+    return queries.best_calibration(_first_info(seq)) is not None
+
+
+def member_paths(seq: db.Sequence) -> list[str]:
+    """Every member frame, in time order: a sequence is always reduced whole.
+
+    Also those a previous reduction used or could not use (re-opened, re-calibrated, or
+    after quick-look).
+    """
+    return [f.path for f in seq.frames.where(db.Frame.state.in_(MEMBER_STATES))
+            .order_by(db.Frame.ut_datetime)]
+
+
+def _submit(engine: Engine, seq: db.Sequence, *, quicklook: bool = False) -> None:
+    """Create the reduction job of ``seq`` and start it; a flat takes its partner along."""
+    info = _first_info(seq)
+    bpm = queries.best_calibration(info, "processed_bpm")
+    spec: dict[str, Any] = {"output_dir": str(engine.output_dir),
+                            "bpm": bpm.path if bpm else None, "params": {},
+                            "sequences": [seq.id]}
+    pictures = engine.config.quicklook.pictures
+    if seq.kind.startswith("flat"):
+        paths = member_paths(seq)
+        other = partner(seq)
+        if other is not None and other.state in (State.COMPLETE, State.WAITING,
+                                                 State.REDUCING):
+            paths += member_paths(other)
+            spec["sequences"].append(other.id)
+        spec.update(recipe="flat", paths=paths, flat=None, pictures=pictures)
+    else:
+        flat = None if quicklook else queries.best_calibration(info)
+        spec.update(recipe="images", paths=member_paths(seq),
+                    flat=flat.path if flat else None, cache_dir=str(engine.cache_dir),
+                    qa=engine.config.quicklook.qa, pictures=pictures)
+    with db.writing():
+        job = db.Job.create(sequence=seq, recipe=spec["recipe"],
+                            parameters=json.dumps(spec), state="SUBMITTED")
+        db.Sequence.update(quicklook=quicklook).where(db.Sequence.id == seq.id).execute()
+    engine.start_job(job)
+    for other_id in spec["sequences"][1:]:  # the partner flat rides on this job
+        engine.emit(other_id, Event.PARTNER_SUBMITTED)
+
+
+def _set(seq: db.Sequence, **fields: Any) -> None:
+    with db.writing():
+        db.Sequence.update(**fields).where(db.Sequence.id == seq.id).execute()
+
+
+# --- the executors --------------------------------------------------------------------------
+@_executes(Action.ADD_FRAME)
+def add_frame(engine: Engine, seq: db.Sequence, event: SequenceEvent) -> None:
+    """Run the per-frame steps on a new standard or science member now, while observed.
+
+    The frame's ledger row already names its sequence (ingest records membership, whatever
+    the state); what is left for the member is the work ahead of the sequence's job.
+    """
+    frame = event.frame
+    if frame is None or engine.stopping or seq.kind not in ("standard", "science") \
+            or not engine.config.jobs.prepare_ahead:
+        return
+    flat = queries.best_calibration(frame.info)
+    bpm = queries.best_calibration(frame.info, "processed_bpm")
+    spec = {"path": frame.path, "cache_dir": str(engine.cache_dir),
+            "flat": flat.path if flat else None, "bpm": bpm.path if bpm else None}
+    future = engine.executor.submit(prepare_ahead, spec)
+    engine.preparing[frame.path] = future
+    path = frame.path
+
+    def finished(f: Future[Any]) -> None:  # in the worker pool's thread: only enqueue
+        engine.events.put(PreparedFinished(path, f))
+
+    future.add_done_callback(finished)
+
+
+@_executes(Action.CHECK_CALIBRATION)
+def check_calibration(engine: Engine, seq: db.Sequence, event: SequenceEvent) -> None:
+    """Raise calibration_ready or calibration_missing for the sequence itself."""
+    engine.emit(seq.id, Event.CALIBRATION_READY if calibration_ready(seq)
+                else Event.CALIBRATION_MISSING)
+
+
+@_executes(Action.START_WAIT)
+def start_wait(engine: Engine, seq: db.Sequence, event: SequenceEvent) -> None:
+    """Start the flat_wait clock (the tick raises wait_expired)."""
+    _set(seq, wait_started=engine.now())
+
+
+@_executes(Action.CANCEL_WAIT)
+def cancel_wait(engine: Engine, seq: db.Sequence, event: SequenceEvent) -> None:
+    """Stop the flat_wait clock."""
+    _set(seq, wait_started=None)
+
+
+@_executes(Action.SUBMIT)
+def submit(engine: Engine, seq: db.Sequence, event: SequenceEvent) -> None:
+    """Submit the reduction with the best calibration."""
+    _submit(engine, seq)
+
+
+@_executes(Action.SUBMIT_QUICKLOOK)
+def submit_quicklook(engine: Engine, seq: db.Sequence, event: SequenceEvent) -> None:
+    """Submit the reduction without a flat, flagged quick-look."""
+    _submit(engine, seq, quicklook=True)
+
+
+@_executes(Action.RESUBMIT)
+def resubmit(engine: Engine, seq: db.Sequence, event: SequenceEvent) -> None:
+    """Run the failed job (else the sequence's latest) again; the tries are bounded."""
+    job = db.Job.get_or_none(db.Job.id == event.job_id) if event.job_id is not None else None
+    if job is None:
+        job = db.Job.select().where(db.Job.sequence == seq).order_by(db.Job.id.desc()).first()
+    if job is not None:
+        engine.start_job(job)
+
+
+@_executes(Action.MARK_STALE)
+def mark_stale(engine: Engine, seq: db.Sequence, event: SequenceEvent) -> None:
+    """A frame arrived while the job ran: the job's end re-opens the sequence."""
+    _set(seq, stale=True)
+
+
+@_executes(Action.REOPEN)
+def reopen(engine: Engine, seq: db.Sequence, event: SequenceEvent) -> None:
+    """Clear the stale mark and re-open the sequence for its late frames."""
+    _set(seq, stale=False)
+    engine.emit(seq.id, Event.REOPEN)
+
+
+@_executes(Action.RECORD_FAILURE)
+def record_failure(engine: Engine, seq: db.Sequence, event: SequenceEvent) -> None:
+    """The error line of a sequence whose job gave up (the job row has the error)."""
+    log.error("seq=%s: reduction FAILED after %d tries", label(seq),
+              engine.config.jobs.max_tries)
+
+
+@_executes(Action.RELEASE_DEPENDENTS)
+def release_dependents(engine: Engine, seq: db.Sequence, event: SequenceEvent) -> None:
+    """A flat was made: standards and science waiting (or quick-looked) get calibration_ready."""
+    if seq.kind not in FLAT_KINDS:
+        return
+    for other in list(db.Sequence.select().where(
+            db.Sequence.state.in_((State.WAITING, State.QUICKLOOK))
+            & db.Sequence.kind.in_(("standard", "science")))):
+        if queries.best_calibration(_first_info(other)) is not None:
+            engine.emit(other.id, Event.CALIBRATION_READY)
+
+
+@_executes(Action.RETIRE_SUPERSEDED)
+def retire_superseded(engine: Engine, seq: db.Sequence, event: SequenceEvent) -> None:
+    """Retire products of earlier jobs of the job's sequences that the job did not remake.
+
+    A sequence re-reduced with more frames can give products other names (a flat is named
+    after its first lamp-on frame): the old files and rows go, and sequences reduced with
+    a retired calibration get recalibrate.  Run for each sequence of a job (a flat's two);
+    the first run retires everything, the others find nothing left.
+    """
+    if event.job_id is None or event.result is None:
+        return
+    job = db.Job.get_by_id(event.job_id)
+    ids = set(json.loads(job.parameters).get("sequences", []))
+    fresh = {str(Path(p).resolve()) for p, _ in event.result["products"]}
+    redo: set[int] = set()
+    for old in list(db.Job.select().where((db.Job.id != job.id) & (db.Job.state == "DONE"))):
+        if not ids & set(json.loads(old.parameters).get("sequences", [])):
+            continue
+        for product in list(old.products):
+            if product.path in fresh:
+                continue
+            for use in product.used_by:
+                src = use.product.job
+                if src is not None and src.sequence is not None:
+                    redo.add(src.sequence.id)
+            with db.writing():
+                product.delete_instance(recursive=True)
+            Path(product.path).unlink(missing_ok=True)
+            if product.kind == "processed_flat":  # and its copy beside the products
+                (engine.output_dir / product.filename).unlink(missing_ok=True)
+            log.info("product=%s retired: superseded by job=%d", product.filename, job.id)
+    for seq_id in sorted(redo - ids):
+        engine.emit(seq_id, Event.RECALIBRATE)
+
+
+@_executes(Action.SUBMIT_STACK)
+def submit_stack(engine: Engine, seq: db.Sequence, event: SequenceEvent) -> None:
+    """Science: distortion-correct, align and stack the reduced object frames (two or more)."""
+    if seq.kind != "science" or event.result is None:
+        return
+    objects = sorted(p for p, kind in event.result["products"] if kind == "sky_corrected")
+    if len(objects) < 2:
+        return
+    name = Path(objects[0]).name.replace("_skyCorrected", "_stack")
+    spec = {"recipe": "stack", "paths": objects, "output_dir": str(engine.output_dir),
+            "output_name": name, "pictures": engine.config.quicklook.pictures}
+    with db.writing():
+        job = db.Job.create(sequence=seq, recipe="stack", parameters=json.dumps(spec),
+                            state="SUBMITTED")
+    engine.start_job(job)

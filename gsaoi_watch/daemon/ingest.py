@@ -1,0 +1,119 @@
+"""Frame arrival: what the arrival gate released becomes a ledger row and a sequence member.
+
+A rejected file becomes a quarantined row (one warning line).  A complete frame is checked
+against the ledger (same checksum: nothing to do; same data label under another name: a
+duplicate, quarantined), then recorded: a static BPM is registered as a calibration, kinds
+that are not reduced are recorded as ignored, and anything else joins the sequence its
+headers name (created OPEN if new).  The sequence then gets ``first_frame`` or ``frame``
+through the transition table, and sequences that a later observation followed are closed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from gsaoi_watch.calibration import db, queries
+from gsaoi_watch.calibration.caldb import calibration_kind
+from gsaoi_watch.daemon.events import Event, FrameArrived
+from gsaoi_watch.daemon.sequences import State, frame_kind, label, sequence_key
+from gsaoi_watch.data.descriptors import FrameInfo
+
+if TYPE_CHECKING:
+    from gsaoi_watch.daemon.engine import Engine
+
+__all__ = ["REDUCIBLE", "ingest", "quarantine"]
+
+log = logging.getLogger(__name__)
+
+#: Frame kinds that form sequences and are reduced.
+REDUCIBLE = {"flat_on", "flat_off", "flat", "standard", "science"}
+
+
+def quarantine(engine: Engine, path: str, problem: str) -> None:
+    """Record a file the daemon will not use, with the reason (one warning line)."""
+    path = str(Path(path).resolve())
+    with db.writing():
+        row = db.Frame.get_or_none(db.Frame.path == path)
+        if row is None:
+            db.Frame.create(path=path, state="quarantined", error=problem)
+        else:
+            db.Frame.update(state="quarantined", error=problem,
+                            updated=engine.now()).where(db.Frame.id == row.id).execute()
+    engine.counts["quarantined"] += 1
+    log.warning("frame=%s quarantined: %s", Path(path).name, problem)
+
+
+def ingest(engine: Engine, arrived: FrameArrived) -> None:
+    """Ledger row, then sequence membership and the sequence's event, for an arrived frame."""
+    path = str(Path(arrived.path).resolve())
+    info = arrived.info
+    name = Path(path).name
+    digest = db.checksum(path)
+    existing = db.Frame.get_or_none(db.Frame.path == path)
+    if existing is not None and existing.checksum == digest:
+        return
+    label_ = info.data_label()
+    twin = db.Frame.get_or_none(db.Frame.data_label == label_) if label_ else None
+    if twin is not None and twin.path != path:
+        quarantine(engine, path, f"duplicate of {Path(twin.path).name} "
+                                 f"(same data label {label_})")
+        return
+    kind = frame_kind(info)
+    if kind == "bpm" or calibration_kind(info) == "processed_bpm":
+        queries.register_product(path, info, kind="processed_bpm", is_calibration=True)
+        log.info("frame=%s registered as static BPM", name)
+        _record_frame(engine, path, info, digest, "used", None)
+        return
+    if kind not in REDUCIBLE:
+        _record_frame(engine, path, info, digest, "ignored", None)
+        log.info("frame=%s ignored: %s (%s)", name, kind,
+                 info.observation_class() or info.observation_type())
+        return
+    _join(engine, path, info, digest)
+
+
+def _join(engine: Engine, path: str, info: FrameInfo, digest: str) -> None:
+    """Make the frame a member of its sequence, then apply first_frame or frame."""
+    key = sequence_key(info)
+    now = engine.now()
+    with db.writing():
+        seq, created = db.Sequence.get_or_create(key=key.as_text(), defaults=dict(
+            kind=key.kind, observation_id=key.observation_id, object=info.object(),
+            filter_name=key.filter_name, exposure_time=key.exposure_time,
+            read_mode=key.read_mode, roi=key.roi, state=State.OPEN.value, opened=now,
+            updated=now, last_frame_ut=info.ut_datetime()))
+    _record_frame(engine, path, info, digest, "ingested", seq)
+    engine.counts["frames"] += 1
+    log.info("frame=%s → seq=%s (%d frames)", Path(path).name, label(seq), seq.frames.count())
+    if created:
+        log.info("seq=%s: new sequence OPEN", label(seq))
+    # one observation at a time: a later frame of another observation closes open ones
+    seq = db.Sequence.get_by_id(seq.id)
+    last = max(filter(None, [seq.last_frame_ut, info.ut_datetime()]), default=None)
+    with db.writing():
+        db.Sequence.update(updated=engine.now(), last_frame_ut=last).where(
+            db.Sequence.id == seq.id).execute()
+    engine.emit(seq.id, Event.FIRST_FRAME if created else Event.FRAME,
+                frame=FrameArrived(path, info))
+    engine.close_superseded()
+
+
+def _record_frame(engine: Engine, path: str, info: FrameInfo, digest: str, state: str,
+                  seq: db.Sequence | None) -> None:
+    descriptors = {"object": info.object(), "observation_class": info.observation_class(),
+                   "filter_name": info.filter_name(), "exposure_time": info.exposure_time(),
+                   "observation_id": info.observation_id()}
+    fields = dict(data_label=info.data_label() if state != "quarantined" else None,
+                  checksum=digest, size=Path(path).stat().st_size,
+                  descriptors=json.dumps(descriptors), tags=" ".join(sorted(info.tags)),
+                  state=state, error=None, sequence=seq, ut_datetime=info.ut_datetime(),
+                  updated=engine.now())
+    with db.writing():
+        row = db.Frame.get_or_none(db.Frame.path == path)
+        if row is None:
+            db.Frame.create(path=path, **fields)
+        else:
+            db.Frame.update(**fields).where(db.Frame.id == row.id).execute()

@@ -1,0 +1,163 @@
+"""What finished worker tasks leave: job rows, products, frames used, QA; then the table.
+
+A reduction job's outcome is recorded once per job (a flat job serves two sequences): the
+job row, its products (registered with the calibrations they used), the member frames used
+or unusable, the QA values, the prepared frames that served.  Each sequence of the job then
+gets its event (``job_done``, ``job_done_stale``, ``job_done_quicklook[_stale]``,
+``job_failed``, ``job_gave_up``) and the transition table does the rest.  A stack job is a
+follow-up of its science sequence and changes no sequence: its products are registered, a
+failure is retried while tries are left.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from gsaoi_watch.calibration import db, queries
+from gsaoi_watch.daemon.events import Event, JobFinished, PreparedFinished
+from gsaoi_watch.daemon.prepared import cache_path
+from gsaoi_watch.daemon.sequences import label
+from gsaoi_watch.data.fitsio import read_frame_info
+from gsaoi_watch.quicklook.summary import write_summary
+
+if TYPE_CHECKING:
+    from gsaoi_watch.daemon.engine import Engine
+
+__all__ = ["job_finished", "prepared_finished", "refresh_summary"]
+
+log = logging.getLogger(__name__)
+
+#: (reduced without a flat, a frame arrived meanwhile) -> the sequence's event
+_DONE = {(False, False): Event.JOB_DONE, (False, True): Event.JOB_DONE_STALE,
+         (True, False): Event.JOB_DONE_QUICKLOOK, (True, True): Event.JOB_DONE_QUICKLOOK_STALE}
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def job_finished(engine: Engine, event: JobFinished) -> None:
+    """Record a finished job, then give each of its sequences its event."""
+    engine.futures.pop(event.job_id, None)
+    job = db.Job.get_by_id(event.job_id)
+    spec = json.loads(job.parameters)
+    seq_ids: list[int] = spec.get("sequences", [])
+    future = event.future
+    if future.cancelled():
+        return
+    exc = future.exception()
+    if exc is not None:
+        _failed(engine, job, seq_ids, exc)
+        return
+    result = future.result()
+    if spec["recipe"] == "stack":
+        _stack_finished(engine, job, result)
+        return
+    _record(engine, job, spec, result)
+    quick = spec["recipe"] == "images" and not spec.get("flat")
+    for seq_id in seq_ids:
+        stale = bool(db.Sequence.get_by_id(seq_id).stale)
+        engine.emit(seq_id, _DONE[(quick, stale)], job_id=job.id, result=result)
+    refresh_summary(engine)
+
+
+def _failed(engine: Engine, job: db.Job, seq_ids: list[int], exc: BaseException) -> None:
+    text = _first_line(exc)
+    gave_up = job.tries >= engine.config.jobs.max_tries
+    engine.job_state(job, "FAILED" if gave_up else "RETRY", error=text)
+    log.error("job=%d %s failed (try %d of %d): %s", job.id, job.recipe, job.tries,
+              engine.config.jobs.max_tries, text)
+    if seq_ids:
+        engine.emit(seq_ids[0], Event.JOB_GAVE_UP if gave_up else Event.JOB_FAILED,
+                    job_id=job.id)
+    elif not gave_up:  # a follow-up job (the stack): run it again
+        engine.start_job(db.Job.get_by_id(job.id))
+
+
+def _record(engine: Engine, job: db.Job, spec: Mapping[str, Any],
+            result: Mapping[str, Any]) -> None:
+    """Products, frames used or unusable, the job row, QA and the prepared frames."""
+    used = []
+    for key, caltype in (("flat", "processed_flat"), ("bpm", "processed_bpm")):
+        if spec.get(key):
+            cal = db.Product.get_or_none(db.Product.path == spec[key])
+            if cal is not None:
+                used.append((cal, caltype))
+    for path, kind in result["products"]:
+        queries.register_product(path, read_frame_info(path), kind=kind,
+                                 is_calibration=kind == "processed_flat", job=job, used=used)
+    for name, why in result["skipped"]:
+        log.warning("frame=%s not used: %s", Path(name).name, why)
+    skipped = {str(Path(n).resolve()) for n, _ in result["skipped"]}
+    with db.writing():
+        for path in spec["paths"]:
+            db.Frame.update(state="used" if path not in skipped else "unusable").where(
+                db.Frame.path == path).execute()
+    engine.job_state(job, "DONE")
+    log.info("job=%d %s done in %.1f s → %s", job.id, job.recipe, result["seconds"],
+             result["note"])
+    _record_qa(result.get("qa") or [], result["products"])
+    if spec["recipe"] != "images" or spec.get("flat"):
+        # reduced with its flat: the prepared frames have served
+        for path in spec["paths"]:
+            cache_path(engine.cache_dir, path).unlink(missing_ok=True)
+
+
+def _record_qa(measured: list[dict[str, Any]], products: list[tuple[str, str]]) -> None:
+    path_of = {Path(p).name: str(Path(p).resolve()) for p, _ in products}
+    for qa in measured:
+        with db.writing():
+            db.Product.update(qa=json.dumps(qa)).where(
+                db.Product.path == path_of.get(qa["file"])).execute()
+        log.info("qa %s", qa["log"])
+
+
+def _stack_finished(engine: Engine, job: db.Job, result: Mapping[str, Any]) -> None:
+    for path, kind in result["products"]:
+        queries.register_product(path, None, kind=kind, is_calibration=False, job=job)
+    for name, why in result["skipped"]:
+        log.warning("frame=%s left out of the stack: %s", Path(name).name, why)
+    engine.job_state(job, "DONE")
+    log.info("job=%d stack done in %.1f s → %s", job.id, result["seconds"], result["note"])
+    refresh_summary(engine)
+
+
+def prepared_finished(engine: Engine, event: PreparedFinished) -> None:
+    """Log how the per-frame steps done ahead went (a failure is left to the sequence job)."""
+    path, future = event.path, event.future
+    if engine.preparing.get(path) is future:
+        del engine.preparing[path]
+    if future.cancelled():
+        return
+    exc = future.exception()
+    name = Path(path).name
+    if exc is not None:  # not fatal: the sequence job prepares the raw frame itself
+        log.warning("frame=%s per-frame steps failed (%s); left to the sequence job", name,
+                    _first_line(exc))
+        return
+    res = future.result()
+    log.info("frame=%s prepared in %.1f s (%s)", name, res["seconds"],
+             f"flat {res['flat']}" if res["flat"] else "no flat yet")
+
+
+def refresh_summary(engine: Engine) -> None:
+    """Rewrite the night summary page from the database (never fails the engine)."""
+    if not engine.config.quicklook.summary:
+        return
+    sequences = []
+    for seq in db.Sequence.select().order_by(db.Sequence.opened):
+        products = []
+        for job in seq.jobs.where(db.Job.state == "DONE").order_by(db.Job.id):
+            for p in job.products.order_by(db.Product.filename):
+                products.append({"path": p.path, "qa": json.loads(p.qa) if p.qa else None})
+        sequences.append({"name": label(seq), "kind": seq.kind,
+                          "state": seq.state + (" quick-look" if seq.quicklook else ""),
+                          "frames": seq.frames.count(), "products": products})
+    try:
+        write_summary(engine.output_dir, sequences)
+    except OSError as exc:
+        log.warning("night summary not written: %s", exc)

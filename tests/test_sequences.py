@@ -10,8 +10,11 @@ from gsaoi_watch.daemon.sequences import (
     EVENTS,
     STATES,
     TRANSITIONS,
+    Event,
+    State,
     advance,
     frame_kind,
+    reason,
     sequence_key,
 )
 from gsaoi_watch.data.fitsio import read_frame_info
@@ -31,6 +34,25 @@ def test_unknown_pair_is_a_logged_error(caplog):
     with caplog.at_level(logging.ERROR):
         assert advance("DONE", "wait_expired") is None
     assert "no transition" in caplog.text
+
+
+def test_states_and_events_keep_the_strings_of_existing_databases_and_logs():
+    assert [s.value for s in State] == ["OPEN", "REOPENED", "COMPLETE", "WAITING", "REDUCING",
+                                        "DONE", "QUICKLOOK", "FAILED"]
+    assert str(State.DONE) == "DONE" and f"{State.DONE}" == "DONE"
+    logged = {"frame": "late frame", "new_observation": "new observation", "idle_timeout": "idle",
+              "operator_close": "closed by operator", "calibration_ready": "calibration ready",
+              "calibration_missing": "waiting for a flat", "wait_expired": "flat wait expired",
+              "job_done": "reduced", "job_done_quicklook": "quick-look reduced",
+              "job_failed": "job failed, retrying", "job_gave_up": "job failed",
+              "recalibrate": "recalibrate"}
+    for event, text in logged.items():
+        assert reason("science", Event(event)) == text
+    assert reason("flat_on", Event.CALIBRATION_MISSING) == "waiting for the lamp-off frames"
+    assert reason("flat_off", Event.CALIBRATION_MISSING) == "waiting for the lamp-on frames"
+    # a job that ends while frames arrived logs as it always did: reduced, then late frame
+    assert reason("science", Event.JOB_DONE_STALE) == "reduced"
+    assert reason("science", Event.REOPEN) == "late frame"
 
 
 def test_every_state_is_reachable_and_can_end():

@@ -433,6 +433,10 @@ def test_row(row, stage, tmp_path, monkeypatch, caplog):
         if nxt != state:
             assert any(f": {state}→{nxt} (" in r.getMessage() for r in caplog.records
                        if r.getMessage().startswith("seq=")), f"no log line {state}→{nxt}"
+        if event in (E.FIRST_FRAME, E.FRAME):  # add_frame: the member is recorded
+            seq = night.seq(c.kind)
+            last = max(f.ut_datetime for f in seq.frames)
+            assert (seq.updated, seq.last_frame_ut) == (night.clock.t, last)
         if c.check is not None:
             c.check(night)
         assert not [r for r in caplog.records if r.levelno >= logging.ERROR

@@ -133,13 +133,19 @@ def _set(seq: db.Sequence, **fields: Any) -> None:
 # --- the executors --------------------------------------------------------------------------
 @_executes(Action.ADD_FRAME)
 def add_frame(engine: Engine, seq: db.Sequence, event: SequenceEvent) -> None:
-    """Run the per-frame steps on a new standard or science member now, while observed.
+    """A new member: the sequence's last frame and activity; the per-frame steps start.
 
-    The frame's ledger row already names its sequence (ingest records membership, whatever
-    the state); what is left for the member is the work ahead of the sequence's job.
+    The frame's ledger row already names its sequence (ingest writes it, whatever the
+    state).  Here the sequence records the new member: its idle clock restarts and its last
+    frame time (what tells that a later observation followed it) moves on.  A standard or
+    science frame then goes through the per-frame steps now, while the sequence is observed.
     """
     frame = event.frame
-    if frame is None or engine.stopping or seq.kind not in ("standard", "science") \
+    if frame is None:
+        return
+    last = max(filter(None, [seq.last_frame_ut, frame.info.ut_datetime()]), default=None)
+    _set(seq, updated=engine.now(), last_frame_ut=last)
+    if engine.stopping or seq.kind not in ("standard", "science") \
             or not engine.config.jobs.prepare_ahead:
         return
     flat = queries.best_calibration(frame.info)

@@ -5,7 +5,8 @@ against the ledger (same checksum: nothing to do; same data label under another 
 duplicate, quarantined), then recorded: a static BPM is registered as a calibration, kinds
 that are not reduced are recorded as ignored, and anything else joins the sequence its
 headers name (created OPEN if new).  The sequence then gets ``first_frame`` or ``frame``
-through the transition table, and sequences that a later observation followed are closed.
+through the transition table (whose ``add_frame`` records the sequence's new last frame
+and starts the per-frame steps), and sequences that a later observation followed close.
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ def ingest(engine: Engine, arrived: FrameArrived) -> None:
 
 
 def _join(engine: Engine, path: str, info: FrameInfo, digest: str) -> None:
-    """Make the frame a member of its sequence, then apply first_frame or frame."""
+    """The frame's ledger row names its sequence; then the sequence gets first_frame/frame."""
     key = sequence_key(info)
     now = engine.now()
     with db.writing():
@@ -90,14 +91,9 @@ def _join(engine: Engine, path: str, info: FrameInfo, digest: str) -> None:
     log.info("frame=%s → seq=%s (%d frames)", Path(path).name, label(seq), seq.frames.count())
     if created:
         log.info("seq=%s: new sequence OPEN", label(seq))
-    # one observation at a time: a later frame of another observation closes open ones
-    seq = db.Sequence.get_by_id(seq.id)
-    last = max(filter(None, [seq.last_frame_ut, info.ut_datetime()]), default=None)
-    with db.writing():
-        db.Sequence.update(updated=engine.now(), last_frame_ut=last).where(
-            db.Sequence.id == seq.id).execute()
     engine.emit(seq.id, Event.FIRST_FRAME if created else Event.FRAME,
                 frame=FrameArrived(path, info))
+    # one observation at a time: a later frame of another observation closes open ones
     engine.close_superseded()
 
 

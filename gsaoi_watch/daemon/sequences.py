@@ -53,7 +53,7 @@ class State(enum.StrEnum):
 class Action(enum.StrEnum):
     """What a transition does besides changing the state (one executor each)."""
 
-    ADD_FRAME = "add_frame"              # run the per-frame steps on the new member now
+    ADD_FRAME = "add_frame"              # record the new member; its per-frame steps start
     CHECK_CALIBRATION = "check_calibration"  # emits calibration_ready / calibration_missing
     START_WAIT = "start_wait"            # the flat_wait clock starts
     CANCEL_WAIT = "cancel_wait"

@@ -11,6 +11,14 @@ frames``, then the row's actions (:mod:`gsaoi_watch.daemon.actions`), which may 
 events for the same or other sequences; those pass through :meth:`Engine.handle` at once,
 depth first.  Frames arriving are handled by :mod:`gsaoi_watch.daemon.ingest`, finished jobs
 by :mod:`gsaoi_watch.daemon.outcomes`.
+
+:meth:`Engine.handle` is where an error boundary belongs: one call handles one event, a
+state change and the job row it asks for are written inside the same call, and an event
+raised while handling another is a nested call (a savepoint inside the outer transaction).
+Which sequence an event concerns is in the event: ``SequenceEvent.sequence_id``, the job's
+``sequences`` for :class:`~gsaoi_watch.daemon.events.JobFinished`; a
+:class:`~gsaoi_watch.daemon.events.Tick` itself concerns none (each sequence it closes or
+releases is its own nested event).
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ import logging
 import sys
 from pathlib import Path
 
+from gsaoi_watch.config import resolve_database
 from gsaoi_watch.errors import GsaoiWatchError
 from gsaoi_watch.pipeline.reduce import Reduce, expand_at_files
 from gsaoi_watch.pipeline.stack_files import stack_files
@@ -24,6 +25,7 @@ def run_reduce(args) -> int:
     inputs = list(args.inputs) + [p for p in params if "=" not in p]
     params = [p for p in params if "=" in p]
     try:
+        resolve_database(args.database, args.config)  # a bad configuration fails first
         listed, list_opts = expand_at_files([a for a in inputs if a.startswith("@")])
         named = [a for a in inputs if not a.startswith("@")]
         files = named or listed  # files on the command line replace those of @lists

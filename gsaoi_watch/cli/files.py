@@ -69,11 +69,14 @@ def run_dataselect(args) -> int:
     xtags = [t for t in (args.xtags or "").split(",") if t]
     try:
         compile_expression(args.expr, strict=args.strict)
+        files = expand_inputs(args.files)
+        selected, problems = select_data(files, tags, xtags, args.expr, strict=args.strict)
     except ExpressionError as exc:
         print(f"dataselect: {exc}", file=sys.stderr)
         return 2
-    files = expand_inputs(args.files)
-    selected, problems = select_data(files, tags, xtags, args.expr, strict=args.strict)
+    except OSError as exc:  # an unreadable @list file
+        print(f"dataselect: {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return 2
     if args.output:
         write_list(args.output, selected, tags=tags, xtags=xtags, expression=args.expr)
     if not args.output or args.verbose:

@@ -7,11 +7,38 @@ import logging.handlers
 import sys
 from pathlib import Path
 
-__all__ = ['setup_logging']
+__all__ = ['log_name', 'setup_logging']
 
 log = logging.getLogger("gsaoi_watch")
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(message)s"
+
+
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def log_name(text: object) -> str:
+    r"""A file name (or any text) safe to put in one log line.
+
+    Newlines, carriage returns, tabs, other control characters, undecodable bytes (lone
+    surrogates from the file system) and other non-printable characters are written as
+    backslash escapes (``\n``, ``\x1b``, ``\udce9``, ``\u202e``), so a file name cannot
+    forge or hide a log line; printable text, non-ASCII letters included, is kept.
+    """
+    text = str(text)
+    if text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        if ch.isprintable():
+            out.append(ch)
+        elif ch in _ESCAPES:
+            out.append(_ESCAPES[ch])
+        else:
+            code = ord(ch)
+            out.append(f"\\x{code:02x}" if code < 0x100 else
+                       f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
+    return "".join(out)
 
 
 def setup_logging(level="INFO", log_file=""):

@@ -8,6 +8,7 @@ import os
 import re
 from functools import cached_property
 
+from gsaoi_watch.data.names import ROOT_NAME_LENGTH, safe_name
 from gsaoi_watch.data.sections import parse_section
 from gsaoi_watch.data.tags import compute_tags
 from gsaoi_watch.instrument import tables as instrument
@@ -77,8 +78,15 @@ class FrameInfo:
     # --- identity -------------------------------------------------------------------------
     @property
     def filename(self) -> str | None:
-        """Base name of the file, or None for headers that came from memory."""
-        return None if self.path is None else os.path.basename(self.path)
+        """The frame's name: the file's base name made safe, or None for headers in memory.
+
+        :func:`gsaoi_watch.data.names.safe_name` of the base name (unchanged for a name such
+        as ``S20170505S0095.fits``), the same name :func:`gsaoi_watch.data.fitsio.load_frame`
+        gives the frame, so it can go into a header (SKYIM, IMCMB) and name products.
+        """
+        if self.path is None:
+            return None
+        return safe_name(os.path.basename(self.path), limit=ROOT_NAME_LENGTH)
 
     @cached_property
     def tags(self) -> frozenset:

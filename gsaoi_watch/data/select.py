@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from gsaoi_watch.data.expression import Selector, compile_expression
-from gsaoi_watch.data.fitsio import read_frame_info
+from gsaoi_watch.data.fitsio import atomic_output, read_frame_info
 from gsaoi_watch.errors import FrameError
 
 __all__ = [
@@ -160,11 +160,15 @@ def format_table(rows, descriptors, *, csv=False):
 
 
 def write_list(path, files, *, tags=(), xtags=(), expression="True"):
-    """Write a DRAGONS list file: three comment lines, then one file per line (atomic)."""
+    """Write a DRAGONS list file: three comment lines, then one file per line.
+
+    Written atomically, with the permissions the process umask gives.  The name is the
+    user's choice (``-o``) and is kept as given; the expression is written on one line.
+    """
     path = Path(path)
+    expression = " ".join(str(expression).split())
     text = (f"# Includes tags: {list(tags)}\n# Excludes tags: {list(xtags)}\n"
             f"# Descriptor expression: {expression}\n" + "".join(f"{f}\n" for f in files))
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_output(path) as fh:
+        fh.write(text.encode("utf-8", "surrogateescape"))
 

@@ -11,7 +11,7 @@ import numpy as np
 from astropy.io import fits
 from astropy.visualization import ZScaleInterval
 
-from gsaoi_watch.data.fitsio import atomic_output
+from gsaoi_watch.data.fitsio import atomic_output, safe_output_path
 from gsaoi_watch.instrument.dq import DQ
 from gsaoi_watch.instrument.tables import ARRAY_BY_ID, FULL_SIZE, TILE_GAPS
 from gsaoi_watch.reduction.qa import header_pixel_scale
@@ -164,7 +164,7 @@ def write_picture(product, *, out=None, size_px=800, max_pixels=1024) -> Path:
     The four arrays are mosaicked in place (one plane for a stack), block-averaged, shown
     with a zscale stretch (flagged pixels and gaps blank), with a scale bar in arcsec,
     North and East arrows from the WCS (else the PA keyword) and the file name as title.
-    The PNG is written atomically.
+    The PNG is written atomically, its name made safe (:func:`safe_output_path`).
 
     Parameters
     ----------
@@ -186,7 +186,8 @@ def write_picture(product, *, out=None, size_px=800, max_pixels=1024) -> Path:
     from matplotlib.figure import Figure
 
     product = Path(product)
-    target = Path(out) if out is not None else picture_path(product)
+    wanted = Path(out) if out is not None else picture_path(product)
+    target = safe_output_path(wanted.parent, wanted.name)
     phu, planes = _read_planes(product)
     if not planes:
         raise ValueError(f"{product.name}: no 2-D image extension to draw")

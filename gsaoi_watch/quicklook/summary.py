@@ -12,7 +12,7 @@ from pathlib import Path
 from astropy.io import fits
 from astropy.table import Table
 
-from gsaoi_watch.data.fitsio import atomic_output, load_frame
+from gsaoi_watch.data.fitsio import atomic_output, load_frame, safe_output_path
 from gsaoi_watch.instrument.standards import find_standard
 from gsaoi_watch.quicklook.pictures import picture_path
 from gsaoi_watch.quicklook.qaformat import qa_log_line
@@ -187,7 +187,7 @@ def write_summary(outdir, sequences, *, title="GSAOI night summary") -> Path:
         parts += [_product_row(p, outdir) for p in products]
         parts.append("</table>")
     parts.append("</body></html>\n")
-    target = outdir / "index.html"
+    target = safe_output_path(outdir, "index.html")
     with atomic_output(target) as fh:
         fh.write("\n".join(parts).encode("utf-8"))
     return target

@@ -12,6 +12,7 @@ import contextlib
 import datetime as dt
 import hashlib
 import logging
+import os
 from pathlib import Path
 
 import peewee as pw
@@ -164,6 +165,18 @@ def _is_url(target: str) -> bool:
     return "://" in target
 
 
+def _create_file(path: Path) -> None:
+    """Create the empty database file with the mode the umask gives (0666 less the umask).
+
+    SQLite would create it 0644 whatever the umask allows; its -wal and -shm files take the
+    mode of the database file.
+    """
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    except FileExistsError:
+        pass
+
+
 def open_database(target, *, create=False):
     """Open (and with ``create``, initialise) the database at a path or URL.
 
@@ -194,6 +207,8 @@ def open_database(target, *, create=False):
                                 "'gsaoi-watch caldb init' first")
         if path.parent and not path.parent.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            _create_file(path)
         db = pw.SqliteDatabase(str(path), timeout=LOCK_TIMEOUT, pragmas={
             "journal_mode": "wal", "foreign_keys": 1, "synchronous": "normal",
             "busy_timeout": int(LOCK_TIMEOUT * 1000)})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gsaoi_watch.calibration import db, queries
+from gsaoi_watch.calibration import queries
 from gsaoi_watch.data.fitsio import read_frame_info
 from gsaoi_watch.errors import GsaoiWatchError
 
@@ -47,10 +47,6 @@ def calibration_files(paths, walk):
 
 
 def find_calibration(name_or_path):
-    path = str(Path(name_or_path).resolve())
-    row = db.Product.get_or_none(db.Product.path == path)
-    if row is None:
-        rows = list(db.Product.select().where(db.Product.filename == Path(name_or_path).name))
-        row = rows[0] if len(rows) == 1 else None
-    return row
-
+    """The calibration row named by a path or file name, or None (see find_calibrations)."""
+    rows = queries.find_calibrations(name_or_path)
+    return rows[0] if rows else None

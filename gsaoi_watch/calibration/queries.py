@@ -10,7 +10,8 @@ from pathlib import Path
 
 from gsaoi_watch.calibration.db import Product, ProductCalibration, _now, checksum, writing
 
-__all__ = ['FLAT_WINDOW', 'best_calibration', 'register_product']
+__all__ = ['FLAT_WINDOW', 'best_calibration', 'calibration_path', 'find_calibrations',
+           'in_calibrations_dir', 'register_product']
 
 log = logging.getLogger(__name__)
 
@@ -18,8 +19,16 @@ log = logging.getLogger(__name__)
 FLAT_WINDOW = dt.timedelta(days=30)
 
 
-def register_product(path, info, *, kind, is_calibration, job=None, used=()):
+def register_product(path, info, *, kind: str, is_calibration: bool, job=None,
+                     used=()) -> Product:
     """Insert or update the Product row of a file (atomic); return it.
+
+    A product is one row per path.  A calibration is one row per kind and file name, as in
+    DRAGONS' calibration manager: registering a calibration whose name is already
+    registered (the product ``S20170505S0030_flat.fits`` and its copy under
+    ``calibrations/processed_flat/``, or the same file added twice) updates that row.  The
+    row keeps the copy under a ``calibrations/`` directory, which is the one served; see
+    :func:`calibration_path`.
 
     Parameters
     ----------
@@ -45,16 +54,58 @@ def register_product(path, info, *, kind, is_calibration, job=None, used=()):
             detector_section=json.dumps(info.detector_section(pretty=True)))
     with writing():
         product = Product.get_or_none(Product.path == path)
+        if product is None and is_calibration:
+            product = Product.get_or_none((Product.is_calibration == True)  # noqa: E712
+                                          & (Product.kind == kind)
+                                          & (Product.filename == fields["filename"]))
         if product is None:
             product = Product.create(path=path, **fields)
         else:
             fields.pop("created")
+            if is_calibration:
+                fields["path"] = calibration_path(product, path, fields["checksum"])
             Product.update(**fields).where(Product.id == product.id).execute()
             product = Product.get_by_id(product.id)
         ProductCalibration.delete().where(ProductCalibration.product == product).execute()
         for cal, caltype in used:
             ProductCalibration.create(product=product, calibration=cal, caltype=caltype)
     return product
+
+
+def in_calibrations_dir(path: str) -> bool:
+    """Whether a file lies under a ``calibrations/`` directory (DRAGONS' served copies)."""
+    return "calibrations" in Path(path).parts[:-1]
+
+
+def calibration_path(row: Product, new_path: str, new_checksum: str) -> str:
+    """The path a calibration row keeps when a file of the same name is registered again.
+
+    The new file if it is the copy under ``calibrations/``; else the registered file if it
+    still exists with the same content (the same calibration, registered from elsewhere);
+    else the new file (another file of that name: it is now the one served).
+    """
+    if new_path == row.path or in_calibrations_dir(new_path):
+        return new_path
+    if row.checksum == new_checksum and Path(row.path).is_file():
+        return row.path
+    return new_path
+
+
+def find_calibrations(name_or_path) -> list[Product]:
+    """The calibration rows a ``caldb remove|bad|good`` argument names.
+
+    By path first (the registered file), else by file name: the name of the product or of
+    its copy under ``calibrations/`` finds the one row of that calibration (several rows in
+    a database made before one calibration was one row).
+    """
+    text = str(name_or_path)
+    path = str(Path(text).resolve())
+    calibrations = Product.select().where(Product.is_calibration == True)  # noqa: E712
+    rows = list(calibrations.where(Product.path == path))
+    if not rows:
+        rows = list(calibrations.where(Product.filename == Path(text).name)
+                    .order_by(Product.id))
+    return rows
 
 
 def best_calibration(info, kind="processed_flat", *, window=FLAT_WINDOW):

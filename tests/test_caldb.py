@@ -208,14 +208,16 @@ def test_a_schema_1_database_is_upgraded(tmp_path):
     db.open_database(path, create=True)
     con = db.database.obj
     migrate(SchemaMigrator.from_database(con).drop_column("product", "qa"))
+    con.drop_tables([db.Daemon])
     db.SchemaInfo.delete().execute()
     db.SchemaInfo.create(version=1)
     db.close_database()
     db.open_database(path)
     try:
         assert "qa" in {c.name for c in db.database.obj.get_columns("product")}
+        assert "daemon" in db.database.obj.get_tables()  # and on to schema 3
         assert db.SchemaInfo.select(pw.fn.MAX(db.SchemaInfo.version)).scalar() == \
-            db.SCHEMA_VERSION == 2
+            db.SCHEMA_VERSION == 3
     finally:
         db.close_database()
 

@@ -22,14 +22,14 @@ from playhouse.migrate import SchemaMigrator, migrate
 from gsaoi_watch.errors import GsaoiWatchError
 
 __all__ = [
-    'Command', 'DatabaseError', 'Frame', 'Job', 'Product', 'ProductCalibration',
+    'Command', 'Daemon', 'DatabaseError', 'Frame', 'Job', 'Product', 'ProductCalibration',
     'SCHEMA_VERSION', 'SchemaInfo', 'Sequence', 'checksum', 'close_database', 'database',
     'open_database', 'writing',
 ]
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 #: How long a writer waits for SQLite's lock before giving up (seconds).
@@ -149,7 +149,23 @@ class ProductCalibration(_Model):
     caltype = pw.CharField()
 
 
-MODELS = (SchemaInfo, Sequence, Command, Frame, Job, Product, ProductCalibration)
+class Daemon(_Model):
+    """A daemon running on this database: who it is and when it last showed it is alive.
+
+    Written by the daemon (:mod:`gsaoi_watch.calibration.daemons`: register at start-up, a
+    heartbeat every ``[service] heartbeat_seconds``, unregister at a clean stop) and read by
+    ``gsaoi-watch status`` and ``close`` (schema 3).
+    """
+
+    pid = pw.IntegerField()
+    host = pw.CharField()
+    started = pw.DateTimeField(default=_now)
+    heartbeat = pw.DateTimeField(default=_now)
+    heartbeat_seconds = pw.FloatField(default=10.0)
+    note = pw.CharField(null=True)  # the daemon's last status line
+
+
+MODELS = (SchemaInfo, Sequence, Command, Frame, Job, Product, ProductCalibration, Daemon)
 
 
 def checksum(path, *, chunk=1 << 20) -> str:
@@ -259,8 +275,39 @@ def _add_product_qa(db):
                                                             pw.TextField(null=True)))
 
 
+def _add_daemon_table(db):
+    """Schema 2 -> 3: the daemon table; one row per calibration (duplicates merged)."""
+    db.create_tables([Daemon])
+    _merge_duplicate_calibrations()
+
+
+def _merge_duplicate_calibrations():
+    """Keep one row per calibration kind and file name: the copy under calibrations/.
+
+    Before schema 3 a made flat could be registered twice (the product and its copy under
+    ``calibrations/processed_flat/``).  The row kept is the copy under ``calibrations/``
+    (else the newest); what used the others now uses it; a bad mark on any stays.
+    """
+    groups = {}
+    for row in Product.select().where(Product.is_calibration == True).order_by(  # noqa: E712
+            Product.id):
+        groups.setdefault((row.kind, row.filename), []).append(row)
+    for rows in groups.values():
+        if len(rows) < 2:
+            continue
+        keep = max(rows, key=lambda r: ("calibrations" in Path(r.path).parts[:-1], r.id))
+        others = [r.id for r in rows if r.id != keep.id]
+        if any(r.is_bad for r in rows):
+            Product.update(is_bad=True).where(Product.id == keep.id).execute()
+        ProductCalibration.update(calibration=keep.id).where(
+            ProductCalibration.calibration.in_(others)).execute()
+        Product.delete().where(Product.id.in_(others)).execute()
+        log.info("calibration %s: %d duplicate row(s) merged into %s", keep.filename,
+                 len(others), keep.path)
+
+
 #: Upgrades from version i to i+1 (index i).  Version 0 means "no tables yet".
-_UPGRADES = [lambda db: db.create_tables(MODELS), _add_product_qa]
+_UPGRADES = [lambda db: db.create_tables(MODELS), _add_product_qa, _add_daemon_table]
 
 
 @contextlib.contextmanager

@@ -186,8 +186,8 @@ def _run(verb):
             from gsaoi_watch.cli.daemon import run_demo_cli
             return run_demo_cli(args)
         if verb in ("status", "close"):
-            from gsaoi_watch.cli import daemon
-            return getattr(daemon, f"run_{verb}")(args)
+            from gsaoi_watch.cli import status
+            return getattr(status, f"run_{verb}")(args)
         from gsaoi_watch.cli import files
         return getattr(files, f"run_{verb}")(args)
     return run

@@ -11,7 +11,7 @@ from gsaoi_watch.cli.options import config_from_args
 from gsaoi_watch.daemon.demo import demo_summary, run_demo
 from gsaoi_watch.daemon.service import run_service
 from gsaoi_watch.errors import GsaoiWatchError
-from gsaoi_watch.logs import setup_logging
+from gsaoi_watch.logs import default_log_file, setup_logging
 
 __all__ = ['config_from_args', 'run_cli', 'run_demo_cli']
 
@@ -25,7 +25,13 @@ def run_cli(args) -> int:
     except GsaoiWatchError as exc:
         print(f"gsaoi-watch run: {exc}", file=sys.stderr)
         return 2
-    setup_logging(config.service.log_level, config.paths.log_file)
+    log_file = default_log_file(config.paths.log_file, config.paths.output_dir)
+    try:
+        setup_logging(config.service.log_level, log_file)
+    except OSError as exc:
+        print(f"gsaoi-watch run: cannot write the log file {log_file}: "
+              f"{exc.strerror or exc}", file=sys.stderr)
+        return 2
     try:
         return run_service(config)
     except GsaoiWatchError as exc:
@@ -35,8 +41,6 @@ def run_cli(args) -> int:
 
 def run_demo_cli(args) -> int:
     """Entry point of ``gsaoi-watch demo``."""
-    from gsaoi_watch.logs import setup_logging
-
     workdir = Path(args.workdir)
     setup_logging("INFO", "")
     try:

@@ -112,7 +112,9 @@ def _add_daemon(sub):
     p = sub.add_parser("run", help="the daemon: watch the raw directory and reduce")
     p.add_argument("--raw-dir", default=None, help="directory where raw frames arrive")
     p.add_argument("--output-dir", default=None, help="directory for products")
-    p.add_argument("--log", default=None, help="log file (also logged to standard error)")
+    p.add_argument("--log", default=None,
+                   help="log file, also logged to standard error (default: the config "
+                        "file's, else <output_dir>/gsaoi-watch.log)")
     _add_db_options(p)
     p.set_defaults(func=_run("run"))
     p = sub.add_parser("status", help="sequences, jobs and products of the daemon")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from gsaoi_watch.calibration.db import Daemon, _now, writing
 from gsaoi_watch.errors import GsaoiWatchError
@@ -75,17 +75,18 @@ def _pid_alive(pid: int) -> bool:
 def _judge(row: Daemon, now: dt.datetime) -> DaemonStatus:
     age = max(0.0, (now - row.heartbeat).total_seconds())
     limit = MISSED_HEARTBEATS * row.heartbeat_seconds
-    fields = dict(pid=row.pid, host=row.host, started=row.started, heartbeat=row.heartbeat,
-                  heartbeat_seconds=row.heartbeat_seconds, note=row.note, age=age)
+    seen = DaemonStatus(False, "", pid=row.pid, host=row.host, started=row.started,
+                        heartbeat=row.heartbeat, heartbeat_seconds=row.heartbeat_seconds,
+                        note=row.note, age=age)
     if age >= limit:
-        return DaemonStatus(False, f"pid {row.pid} on {row.host}: last heartbeat {age:.0f} s "
-                                   f"ago, {MISSED_HEARTBEATS} heartbeats "
-                                   f"({row.heartbeat_seconds:g} s) missed", **fields)
+        return replace(seen, reason=f"pid {row.pid} on {row.host}: last heartbeat {age:.0f} s "
+                                    f"ago, {MISSED_HEARTBEATS} heartbeats "
+                                    f"({row.heartbeat_seconds:g} s) missed")
     if row.host == _host() and not _pid_alive(row.pid):
-        return DaemonStatus(False, f"pid {row.pid} on {row.host} is no longer running "
-                                   f"(last heartbeat {age:.0f} s ago)", **fields)
-    return DaemonStatus(True, f"pid {row.pid} on {row.host}, last heartbeat {age:.0f} s ago",
-                        **fields)
+        return replace(seen, reason=f"pid {row.pid} on {row.host} is no longer running "
+                                    f"(last heartbeat {age:.0f} s ago)")
+    return replace(seen, running=True,
+                   reason=f"pid {row.pid} on {row.host}, last heartbeat {age:.0f} s ago")
 
 
 def daemon_status(*, now: dt.datetime | None = None) -> DaemonStatus:

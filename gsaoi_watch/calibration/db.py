@@ -13,7 +13,9 @@ import datetime as dt
 import hashlib
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import peewee as pw
 from playhouse.db_url import connect as url_connect
@@ -48,6 +50,8 @@ def _now():
 
 
 class _Model(pw.Model):
+    id = pw.AutoField()  # peewee's implicit primary key, declared for type checkers
+
     class Meta:
         database = database
         legacy_table_names = False
@@ -79,6 +83,8 @@ class Sequence(_Model):
     wait_started = pw.DateTimeField(null=True)
     stale = pw.BooleanField(default=False)
     quicklook = pw.BooleanField(default=False)
+    frames: Any  # backrefs (Frame.sequence, Job.sequence)
+    jobs: Any
 
 
 class Command(_Model):
@@ -119,6 +125,7 @@ class Job(_Model):
     started = pw.DateTimeField(null=True)
     finished = pw.DateTimeField(null=True)
     error = pw.TextField(null=True)
+    products: Any  # backref (Product.job)
 
 
 class Product(_Model):
@@ -139,6 +146,8 @@ class Product(_Model):
     checksum = pw.CharField(null=True)
     created = pw.DateTimeField(default=_now)
     qa = pw.TextField(null=True)  # JSON: image quality, background, zero points (schema 2)
+    calibrations_used: Any  # backrefs (ProductCalibration.product, .calibration)
+    used_by: Any
 
 
 class ProductCalibration(_Model):
@@ -168,7 +177,7 @@ class Daemon(_Model):
 MODELS = (SchemaInfo, Sequence, Command, Frame, Job, Product, ProductCalibration, Daemon)
 
 
-def checksum(path, *, chunk=1 << 20) -> str:
+def checksum(path: str | os.PathLike[str], *, chunk: int = 1 << 20) -> str:
     """MD5 of a file's bytes (what the Gemini archive records)."""
     h = hashlib.md5()
     with open(path, "rb") as fh:
@@ -193,7 +202,7 @@ def _create_file(path: Path) -> None:
         pass
 
 
-def open_database(target, *, create=False):
+def open_database(target: str | os.PathLike[str], *, create: bool = False) -> pw.Database:
     """Open (and with ``create``, initialise) the database at a path or URL.
 
     Parameters
@@ -311,7 +320,7 @@ _UPGRADES = [lambda db: db.create_tables(MODELS), _add_product_qa, _add_daemon_t
 
 
 @contextlib.contextmanager
-def writing():
+def writing() -> Iterator[None]:
     """One atomic write transaction; a lock held too long becomes a clear DatabaseError."""
     try:
         with database.atomic():
@@ -323,7 +332,7 @@ def writing():
         raise
 
 
-def close_database():
+def close_database() -> None:
     """Close the connection bound to the models, if any."""
     if database.obj is not None and not database.is_closed():
         database.close()

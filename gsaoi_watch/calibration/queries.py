@@ -6,9 +6,12 @@ import datetime as dt
 import json
 import logging
 import os
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from gsaoi_watch.calibration.db import Product, ProductCalibration, _now, checksum, writing
+from gsaoi_watch.data.descriptors import FrameInfo
 
 __all__ = ['FLAT_WINDOW', 'best_calibration', 'calibration_path', 'find_calibrations',
            'in_calibrations_dir', 'register_product']
@@ -19,8 +22,9 @@ log = logging.getLogger(__name__)
 FLAT_WINDOW = dt.timedelta(days=30)
 
 
-def register_product(path, info, *, kind: str, is_calibration: bool, job=None,
-                     used=()) -> Product:
+def register_product(path: str | os.PathLike[str], info: FrameInfo | None, *, kind: str,
+                     is_calibration: bool, job: Any = None,
+                     used: Iterable[tuple[Product, str]] = ()) -> Product:
     """Insert or update the Product row of a file (atomic); return it.
 
     A product is one row per path.  A calibration is one row per kind and file name, as in
@@ -91,7 +95,7 @@ def calibration_path(row: Product, new_path: str, new_checksum: str) -> str:
     return new_path
 
 
-def find_calibrations(name_or_path) -> list[Product]:
+def find_calibrations(name_or_path: str | os.PathLike[str]) -> list[Product]:
     """The calibration rows a ``caldb remove|bad|good`` argument names.
 
     By path first (the registered file), else by file name: the name of the product or of
@@ -108,29 +112,33 @@ def find_calibrations(name_or_path) -> list[Product]:
     return rows
 
 
-def best_calibration(info, kind="processed_flat", *, window=FLAT_WINDOW):
+def best_calibration(info: FrameInfo, kind: str = "processed_flat", *,
+                     window: dt.timedelta = FLAT_WINDOW) -> Product | None:
     """The calibration to serve a frame, by the GSAOI rules of the Gemini calibration manager.
 
     processed_flat: identical raw filter name (FILTER1&FILTER2), within ``window`` of the
     frame, not marked bad, file present, nearest in time (ties: the newest made).  A
     full-frame flat serves ROI frames (reductions crop it).  processed_bpm: the latest BPM
-    dated on or before the frame.
+    dated on or before the frame.  A frame without a date is served nothing.
 
     Returns
     -------
     Product or None
     """
-    when = info.ut_datetime()
+    found = info.ut_datetime()
+    if found is None:  # a frame without a date is served nothing (no rule can apply)
+        return None
+    when: dt.datetime = found
     query = Product.select().where((Product.kind == kind) & (Product.is_bad == False))  # noqa: E712
     if kind == "processed_flat":
         query = query.where((Product.filter_name == info.filter_name())
                             & (Product.ut_datetime > when - window)
                             & (Product.ut_datetime < when + window))
-        ranked = sorted(query, key=lambda p: (abs((p.ut_datetime - when).total_seconds()),
+        ranked = sorted(query, key=lambda p: (abs(((p.ut_datetime or when) - when).total_seconds()),
                                               -p.created.timestamp()))
     else:
         query = query.where(Product.ut_datetime <= when)
-        ranked = sorted(query, key=lambda p: p.ut_datetime, reverse=True)
+        ranked = sorted(query, key=lambda p: p.ut_datetime or dt.datetime.min, reverse=True)
     for product in ranked:
         if Path(product.path).exists():
             return product

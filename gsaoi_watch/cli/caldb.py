@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ from gsaoi_watch.errors import ConfigError, FrameError, GsaoiWatchError
 
 __all__ = ['run_caldb']
 
-def run_caldb(args) -> int:
+def run_caldb(args: argparse.Namespace) -> int:
     """Entry point of ``gsaoi-watch caldb VERB``."""
     try:
         target = resolve_database(args.database, args.config)

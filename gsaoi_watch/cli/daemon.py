@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import logging.handlers
 import sys
@@ -18,7 +19,7 @@ __all__ = ['config_from_args', 'run_cli', 'run_demo_cli']
 log = logging.getLogger("gsaoi_watch")
 
 
-def run_cli(args) -> int:
+def run_cli(args: argparse.Namespace) -> int:
     """Entry point of ``gsaoi-watch run``."""
     try:
         config = config_from_args(args)
@@ -39,7 +40,7 @@ def run_cli(args) -> int:
         return 2
 
 
-def run_demo_cli(args) -> int:
+def run_demo_cli(args: argparse.Namespace) -> int:
     """Entry point of ``gsaoi-watch demo``."""
     workdir = Path(args.workdir)
     setup_logging("INFO", "")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 from pathlib import Path
@@ -18,7 +19,7 @@ __all__ = ['run_stack', 'run_qa', 'run_reduce']
 log = logging.getLogger(__name__)
 
 
-def run_reduce(args) -> int:
+def run_reduce(args: argparse.Namespace) -> int:
     """Entry point of ``gsaoi-watch reduce``."""
     params = [p for group in (args.param or []) for p in group]
     # argparse gives ``-p a=b FILE`` the FILE too: anything without '=' is an input
@@ -62,7 +63,7 @@ def _params_from_options(options):
     return out
 
 
-def run_stack(args) -> int:
+def run_stack(args: argparse.Namespace) -> int:
     """Entry point of ``gsaoi-watch stack``."""
     from gsaoi_watch.pipeline.reduce import expand_at_files
 
@@ -81,7 +82,7 @@ def run_stack(args) -> int:
     return 1 if result.meta["skipped"] else 0
 
 
-def run_qa(args) -> int:
+def run_qa(args: argparse.Namespace) -> int:
     """Entry point of ``gsaoi-watch qa``: one QA line per file, optionally pictures."""
     status = 0
     for name in args.files:

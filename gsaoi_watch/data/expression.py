@@ -124,8 +124,8 @@ def _kind_of_value(value: Any) -> str:
     return "text"
 
 
-def _operand(node: ast.AST) -> tuple[str | None, str | None, Any]:
-    """(descriptor name or None, kind or None if unknown, literal value) of an operand."""
+def _operand(node: ast.AST) -> tuple[str | None, str, Any]:
+    """(descriptor name or None, kind, literal value) of an operand."""
     if isinstance(node, ast.Name):
         if node.id in _CONSTANTS:
             value = _CONSTANTS[node.id]

@@ -124,12 +124,12 @@ def _check_complete(path, hdul, size):
         raise FrameError(path, f"truncated FITS: {size} of {expected} bytes present")
 
 
-def classify(phu, ext_headers, path=None) -> FrameInfo:
+def classify(phu: Any, ext_headers: Any, path: str | os.PathLike[str] | None = None) -> FrameInfo:
     """Build a FrameInfo from headers already in memory (no file access)."""
     return FrameInfo(phu, ext_headers, path=path)
 
 
-def read_frame_info(path, *, require_gsaoi=True) -> FrameInfo:
+def read_frame_info(path: str | os.PathLike[str], *, require_gsaoi: bool = True) -> FrameInfo:
     """Read the headers of a GSAOI file and return its descriptors and tags.
 
     Parameters
@@ -195,7 +195,8 @@ def read_frame_info(path, *, require_gsaoi=True) -> FrameInfo:
     return FrameInfo(phu, arrays, path=path)
 
 
-def load_frame(path, *, indices=(0, 1, 2, 3)) -> Frame:
+def load_frame(path: str | os.PathLike[str], *,
+               indices: tuple[int, ...] = (0, 1, 2, 3)) -> Frame:
     """Read a raw or processed GSAOI file into a :class:`Frame`.
 
     Raw files give ``sci`` only; processed files (SCI/VAR/DQ extensions) give all three.
@@ -214,7 +215,7 @@ def load_frame(path, *, indices=(0, 1, 2, 3)) -> Frame:
             phu = hdul[0].header.copy()
             planes = {}
             raw = []
-            counts = {}
+            counts: dict[str, int] = {}
             for hdu in hdul[1:]:
                 if not isinstance(hdu, fits.ImageHDU):
                     continue
@@ -271,7 +272,7 @@ def frame_names(path: str | os.PathLike[str], phu: Any) -> tuple[str, str]:
     return filename, orig
 
 
-def load_bpm(path):
+def load_bpm(path: str | os.PathLike[str]) -> list[np.ndarray]:
     """Read a static bad-pixel mask file: a list of 4 uint16 arrays (extension order)."""
     with fits.open(path, memmap=False) as hdul:
         planes = [h for h in hdul[1:] if isinstance(h, fits.ImageHDU)]
@@ -328,7 +329,8 @@ def copy_product(source: str | os.PathLike[str], directory: str | os.PathLike[st
     return target
 
 
-def write_frame(frame: Frame, directory, *, filename=None, overwrite=True) -> Path:
+def write_frame(frame: Frame, directory: str | os.PathLike[str], *, filename: str | None = None,
+                overwrite: bool = True) -> Path:
     """Write ``frame`` as a MEF (SCI, VAR, DQ[, OBJMASK] per array) atomically.
 
     The file is written to a temporary name in the same directory, flushed and renamed,

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import glob
 import os
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from gsaoi_watch.data.expression import Selector, compile_expression
 from gsaoi_watch.data.fitsio import atomic_output, read_frame_info
@@ -19,7 +21,7 @@ __all__ = [
     'read_list_file', 'select_data', 'show_descriptors', 'typewalk', 'write_list',
 ]
 
-def read_list_file(path):
+def read_list_file(path: str | os.PathLike[str]) -> list[str]:
     """File names from an ``@list`` file: '#' comments and blank lines ignored."""
     names = []
     for line in Path(path).read_text().splitlines():
@@ -28,7 +30,7 @@ def read_list_file(path):
     return names
 
 
-def expand_inputs(patterns):
+def expand_inputs(patterns: Iterable[str]) -> list[str]:
     """Expand globs and ``@list`` files, keeping argument order (matches of a glob sorted)."""
     out = []
     for pat in patterns:
@@ -41,7 +43,9 @@ def expand_inputs(patterns):
     return out
 
 
-def select_data(inputs, tags=(), xtags=(), expression="True", *, strict=False):
+def select_data(inputs: Iterable[str], tags: Iterable[str] = (), xtags: Iterable[str] = (),
+                expression: str = "True", *,
+                strict: bool = False) -> tuple[list[str], list[str]]:
     """Select files by required tags, excluded tags and an expression (DRAGONS select_data).
 
     Returns
@@ -72,7 +76,9 @@ def _is_fits_name(name):
     return name.lower().endswith(FITS_SUFFIXES) and not name.startswith(".")
 
 
-def typewalk(directories, *, recursive=True, tags=()):
+def typewalk(directories: Iterable[str | os.PathLike[str]], *, recursive: bool = True,
+             tags: Iterable[str] = ()) -> tuple[list[tuple[str, list[tuple[str, list[str]]]]],
+                                                list[str]]:
     """Walk directories and classify every FITS file.
 
     Returns
@@ -118,7 +124,8 @@ def _format_value(value):
     return str(value)
 
 
-def show_descriptors(files, descriptors):
+def show_descriptors(files: Iterable[str],
+                     descriptors: list[str]) -> tuple[list[tuple[str, list[Any]]], list[str]]:
     """Descriptor values of files.
 
     Returns
@@ -143,7 +150,8 @@ def show_descriptors(files, descriptors):
     return rows, problems
 
 
-def format_table(rows, descriptors, *, csv=False):
+def format_table(rows: list[tuple[str, list[Any]]], descriptors: list[str], *,
+                 csv: bool = False) -> str:
     """Lay out showd rows as DRAGONS does (a dashed rule, filename column, value columns)."""
     header = ["filename", *descriptors]
     body = [[str(name), *(_format_value(v) for v in values)] for name, values in rows]
@@ -159,7 +167,8 @@ def format_table(rows, descriptors, *, csv=False):
     return "\n".join([line, fmt(header), line, *(fmt(r) for r in body)])
 
 
-def write_list(path, files, *, tags=(), xtags=(), expression="True"):
+def write_list(path: str | os.PathLike[str], files: Iterable[str], *, tags: Iterable[str] = (),
+               xtags: Iterable[str] = (), expression: str = "True") -> None:
     """Write a DRAGONS list file: three comment lines, then one file per line.
 
     Written atomically, with the permissions the process umask gives.  The name is the

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+import os
 import re
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from astropy.io import fits
@@ -23,7 +25,7 @@ _BLANK = DQ["bad_pixel"] | DQ["saturated"] | DQ["no_data"] | DQ["unilluminated"]
 _SECTION = re.compile(r"\[(\d+):(\d+),(\d+):(\d+)\]")
 
 
-def picture_path(product) -> Path:
+def picture_path(product: str | os.PathLike[str]) -> Path:
     """The picture of a product: its name with ``.png`` in place of ``.fits``, beside it."""
     product = Path(product)
     return product.with_name(product.name.removesuffix(".fits") + ".png")
@@ -81,7 +83,7 @@ def _read_planes(path):
     return phu, planes
 
 
-def mosaic(planes, *, max_pixels=1024):
+def mosaic(planes: list[Any], *, max_pixels: int = 1024) -> tuple[np.ndarray, int, Any]:
     """Place the planes of a product in one image, block-averaged to at most ``max_pixels``.
 
     Four GSAOI arrays go where their DETSEC puts them, with the tile gaps (scaled to the
@@ -158,7 +160,8 @@ def _nice_length(arcsec):
     return arcsec
 
 
-def write_picture(product, *, out=None, size_px=800, max_pixels=1024) -> Path:
+def write_picture(product: str | os.PathLike[str], *, out: str | os.PathLike[str] | None = None,
+                  size_px: int = 800, max_pixels: int = 1024) -> Path:
     """Write a PNG quick-look of a product file (flat, reduced frame or stack).
 
     The four arrays are mosaicked in place (one plane for a stack), block-averaged, shown

@@ -6,8 +6,10 @@ import datetime
 import html
 import logging
 import math
+import os
 import warnings
 from pathlib import Path
+from typing import Any
 
 from astropy.io import fits
 from astropy.table import Table
@@ -44,7 +46,7 @@ def _skip_reason(phu, name):
     return None
 
 
-def qa_for_product(path) -> dict:
+def qa_for_product(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Measure the QA of one reduced product file (a ``_skyCorrected`` frame).
 
     Image quality, background and, when OBJECT or the pointing names a known standard,
@@ -142,7 +144,8 @@ def _product_row(product, outdir):
     return "<tr>" + "".join(out) + "</tr>"
 
 
-def write_summary(outdir, sequences, *, title="GSAOI night summary") -> Path:
+def write_summary(outdir: str | os.PathLike[str], sequences: list[dict[str, Any]], *,
+                  title: str = "GSAOI night summary") -> Path:
     """Write the night summary page ``outdir/index.html`` atomically.
 
     Parameters

@@ -208,13 +208,77 @@ def test_a_schema_1_database_is_upgraded(tmp_path):
     db.open_database(path, create=True)
     con = db.database.obj
     migrate(SchemaMigrator.from_database(con).drop_column("product", "qa"))
+    con.drop_tables([db.Daemon])
     db.SchemaInfo.delete().execute()
     db.SchemaInfo.create(version=1)
     db.close_database()
     db.open_database(path)
     try:
         assert "qa" in {c.name for c in db.database.obj.get_columns("product")}
+        assert "daemon" in db.database.obj.get_tables()  # and on to schema 3
         assert db.SchemaInfo.select(pw.fn.MAX(db.SchemaInfo.version)).scalar() == \
-            db.SCHEMA_VERSION == 2
+            db.SCHEMA_VERSION == 3
     finally:
         db.close_database()
+
+
+def _flat_rows(path):
+    with sqlite3.connect(path) as con:
+        return con.execute("select path, is_bad from product where kind='processed_flat'"
+                           ).fetchall()
+
+
+def test_one_calibration_is_one_row_and_caldb_verbs_act_on_the_served_copy(
+        tmp_path, monkeypatch, capsys):
+    raw = tmp_path / "playdata"
+    simulate_night(raw, seed=4, size=64, workers=1, only=["flats", "standard", "bpm"])
+    work = tmp_path / "playground"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    Path("flats.list").write_text("\n".join(sorted(str(p) for p in raw.glob("S20170505S*"))))
+    Path("std.list").write_text("\n".join(sorted(str(p) for p in raw.glob("S20170504S*"))))
+    served = work / "calibrations" / "processed_flat" / "S20170505S0030_flat.fits"
+    assert main(["caldb", "init"]) == 0
+    assert main(["reduce", "@flats.list"]) == 0
+    assert _flat_rows("cal_manager.db") == [(str(served), 0)]
+    # the tutorial's `caldb add` of the product, and a walk finding both files: one row
+    assert main(["caldb", "add", "S20170505S0030_flat.fits"]) == 0
+    assert main(["caldb", "add", "-k", "."]) == 0
+    assert _flat_rows("cal_manager.db") == [(str(served), 0)]
+    capsys.readouterr()
+    assert main(["caldb", "list"]) == 0
+    listing = capsys.readouterr().out
+    assert listing.count("S20170505S0030_flat.fits") == 1 and "calibrations" in listing
+    # bad by the product's name marks the served copy: nothing is served any more
+    assert main(["caldb", "bad", "S20170505S0030_flat.fits"]) == 0
+    assert _flat_rows("cal_manager.db") == [(str(served), 1)]
+    assert main(["reduce", "@std.list"]) == 2
+    assert "no processed flat" in capsys.readouterr().err
+    assert main(["caldb", "good", str(served)]) == 0
+    assert main(["reduce", "@std.list"]) == 0
+    with fits.open("S20170504S0114_skyCorrected.fits") as hdul:
+        assert hdul[0].header["FLATIM"] == "S20170505S0030_flat.fits"
+    # remove by the product's path: the served row goes, both files stay
+    assert main(["caldb", "remove", str(work / "S20170505S0030_flat.fits")]) == 0
+    assert _flat_rows("cal_manager.db") == []
+    assert served.exists() and Path("S20170505S0030_flat.fits").exists()
+    assert main(["reduce", "@std.list"]) == 2
+    assert main(["caldb", "remove", "S20170505S0030_flat.fits"]) == 1  # nothing left
+
+
+def test_a_different_file_of_the_same_name_takes_the_row_over(tmp_path, cal_db):
+    t = dt.datetime(2017, 5, 5, 23, 0, 0)
+    (tmp_path / "calibrations").mkdir()
+    first = processed_flat(tmp_path / "calibrations" / "S1_flat.fits", t)
+    again = tmp_path / "S1_flat.fits"
+    again.write_bytes(first.read_bytes())
+    row = add_calibration(first)
+    assert add_calibration(again).id == row.id
+    assert db.Product.get_by_id(row.id).path == str(first.resolve())  # same content: kept
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    changed = processed_flat(other / "S1_flat.fits", t + dt.timedelta(hours=1))
+    assert add_calibration(changed).id == row.id
+    assert db.Product.get_by_id(row.id).path == str(changed.resolve())
+    assert db.Product.select().count() == 1
+    assert queries.best_calibration(frame_at(t)).path == str(changed.resolve())

@@ -90,10 +90,71 @@ def test_unknown_descriptor_lists_valid_ones():
         compile_expression("exposure_tim==60")
 
 
-def test_bad_date_is_a_clear_error():
-    sel = compile_expression("ut_date=='5 May 2017'")
-    with pytest.raises(ExpressionError, match="ut_date"):
-        sel(info())
+def test_bad_date_is_a_clear_error_before_any_file_is_read():
+    with pytest.raises(ExpressionError, match=r"cannot read '5 May 2017' as a date \(YYYY"):
+        compile_expression("ut_date=='5 May 2017'")
+    with pytest.raises(ExpressionError, match="as a time"):
+        compile_expression("'25:61:00' > ut_time")
+    with pytest.raises(ExpressionError, match="as a date and time"):
+        compile_expression("ut_datetime < '2017-05-05'")
+
+
+UNHANDLED = [
+    ("not " * 990 + "True", "nested"),
+    ("not (" * 60 + "True" + ")" * 60, "nested more than 50"),
+    ("(" * 300 + "True" + ")" * 300, "nested"),
+    ("exposure_time == " + "-" * 3900 + "1", ""),
+    (" or ".join(["exposure_time==60"] * 200_000), "too long"),
+    ("exposure_time == " + "9" * 3900, None),   # a long but valid literal
+    ("exposure_time == 'sixty'", "cannot compare a number with text"),
+    ("'Kshort' < exposure_time", "cannot compare text with a number"),
+    ("filter_name > 3", "cannot compare text with a number"),
+    ("gain > 2", "cannot compare a per-array list with a number"),
+    ("ut_date > 5", "cannot compare a date with a number"),
+    ("ut_date == ut_time", "cannot compare a date with a time"),
+    ("is_ao > False", "only be compared with == or !="),
+    ("object < None", "None can only be compared"),
+    ("1 == 'a'", "cannot compare a number with text"),
+    ("exposure_time == True", "cannot compare a number with true or false"),
+    ("True\x00", "cannot parse"),
+]
+
+
+@pytest.mark.parametrize(("expr", "message"), UNHANDLED,
+                         ids=[f"case{i}" for i in range(len(UNHANDLED))])
+def test_what_the_language_cannot_handle_is_one_expression_error(expr, message):
+    if message is None:
+        assert compile_expression(expr)(info()) is False
+        return
+    with pytest.raises(ExpressionError) as err:
+        compile_expression(expr)
+    text = str(err.value)
+    assert message in text and "\n" not in text and len(text) < 300
+
+
+def test_dataselect_command_never_shows_a_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    from gsaoi_watch.sim import simulate_night
+
+    simulate_night(tmp_path, seed=2, size=64, workers=1, only=["standard"])
+    frames = sorted(str(p) for p in tmp_path.glob("S*.fits"))
+    for expr, message in [(e, m) for e, m in UNHANDLED if m is not None and "\x00" not in e] + [
+            ("ut_date=='2017-13-45'", "as a date"),
+            ("exposure_time ==", "cannot parse")]:
+        expr = expr[:100_000]  # one argument is at most 128 kB (MAX_ARG_STRLEN)
+        proc = subprocess.run([sys.executable, "-m", "gsaoi_watch", "dataselect", *frames,
+                               "--expr", expr], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2, (expr[:60], proc.stderr[-500:])
+        lines = proc.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("dataselect: "), proc.stderr[-500:]
+        assert message in lines[0] and "Traceback" not in proc.stderr
+        assert proc.stdout == ""
+    proc = subprocess.run([sys.executable, "-m", "gsaoi_watch", "dataselect", *frames,
+                           "--expr", "ut_date=='2017-05-04' and exposure_time > 1"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and len(proc.stdout.split()) == 4
 
 
 def test_date_types_are_real_dates():

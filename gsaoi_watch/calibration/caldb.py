@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from gsaoi_watch.calibration import db, queries
+from gsaoi_watch.data.descriptors import FrameInfo
 from gsaoi_watch.data.fitsio import read_frame_info
 from gsaoi_watch.errors import GsaoiWatchError
 
 __all__ = ['add_calibration', 'calibration_kind']
 
-def calibration_kind(info) -> str | None:
+def calibration_kind(info: FrameInfo) -> str | None:
     """'processed_flat' or 'processed_bpm' for a processed calibration, else None."""
     if "BPM" in info.tags:
         return "processed_bpm"
@@ -19,7 +22,7 @@ def calibration_kind(info) -> str | None:
     return None
 
 
-def add_calibration(path):
+def add_calibration(path: str | os.PathLike[str]) -> db.Product:
     """Register one processed calibration file; return its Product row.
 
     Raises
@@ -36,7 +39,8 @@ def add_calibration(path):
     return queries.register_product(path, info, kind=kind, is_calibration=True)
 
 
-def calibration_files(paths, walk):
+def calibration_files(paths: Iterable[str | os.PathLike[str]], walk: bool) -> Iterator[Path]:
+    """The files ``caldb add`` registers: the files given, ``*.fits`` of directories."""
     for p in paths:
         p = Path(p)
         if p.is_dir():
@@ -46,11 +50,7 @@ def calibration_files(paths, walk):
             yield p
 
 
-def find_calibration(name_or_path):
-    path = str(Path(name_or_path).resolve())
-    row = db.Product.get_or_none(db.Product.path == path)
-    if row is None:
-        rows = list(db.Product.select().where(db.Product.filename == Path(name_or_path).name))
-        row = rows[0] if len(rows) == 1 else None
-    return row
-
+def find_calibration(name_or_path: str | os.PathLike[str]) -> db.Product | None:
+    """The calibration row named by a path or file name, or None (see find_calibrations)."""
+    rows = queries.find_calibrations(name_or_path)
+    return rows[0] if rows else None

@@ -12,6 +12,8 @@ import contextlib
 import datetime as dt
 import hashlib
 import logging
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import peewee as pw
@@ -21,14 +23,14 @@ from playhouse.migrate import SchemaMigrator, migrate
 from gsaoi_watch.errors import GsaoiWatchError
 
 __all__ = [
-    'Command', 'DatabaseError', 'Frame', 'Job', 'Product', 'ProductCalibration',
+    'Command', 'Daemon', 'DatabaseError', 'Frame', 'Job', 'Product', 'ProductCalibration',
     'SCHEMA_VERSION', 'SchemaInfo', 'Sequence', 'checksum', 'close_database', 'database',
     'open_database', 'writing',
 ]
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 #: How long a writer waits for SQLite's lock before giving up (seconds).
@@ -157,10 +159,26 @@ class ProductCalibration(_Model):
     caltype = pw.CharField()
 
 
-MODELS = (SchemaInfo, Sequence, Command, Frame, Job, Product, ProductCalibration)
+class Daemon(_Model):
+    """A daemon running on this database: who it is and when it last showed it is alive.
+
+    Written by the daemon (:mod:`gsaoi_watch.calibration.daemons`: register at start-up, a
+    heartbeat every ``[service] heartbeat_seconds``, unregister at a clean stop) and read by
+    ``gsaoi-watch status`` and ``close`` (schema 3).
+    """
+
+    pid = pw.IntegerField()
+    host = pw.CharField()
+    started = pw.DateTimeField(default=_now)
+    heartbeat = pw.DateTimeField(default=_now)
+    heartbeat_seconds = pw.FloatField(default=10.0)
+    note = pw.CharField(null=True)  # the daemon's last status line
 
 
-def checksum(path, *, chunk=1 << 20) -> str:
+MODELS = (SchemaInfo, Sequence, Command, Frame, Job, Product, ProductCalibration, Daemon)
+
+
+def checksum(path: str | os.PathLike[str], *, chunk: int = 1 << 20) -> str:
     """MD5 of a file's bytes (what the Gemini archive records)."""
     h = hashlib.md5()
     with open(path, "rb") as fh:
@@ -173,7 +191,19 @@ def _is_url(target: str) -> bool:
     return "://" in target
 
 
-def open_database(target, *, create=False):
+def _create_file(path: Path) -> None:
+    """Create the empty database file with the mode the umask gives (0666 less the umask).
+
+    SQLite would create it 0644 whatever the umask allows; its -wal and -shm files take the
+    mode of the database file.
+    """
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    except FileExistsError:
+        pass
+
+
+def open_database(target: str | os.PathLike[str], *, create: bool = False) -> pw.Database:
     """Open (and with ``create``, initialise) the database at a path or URL.
 
     Parameters
@@ -203,6 +233,8 @@ def open_database(target, *, create=False):
                                 "'gsaoi-watch caldb init' first")
         if path.parent and not path.parent.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            _create_file(path)
         db = pw.SqliteDatabase(str(path), timeout=LOCK_TIMEOUT, pragmas={
             "journal_mode": "wal", "foreign_keys": 1, "synchronous": "normal",
             "busy_timeout": int(LOCK_TIMEOUT * 1000)})
@@ -253,12 +285,43 @@ def _add_product_qa(db):
                                                             pw.TextField(null=True)))
 
 
+def _add_daemon_table(db):
+    """Schema 2 -> 3: the daemon table; one row per calibration (duplicates merged)."""
+    db.create_tables([Daemon])
+    _merge_duplicate_calibrations()
+
+
+def _merge_duplicate_calibrations():
+    """Keep one row per calibration kind and file name: the copy under calibrations/.
+
+    Before schema 3 a made flat could be registered twice (the product and its copy under
+    ``calibrations/processed_flat/``).  The row kept is the copy under ``calibrations/``
+    (else the newest); what used the others now uses it; a bad mark on any stays.
+    """
+    groups = {}
+    for row in Product.select().where(Product.is_calibration == True).order_by(  # noqa: E712
+            Product.id):
+        groups.setdefault((row.kind, row.filename), []).append(row)
+    for rows in groups.values():
+        if len(rows) < 2:
+            continue
+        keep = max(rows, key=lambda r: ("calibrations" in Path(r.path).parts[:-1], r.id))
+        others = [r.id for r in rows if r.id != keep.id]
+        if any(r.is_bad for r in rows):
+            Product.update(is_bad=True).where(Product.id == keep.id).execute()
+        ProductCalibration.update(calibration=keep.id).where(
+            ProductCalibration.calibration.in_(others)).execute()
+        Product.delete().where(Product.id.in_(others)).execute()
+        log.info("calibration %s: %d duplicate row(s) merged into %s", keep.filename,
+                 len(others), keep.path)
+
+
 #: Upgrades from version i to i+1 (index i).  Version 0 means "no tables yet".
-_UPGRADES = [lambda db: db.create_tables(MODELS), _add_product_qa]
+_UPGRADES = [lambda db: db.create_tables(MODELS), _add_product_qa, _add_daemon_table]
 
 
 @contextlib.contextmanager
-def writing():
+def writing() -> Iterator[None]:
     """One atomic write transaction; a lock held too long becomes a clear DatabaseError."""
     try:
         with database.atomic():
@@ -270,7 +333,7 @@ def writing():
         raise
 
 
-def close_database():
+def close_database() -> None:
     """Close the connection bound to the models, if any."""
     if database.obj is not None and not database.is_closed():
         database.close()

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from pathlib import Path
 
 from gsaoi_watch.calibration import db
-from gsaoi_watch.calibration.caldb import add_calibration, calibration_files, find_calibration
+from gsaoi_watch.calibration.caldb import add_calibration, calibration_files
+from gsaoi_watch.calibration.queries import find_calibrations
 from gsaoi_watch.config import resolve_database
 from gsaoi_watch.errors import ConfigError, FrameError, GsaoiWatchError
 
 __all__ = ['run_caldb']
 
-def run_caldb(args) -> int:
+def run_caldb(args: argparse.Namespace) -> int:
     """Entry point of ``gsaoi-watch caldb VERB``."""
     try:
         target = resolve_database(args.database, args.config)
@@ -84,27 +86,33 @@ def _list():
 def _remove(names):
     status = 0
     for name in names:
-        row = find_calibration(name)
-        if row is None:
+        rows = find_calibrations(name)
+        if not rows:
             print(f"caldb remove: {name}: not in the database", file=sys.stderr)
             status = 1
             continue
         with db.writing():
-            row.delete_instance(recursive=True)
-        print(f"removed {row.filename} from the database (the file stays on disk)")
+            for row in rows:
+                row.delete_instance(recursive=True)
+        for row in rows:
+            print(f"removed {row.filename} ({row.path}) from the database "
+                  "(the file stays on disk)")
     return status
 
 
 def _mark(names, bad):
     status = 0
     for name in names:
-        row = find_calibration(name)
-        if row is None:
-            print(f"caldb: {name}: not in the database", file=sys.stderr)
+        rows = find_calibrations(name)
+        if not rows:
+            print(f"caldb {'bad' if bad else 'good'}: {name}: not in the database",
+                  file=sys.stderr)
             status = 1
             continue
         with db.writing():
-            db.Product.update(is_bad=bad).where(db.Product.id == row.id).execute()
-        print(f"{row.filename} marked {'bad: it will not be served' if bad else 'good'}")
+            db.Product.update(is_bad=bad).where(
+                db.Product.id.in_([r.id for r in rows])).execute()
+        for row in rows:
+            print(f"{row.filename} ({row.path}) marked "
+                  f"{'bad: it will not be served' if bad else 'good'}")
     return status
-

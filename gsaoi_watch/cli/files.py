@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -25,7 +26,7 @@ def _report(problems):
     return 1 if problems else 0
 
 
-def run_typewalk(args) -> int:
+def run_typewalk(args: argparse.Namespace) -> int:
     """Entry point of ``gsaoi-watch typewalk``."""
     tags = [t for t in (args.tags or "").split(",") if t]
     listing, problems = typewalk(args.directories or ["."], recursive=not args.no_recursion,
@@ -43,7 +44,7 @@ def run_typewalk(args) -> int:
     return _report(problems)
 
 
-def run_showd(args) -> int:
+def run_showd(args: argparse.Namespace) -> int:
     """Entry point of ``gsaoi-watch showd``."""
     descriptors = [d.strip() for d in args.descriptors.split(",") if d.strip()]
     unknown = [d for d in descriptors if d not in DESCRIPTORS]
@@ -63,17 +64,20 @@ def run_showd(args) -> int:
     return _report(problems)
 
 
-def run_dataselect(args) -> int:
+def run_dataselect(args: argparse.Namespace) -> int:
     """Entry point of ``gsaoi-watch dataselect``."""
     tags = [t for t in (args.tags or "").split(",") if t]
     xtags = [t for t in (args.xtags or "").split(",") if t]
     try:
         compile_expression(args.expr, strict=args.strict)
+        files = expand_inputs(args.files)
+        selected, problems = select_data(files, tags, xtags, args.expr, strict=args.strict)
     except ExpressionError as exc:
         print(f"dataselect: {exc}", file=sys.stderr)
         return 2
-    files = expand_inputs(args.files)
-    selected, problems = select_data(files, tags, xtags, args.expr, strict=args.strict)
+    except OSError as exc:  # an unreadable @list file
+        print(f"dataselect: {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return 2
     if args.output:
         write_list(args.output, selected, tags=tags, xtags=xtags, expression=args.expr)
     if not args.output or args.verbose:

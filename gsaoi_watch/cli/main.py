@@ -112,7 +112,9 @@ def _add_daemon(sub):
     p = sub.add_parser("run", help="the daemon: watch the raw directory and reduce")
     p.add_argument("--raw-dir", default=None, help="directory where raw frames arrive")
     p.add_argument("--output-dir", default=None, help="directory for products")
-    p.add_argument("--log", default=None, help="log file (also logged to standard error)")
+    p.add_argument("--log", default=None,
+                   help="log file, also logged to standard error (default: the config "
+                        "file's, else <output_dir>/gsaoi-watch.log)")
     _add_db_options(p)
     p.set_defaults(func=_run("run"))
     p = sub.add_parser("status", help="sequences, jobs and products of the daemon")
@@ -186,8 +188,8 @@ def _run(verb):
             from gsaoi_watch.cli.daemon import run_demo_cli
             return run_demo_cli(args)
         if verb in ("status", "close"):
-            from gsaoi_watch.cli import daemon
-            return getattr(daemon, f"run_{verb}")(args)
+            from gsaoi_watch.cli import status
+            return getattr(status, f"run_{verb}")(args)
         from gsaoi_watch.cli import files
         return getattr(files, f"run_{verb}")(args)
     return run
@@ -209,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the process exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)

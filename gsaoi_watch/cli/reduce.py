@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 from pathlib import Path
 
+from gsaoi_watch.config import resolve_database
 from gsaoi_watch.errors import GsaoiWatchError
 from gsaoi_watch.pipeline.reduce import Reduce, expand_at_files
 from gsaoi_watch.pipeline.stack_files import stack_files
@@ -17,13 +19,14 @@ __all__ = ['run_stack', 'run_qa', 'run_reduce']
 log = logging.getLogger(__name__)
 
 
-def run_reduce(args) -> int:
+def run_reduce(args: argparse.Namespace) -> int:
     """Entry point of ``gsaoi-watch reduce``."""
     params = [p for group in (args.param or []) for p in group]
     # argparse gives ``-p a=b FILE`` the FILE too: anything without '=' is an input
     inputs = list(args.inputs) + [p for p in params if "=" not in p]
     params = [p for p in params if "=" in p]
     try:
+        resolve_database(args.database, args.config)  # a bad configuration fails first
         listed, list_opts = expand_at_files([a for a in inputs if a.startswith("@")])
         named = [a for a in inputs if not a.startswith("@")]
         files = named or listed  # files on the command line replace those of @lists
@@ -60,7 +63,7 @@ def _params_from_options(options):
     return out
 
 
-def run_stack(args) -> int:
+def run_stack(args: argparse.Namespace) -> int:
     """Entry point of ``gsaoi-watch stack``."""
     from gsaoi_watch.pipeline.reduce import expand_at_files
 
@@ -79,7 +82,7 @@ def run_stack(args) -> int:
     return 1 if result.meta["skipped"] else 0
 
 
-def run_qa(args) -> int:
+def run_qa(args: argparse.Namespace) -> int:
     """Entry point of ``gsaoi-watch qa``: one QA line per file, optionally pictures."""
     status = 0
     for name in args.files:

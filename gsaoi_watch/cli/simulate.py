@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 
@@ -11,7 +12,7 @@ __all__ = ['run_simulate']
 
 log = logging.getLogger(__name__)
 
-def run_simulate(args) -> int:
+def run_simulate(args: argparse.Namespace) -> int:
     """Entry point of ``gsaoi-watch simulate``."""
     only = args.only.split(",") if args.only else None
     try:

@@ -6,8 +6,11 @@ import datetime as _dt
 import math
 import os
 import re
+from collections.abc import Iterable
 from functools import cached_property
+from typing import Any
 
+from gsaoi_watch.data.names import ROOT_NAME_LENGTH, safe_name
 from gsaoi_watch.data.sections import parse_section
 from gsaoi_watch.data.tags import compute_tags
 from gsaoi_watch.instrument import tables as instrument
@@ -17,7 +20,7 @@ __all__ = ['DESCRIPTORS', 'FrameInfo', 'remove_component_id']
 N_ARRAYS = 4
 
 
-def remove_component_id(name):
+def remove_component_id(name: Any) -> str | None:
     """Strip a Gemini component ID: 'Kshort_G1105' -> 'Kshort' (None stays None)."""
     if not isinstance(name, str):
         return None
@@ -25,7 +28,7 @@ def remove_component_id(name):
     return m.group("filt") if m else name
 
 
-def header_text(value):
+def header_text(value: Any) -> Any:
     return value.strip() if isinstance(value, str) else value
 
 
@@ -66,7 +69,8 @@ class FrameInfo:
         The file the headers came from.
     """
 
-    def __init__(self, phu, ext_headers, path=None):
+    def __init__(self, phu: Any, ext_headers: Iterable[Any],
+                 path: str | os.PathLike[str] | None = None):
         self.phu = phu
         self.ext_headers = list(ext_headers)
         self.path = None if path is None else str(path)
@@ -77,8 +81,15 @@ class FrameInfo:
     # --- identity -------------------------------------------------------------------------
     @property
     def filename(self) -> str | None:
-        """Base name of the file, or None for headers that came from memory."""
-        return None if self.path is None else os.path.basename(self.path)
+        """The frame's name: the file's base name made safe, or None for headers in memory.
+
+        :func:`gsaoi_watch.data.names.safe_name` of the base name (unchanged for a name such
+        as ``S20170505S0095.fits``), the same name :func:`gsaoi_watch.data.fitsio.load_frame`
+        gives the frame, so it can go into a header (SKYIM, IMCMB) and name products.
+        """
+        if self.path is None:
+            return None
+        return safe_name(os.path.basename(self.path), limit=ROOT_NAME_LENGTH)
 
     @cached_property
     def tags(self) -> frozenset:
@@ -91,48 +102,48 @@ class FrameInfo:
     def _ext(self, key):
         return [header_text(h.get(key)) for h in self.ext_headers]
 
-    def instrument(self):
+    def instrument(self) -> str | None:
         """PHU INSTRUME."""
         return self._phu("INSTRUME")
 
-    def object(self):
+    def object(self) -> str | None:
         """PHU OBJECT."""
         return self._phu("OBJECT")
 
-    def observation_type(self):
+    def observation_type(self) -> str | None:
         """PHU OBSTYPE."""
         return self._phu("OBSTYPE")
 
-    def observation_class(self):
+    def observation_class(self) -> str | None:
         """PHU OBSCLASS ('science', 'partnerCal', 'dayCal', 'acq', ...)."""
         return self._phu("OBSCLASS")
 
-    def observation_id(self):
+    def observation_id(self) -> str | None:
         """PHU OBSID, e.g. 'GS-2017A-Q-29-13'."""
         return self._phu("OBSID")
 
-    def data_label(self):
+    def data_label(self) -> str | None:
         """PHU DATALAB, e.g. 'GS-2017A-Q-29-13-001'."""
         return self._phu("DATALAB")
 
-    def program_id(self):
+    def program_id(self) -> str | None:
         """PHU GEMPRGID."""
         return self._phu("GEMPRGID")
 
-    def telescope(self):
+    def telescope(self) -> str | None:
         """PHU TELESCOP."""
         return self._phu("TELESCOP")
 
-    def detector_name(self, pretty=False):
+    def detector_name(self, pretty: bool = False) -> str | None:
         """PHU DETECTOR."""
         return self._phu("DETECTOR")
 
-    def camera(self, pretty=False):
+    def camera(self, pretty: bool = False) -> str | None:
         """PHU DETECTOR (GSAOI's camera keyword)."""
         return self._phu("DETECTOR")
 
     # --- filter and wavelength --------------------------------------------------------------
-    def filter_name(self, stripID=False, pretty=False):  # noqa: N803 (DRAGONS' name)
+    def filter_name(self, stripID: bool = False, pretty: bool = False) -> str | None:  # noqa: N803 (DRAGONS' name)
         """Filter combination: raw 'Kshort_G1105&Clear', or pretty 'Kshort'.
 
         Both FILTER1 and FILTER2 are required; None if either is missing.
@@ -154,7 +165,7 @@ class FrameInfo:
                 comps.append(name)
         return "&".join(comps[:2])
 
-    def effective_wavelength(self, output_units="micrometers"):
+    def effective_wavelength(self, output_units: str = "micrometers") -> float | None:
         """Effective wavelength of the filter (from the lookup table), default micrometres."""
         wave = instrument.effective_wavelength(self.filter_name(pretty=True))
         if wave is None:
@@ -162,7 +173,7 @@ class FrameInfo:
         factor = {"micrometers": 1.0, "nanometers": 1e3, "angstroms": 1e4, "meters": 1e-6}
         return wave * factor[output_units]
 
-    def central_wavelength(self, asMicrometers=False):  # noqa: N803 (DRAGONS' name)
+    def central_wavelength(self, asMicrometers: bool = False) -> float | None:  # noqa: N803 (DRAGONS' name)
         """PHU WAVELENG (Angstrom) in metres, or micrometres; None if missing or negative."""
         wave = self.phu.get("WAVELENG", -1)
         if not isinstance(wave, int | float) or wave < 0:
@@ -170,39 +181,39 @@ class FrameInfo:
         return wave * 1e-4 if asMicrometers else wave * 1e-10
 
     # --- exposure and readout ----------------------------------------------------------------
-    def exposure_time(self):
+    def exposure_time(self) -> float | None:
         """PHU EXPTIME in seconds (GSAOI averages coadds, so never multiplied)."""
         value = self.phu.get("EXPTIME")
         if not isinstance(value, int | float) or value < 0:
             return None
         return float(value)
 
-    def coadds(self):
+    def coadds(self) -> int:
         """PHU COADDS, default 1."""
         try:
             return int(self.phu.get("COADDS", 1))
         except (TypeError, ValueError):
             return 1
 
-    def read_mode(self):
+    def read_mode(self) -> str | None:
         """PHU READMODE, e.g. 'FOWLER'."""
         return self._phu("READMODE")
 
-    def read_speed_setting(self):
+    def read_speed_setting(self) -> str:
         """'Bright Objects', 'Faint Objects' or 'Very Faint Objects' from LNRS 2/8/16."""
         return instrument.read_speed_setting(self.phu.get("LNRS"))
 
-    def lnrs(self):
+    def lnrs(self) -> int | None:
         """PHU LNRS (number of non-destructive reads), or None."""
         value = self.phu.get("LNRS")
         return int(value) if isinstance(value, int | float) else None
 
-    def is_coadds_summed(self):
+    def is_coadds_summed(self) -> bool:
         """False: GSAOI averages coadds."""
         return False
 
     # --- times --------------------------------------------------------------------------------
-    def ut_datetime(self):
+    def ut_datetime(self) -> _dt.datetime | None:
         """UT start of the observation, from DATE-OBS and UT (fallbacks as in DRAGONS)."""
         date = None
         for key in ("DATE-OBS", "DATE", "UTDATE"):
@@ -232,22 +243,22 @@ class FrameInfo:
             return _dt.datetime.combine(date, _dt.time())
         return None
 
-    def ut_date(self):
+    def ut_date(self) -> _dt.date | None:
         """UT date of the observation."""
         dt = self.ut_datetime()
         return None if dt is None else dt.date()
 
-    def ut_time(self):
+    def ut_time(self) -> _dt.time | None:
         """UT time of the start of the observation."""
         dt = self.ut_datetime()
         return None if dt is None else dt.time()
 
-    def local_time(self):
+    def local_time(self) -> _dt.time | None:
         """PHU LT as a time."""
         return _parse_time(self._phu("LT"))
 
     # --- pointing ------------------------------------------------------------------------------
-    def pixel_scale(self):
+    def pixel_scale(self) -> float | None:
         """Mean over arrays of 3600*sqrt|det CD| in arcsec/pixel."""
         scales = []
         for h in self.ext_headers:
@@ -262,7 +273,7 @@ class FrameInfo:
         value = self.phu.get(key)
         return float(value) if isinstance(value, int | float) else None
 
-    def detector_x_offset(self):
+    def detector_x_offset(self) -> float | None:
         """POFFSET in pixels, sign flipped on the bottom port (INPORT=1)."""
         poff, scale = self._offset("POFFSET"), self.pixel_scale()
         if poff is None or not scale:
@@ -270,18 +281,18 @@ class FrameInfo:
         offset = poff / scale
         return -offset if self.phu.get("INPORT") == 1 else offset
 
-    def detector_y_offset(self):
+    def detector_y_offset(self) -> float | None:
         """-QOFFSET in pixels (GSAOI negates the Gemini value)."""
         qoff, scale = self._offset("QOFFSET"), self.pixel_scale()
         if qoff is None or not scale:
             return None
         return -qoff / scale
 
-    def telescope_x_offset(self):
+    def telescope_x_offset(self) -> float | None:
         """PHU XOFFSET (arcsec)."""
         return self._offset("XOFFSET")
 
-    def telescope_y_offset(self):
+    def telescope_y_offset(self) -> float | None:
         """PHU YOFFSET (arcsec)."""
         return self._offset("YOFFSET")
 
@@ -301,7 +312,7 @@ class FrameInfo:
                     return None
         return None
 
-    def target_ra(self, offset=False):
+    def target_ra(self, offset: bool = False) -> float | None:
         """PHU RA in degrees; with ``offset`` plus RAOFFSET (/cos dec) and RATRGOFF."""
         ra = self._coord("RA")
         if ra is None or not offset:
@@ -310,7 +321,7 @@ class FrameInfo:
         extra = (self._offset("RAOFFSET") or 0.0) + (self._offset("RATRGOFF") or 0.0)
         return ra + extra / 3600.0 / math.cos(math.radians(dec))
 
-    def target_dec(self, offset=False):
+    def target_dec(self, offset: bool = False) -> float | None:
         """PHU DEC in degrees; with ``offset`` plus DECOFFSE and DECTRGOF."""
         dec = self._coord("DEC")
         if dec is None or not offset:
@@ -318,49 +329,49 @@ class FrameInfo:
         extra = (self._offset("DECOFFSE") or 0.0) + (self._offset("DECTRGOF") or 0.0)
         return dec + extra / 3600.0
 
-    def wcs_ra(self):
+    def wcs_ra(self) -> float | None:
         """CRVAL1 of the first array if CTYPE1 is 'RA---TAN'."""
         h = self.ext_headers[0] if self.ext_headers else {}
         return h.get("CRVAL1") if header_text(h.get("CTYPE1")) == "RA---TAN" else None
 
-    def wcs_dec(self):
+    def wcs_dec(self) -> float | None:
         """CRVAL2 of the first array if CTYPE2 is 'DEC--TAN'."""
         h = self.ext_headers[0] if self.ext_headers else {}
         return h.get("CRVAL2") if header_text(h.get("CTYPE2")) == "DEC--TAN" else None
 
-    def ra(self):
+    def ra(self) -> float | None:
         """Field RA: the WCS value, else the target RA keyword."""
         value = self.wcs_ra()
         return self.target_ra() if value is None else value
 
-    def dec(self):
+    def dec(self) -> float | None:
         """Field Dec: the WCS value, else the target DEC keyword."""
         value = self.wcs_dec()
         return self.target_dec() if value is None else value
 
-    def position_angle(self):
+    def position_angle(self) -> float | None:
         """PHU PA in degrees."""
         return self._offset("PA")
 
-    def airmass(self):
+    def airmass(self) -> float | None:
         """PHU AIRMASS if >= 1, else None."""
         am = self.phu.get("AIRMASS", -1)
         return float(am) if isinstance(am, int | float) and am >= 1 else None
 
-    def elevation(self):
+    def elevation(self) -> float | None:
         """PHU ELEVATIO (degrees)."""
         return self._offset("ELEVATIO")
 
-    def azimuth(self):
+    def azimuth(self) -> float | None:
         """PHU AZIMUTH (degrees)."""
         return self._offset("AZIMUTH")
 
-    def is_ao(self):
+    def is_ao(self) -> bool:
         """True if the AO fold is in the beam (AOFOLD == 'IN')."""
         return self._phu("AOFOLD") == "IN"
 
     # --- per-array descriptors ----------------------------------------------------------------
-    def array_name(self):
+    def array_name(self) -> list[Any]:
         """ARRAYID of each array."""
         return self._ext("ARRAYID")
 
@@ -368,31 +379,31 @@ class FrameInfo:
         raw = self._ext(key)
         return raw if pretty else [parse_section(v) for v in raw]
 
-    def array_section(self, pretty=False):
+    def array_section(self, pretty: bool = False) -> list[Any]:
         """CCDSEC of each array (Section, or the string with ``pretty``)."""
         return self._sections("CCDSEC", pretty)
 
-    def detector_section(self, pretty=False):
+    def detector_section(self, pretty: bool = False) -> list[Any]:
         """DETSEC of each array (Section, or the string with ``pretty``)."""
         return self._sections("DETSEC", pretty)
 
-    def data_section(self, pretty=False):
+    def data_section(self, pretty: bool = False) -> list[Any]:
         """DATASEC of each array (Section, or the string with ``pretty``)."""
         return self._sections("DATASEC", pretty)
 
-    def detector_x_bin(self):
+    def detector_x_bin(self) -> int:
         """PHU XBIN, default 1."""
         return int(self.phu.get("XBIN", 1))
 
-    def detector_y_bin(self):
+    def detector_y_bin(self) -> int:
         """PHU YBIN, default 1."""
         return int(self.phu.get("YBIN", 1))
 
-    def binning(self):
+    def binning(self) -> str:
         """'XxY' binning string."""
         return f"{self.detector_x_bin()}x{self.detector_y_bin()}"
 
-    def detector_roi_setting(self):
+    def detector_roi_setting(self) -> str:
         """Always 'Fixed' for GSAOI."""
         return "Fixed"
 
@@ -402,13 +413,13 @@ class FrameInfo:
     def _array_specs(self):
         return [instrument.ARRAY_BY_ID.get(a) for a in self.array_name()]
 
-    def gain(self):
+    def gain(self) -> list[Any]:
         """Gain (e-/ADU) per array: the lookup on raw data, the GAIN keyword once prepared."""
         if self._prepared():
             return self._ext("GAIN")
         return [None if s is None else s.gain for s in self._array_specs()]
 
-    def read_noise(self):
+    def read_noise(self) -> list[Any]:
         """Read noise (e-) per array: lookup / sqrt(COADDS), RDNOISE once prepared."""
         if self._prepared():
             return self._ext("RDNOISE")
@@ -419,7 +430,7 @@ class FrameInfo:
             out.append(None if rn is None else round(rn / math.sqrt(self.coadds()), 2))
         return out
 
-    def saturation_level(self):
+    def saturation_level(self) -> list[Any]:
         """Saturation (ADU) per array: the well depth, SATLEVEL once prepared."""
         if self._prepared():
             return self._ext("SATLEVEL")
@@ -427,7 +438,7 @@ class FrameInfo:
             return [None] * len(self.ext_headers)
         return [None if s is None else s.well for s in self._array_specs()]
 
-    def non_linear_level(self):
+    def non_linear_level(self) -> list[Any]:
         """Non-linear threshold (ADU) per array: linlimit x saturation, NONLINEA once prepared."""
         if self._prepared():
             return self._ext("NONLINEA")
@@ -436,20 +447,21 @@ class FrameInfo:
             out.append(None if spec is None or sat is None else spec.linlimit * sat)
         return out
 
-    def nonlinearity_coeffs(self):
+    def nonlinearity_coeffs(self) -> list[Any]:
         """(a0, a1, a2) per array for the read mode, or None."""
         lnrs = self.lnrs()
         return [None if s is None else s.coeffs.get(lnrs) for s in self._array_specs()]
 
-    def nominal_photometric_zeropoint(self):
+    def nominal_photometric_zeropoint(self) -> list[Any]:
         """Nominal zero point (mag for 1 e-/s) per array, or None for an unknown filter."""
-        zps = instrument.NOMINAL_ZEROPOINTS.get(self.filter_name(pretty=True))
+        name = self.filter_name(pretty=True)
+        zps = None if name is None else instrument.NOMINAL_ZEROPOINTS.get(name)
         if zps is None:
             return [None] * len(self.ext_headers)
         return [None if s is None else zps[s.index] for s in self._array_specs()]
 
     # --- guiding, quality, grouping ----------------------------------------------------------
-    def wavefront_sensor(self):
+    def wavefront_sensor(self) -> str | None:
         """Guiding sensors joined with '&' (AOWFS, GEMS, OIWFS, PWFS1, PWFS2), or None."""
         sensors = [name for name, key in (("AOWFS", "AOWFS_ST"), ("OIWFS", "OIWFS_ST"),
                                           ("PWFS1", "PWFS1_ST"), ("PWFS2", "PWFS2_ST"))
@@ -458,7 +470,7 @@ class FrameInfo:
             sensors.append("GEMS")
         return "&".join(sorted(sensors)) if sensors else None
 
-    def qa_state(self):
+    def qa_state(self) -> str:
         """'Pass', 'Usable', 'Fail', 'CHECK' or 'Undefined' from RAWPIREQ and RAWGEMQA."""
         pireq = self._phu("RAWPIREQ")
         gemqa = self._phu("RAWGEMQA")
@@ -474,8 +486,9 @@ class FrameInfo:
             return "Pass" if pireq == "YES" else "Usable" if pireq == "NO" else "Undefined"
         return "Undefined"
 
-    def group_id(self):
+    def group_id(self) -> str:
         """DRAGONS' GSAOI group id: flats by filter/exptime/program, others by observation."""
+        parts: list[Any]
         if "FLAT" in self.tags:
             parts = [self.filter_name(pretty=True), self.exposure_time(), self.program_id()]
         else:
@@ -484,7 +497,7 @@ class FrameInfo:
         return "_".join(str(p) for p in parts)
 
     # --- derived helpers used by the pipeline --------------------------------------------------
-    def is_roi(self):
+    def is_roi(self) -> bool:
         """True if the arrays are read out as a sub-array smaller than CCDSIZE."""
         for h in self.ext_headers:
             full = parse_section(header_text(h.get("CCDSIZE")))

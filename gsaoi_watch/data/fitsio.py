@@ -1,22 +1,109 @@
-"""The only module that reads and writes FITS: headers, frames, the BPM, atomic products."""
+"""The only module that reads and writes FITS: headers, frames, the BPM, atomic products.
+
+It is also the edge where names are made safe.  A product's name comes only from the name
+of the file gsaoi_watch read, never from a header value: :func:`load_frame` names a frame
+after its file, made safe by :func:`safe_name` (ORIGNAME stays in the header as data, and
+only tells how much of a processed file's name is the original root).  Every product,
+picture and page is written through :func:`safe_output_path`, which makes the name safe
+again and checks that the path lies inside its directory, and :func:`atomic_output`, which
+gives the file the permissions the process umask allows.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import datetime
 import os
+import shutil
 import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
+from typing import IO, Any
 
 import numpy as np
 from astropy.io import fits
 
 from gsaoi_watch.data.descriptors import N_ARRAYS, FrameInfo, header_text
-from gsaoi_watch.errors import FrameError
+from gsaoi_watch.data.names import (
+    MAX_NAME_LENGTH,
+    ROOT_NAME_LENGTH,
+    SAFE_NAME_CHARACTERS,
+    safe_name,
+    split_extension,
+)
+from gsaoi_watch.errors import FrameError, UnsafePathError
+from gsaoi_watch.logs import log_name
 from gsaoi_watch.reduction.container import Array, Frame
 
-__all__ = ['atomic_output', 'classify', 'load_bpm', 'load_frame', 'read_frame_info', 'write_frame']
+__all__ = ['MAX_NAME_LENGTH', 'ROOT_NAME_LENGTH', 'SAFE_NAME_CHARACTERS', 'atomic_output',
+           'classify', 'copy_product', 'frame_names', 'load_bpm', 'load_frame', 'log_name',
+           'process_umask', 'read_frame_info', 'safe_name', 'safe_output_path', 'write_frame']
+
+def safe_output_path(directory: str | os.PathLike[str], name: str) -> Path:
+    """``directory / safe_name(name)``, checked to lie inside ``directory``.
+
+    Parameters
+    ----------
+    directory : str or os.PathLike
+        Where the file is written (it need not exist yet).
+    name : str
+        The file name wanted (a product name, a picture, ``index.html``); a path
+        separator in it is replaced like any other unsafe character.
+
+    Returns
+    -------
+    pathlib.Path
+        The path to write, ``directory`` as given joined with the safe name.
+
+    Raises
+    ------
+    UnsafePathError
+        If the resolved path is not directly inside the resolved ``directory`` (which the
+        safe name alone already prevents; this is the check that it did).
+    """
+    directory = Path(directory)
+    safe = safe_name(name)
+    real_dir = Path(os.path.realpath(directory))
+    target = real_dir / safe
+    # the last component is not followed: os.replace replaces a symbolic link, never its
+    # target, so a link planted at the product's name cannot send the data elsewhere
+    if safe in (".", "..") or target.parent != real_dir or \
+            os.path.commonpath([real_dir, target]) != str(real_dir):
+        raise UnsafePathError(f"{log_name(name)}: would be written outside {real_dir}")
+    return directory / safe
+
+
+_UMASK: int | None = None
+
+
+def _read_umask() -> int:
+    try:  # Linux >= 4.7 shows it without changing it
+        with open("/proc/self/status", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    current = os.umask(0o022)  # elsewhere, reading it means setting it
+    os.umask(current)
+    return current
+
+
+def process_umask() -> int:
+    """The process umask, read once (at import of this module) and kept.
+
+    Read from ``/proc/self/status`` where the kernel shows it; otherwise by setting and
+    restoring it, which is why it is done once, at import, before the daemon starts the
+    threads that create files.
+    """
+    global _UMASK
+    if _UMASK is None:
+        _UMASK = _read_umask()
+    return _UMASK
+
+
+process_umask()  # at import: before the daemon starts threads
 
 def _array_hdus(hdul):
     images = [h for h in hdul[1:] if isinstance(h, fits.ImageHDU | fits.CompImageHDU)]
@@ -37,12 +124,12 @@ def _check_complete(path, hdul, size):
         raise FrameError(path, f"truncated FITS: {size} of {expected} bytes present")
 
 
-def classify(phu, ext_headers, path=None) -> FrameInfo:
+def classify(phu: Any, ext_headers: Any, path: str | os.PathLike[str] | None = None) -> FrameInfo:
     """Build a FrameInfo from headers already in memory (no file access)."""
     return FrameInfo(phu, ext_headers, path=path)
 
 
-def read_frame_info(path, *, require_gsaoi=True) -> FrameInfo:
+def read_frame_info(path: str | os.PathLike[str], *, require_gsaoi: bool = True) -> FrameInfo:
     """Read the headers of a GSAOI file and return its descriptors and tags.
 
     Parameters
@@ -108,7 +195,8 @@ def read_frame_info(path, *, require_gsaoi=True) -> FrameInfo:
     return FrameInfo(phu, arrays, path=path)
 
 
-def load_frame(path, *, indices=(0, 1, 2, 3)) -> Frame:
+def load_frame(path: str | os.PathLike[str], *,
+               indices: tuple[int, ...] = (0, 1, 2, 3)) -> Frame:
     """Read a raw or processed GSAOI file into a :class:`Frame`.
 
     Raw files give ``sci`` only; processed files (SCI/VAR/DQ extensions) give all three.
@@ -127,7 +215,7 @@ def load_frame(path, *, indices=(0, 1, 2, 3)) -> Frame:
             phu = hdul[0].header.copy()
             planes = {}
             raw = []
-            counts = {}
+            counts: dict[str, int] = {}
             for hdu in hdul[1:]:
                 if not isinstance(hdu, fits.ImageHDU):
                     continue
@@ -158,12 +246,33 @@ def load_frame(path, *, indices=(0, 1, 2, 3)) -> Frame:
                         None if dq is None else np.asarray(dq.data, dtype=np.uint16),
                         sci.header.copy(),
                         None if obj is None else np.asarray(obj.data, dtype=np.uint8)))
-    orig = str(phu.get("ORIGNAME", "")).strip() or path.name
-    return Frame(phu=phu, arrays=tuple(arrays), filename=path.name, orig_filename=orig,
+    filename, orig = frame_names(path, phu)
+    return Frame(phu=phu, arrays=tuple(arrays), filename=filename, orig_filename=orig,
                  meta={"indices": tuple(indices), "path": str(path)})
 
 
-def load_bpm(path):
+def frame_names(path: str | os.PathLike[str], phu: Any) -> tuple[str, str]:
+    """(filename, orig_filename) of a frame read from ``path``: from the file's name only.
+
+    Both are :func:`safe_name` of the file's name (at most :data:`ROOT_NAME_LENGTH`), so the
+    products named after them stay in their directory whatever the headers say.  For a
+    file gsaoi_watch (or DRAGONS) already prepared, such as ``S20170505S0095_prepared.fits``,
+    the original name is the root of the file's name that ORIGNAME names
+    (``S20170505S0095.fits``), used only when the file's name starts with it; ORIGNAME
+    never adds anything to a name.
+    """
+    filename = safe_name(Path(path).name, limit=ROOT_NAME_LENGTH)
+    orig = filename
+    if any("PREPAR" in str(key) for key in phu.keys()):
+        header = phu.get("ORIGNAME")
+        if isinstance(header, str) and header.strip():
+            root, ext = split_extension(safe_name(header.strip(), limit=ROOT_NAME_LENGTH))
+            if root and filename.startswith(root + "_"):
+                orig = root + (ext or ".fits")
+    return filename, orig
+
+
+def load_bpm(path: str | os.PathLike[str]) -> list[np.ndarray]:
     """Read a static bad-pixel mask file: a list of 4 uint16 arrays (extension order)."""
     with fits.open(path, memmap=False) as hdul:
         planes = [h for h in hdul[1:] if isinstance(h, fits.ImageHDU)]
@@ -181,16 +290,20 @@ def _extension_headers(header, name):
 
 
 @contextlib.contextmanager
-def atomic_output(target, *, fsync=False):
+def atomic_output(target: str | os.PathLike[str], *, fsync: bool = False,
+                  mode: int = 0o666) -> Iterator[IO[bytes]]:
     """Open a temporary file beside ``target`` for binary writing; rename it into place.
 
     A reader never sees a half-written file: the data go to a hidden temporary name in the
     same directory, which replaces ``target`` only when the block ends without an error
-    (and is removed otherwise).  ``fsync`` flushes the data to disk before the rename.
+    (and is removed otherwise).  The file gets ``mode`` less the process umask (0644 under
+    umask 022), as ``open()`` would give it, not the 0600 of a temporary file.  ``fsync``
+    flushes the data to disk before the rename.
     """
     target = Path(target)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
+        os.fchmod(fd, mode & ~process_umask())
         with os.fdopen(fd, "wb") as fh:
             yield fh
             if fsync:
@@ -202,11 +315,27 @@ def atomic_output(target, *, fsync=False):
         raise
 
 
-def write_frame(frame: Frame, directory, *, filename=None, overwrite=True) -> Path:
+def copy_product(source: str | os.PathLike[str], directory: str | os.PathLike[str]) -> Path:
+    """Copy a product into ``directory`` under the same (safe) name, atomically; return it.
+
+    Used for the copy of a processed calibration under ``calibrations/processed_flat/``.
+    """
+    source = Path(source)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    target = safe_output_path(directory, source.name)
+    with open(source, "rb") as src, atomic_output(target, fsync=True) as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
+    return target
+
+
+def write_frame(frame: Frame, directory: str | os.PathLike[str], *, filename: str | None = None,
+                overwrite: bool = True) -> Path:
     """Write ``frame`` as a MEF (SCI, VAR, DQ[, OBJMASK] per array) atomically.
 
     The file is written to a temporary name in the same directory, flushed and renamed,
-    so a reader never sees a half-written product.
+    so a reader never sees a half-written product.  The name (``filename``, else the
+    frame's) goes through :func:`safe_output_path`: made safe, and inside ``directory``.
 
     Returns
     -------
@@ -215,7 +344,7 @@ def write_frame(frame: Frame, directory, *, filename=None, overwrite=True) -> Pa
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    target = directory / (filename or frame.filename)
+    target = safe_output_path(directory, filename or frame.filename)
     if target.exists() and not overwrite:
         raise FileExistsError(target)
     phu = frame.phu.copy()

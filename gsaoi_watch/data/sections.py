@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = ['Section', 'parse_section']
 
@@ -34,7 +35,7 @@ class Section:
 _SECTION_RE = re.compile(r"^\s*\[\s*(\d+)\s*:\s*(\d+)\s*,\s*(\d+)\s*:\s*(\d+)\s*\]\s*$")
 
 
-def parse_section(text) -> Section | None:
+def parse_section(text: Any) -> Section | None:
     """Parse an IRAF section string '[x1:x2,y1:y2]' (1-based, inclusive) into a Section."""
     if not isinstance(text, str):
         return None

@@ -8,8 +8,9 @@ A rule that meets a missing keyword (KeyError) is silently skipped, as in DRAGON
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = ["ALL_TAGS", "TagSet", "compute_tags", "resolve"]
 
@@ -198,7 +199,7 @@ ALL_TAGS = frozenset({
 })
 
 
-def resolve(tagsets) -> frozenset:
+def resolve(tagsets: Iterable[Any]) -> frozenset:
     """Combine tag sets with DRAGONS' precedence and blocking rules.
 
     Sets that block others are applied first, sets that can be blocked last; a set any of

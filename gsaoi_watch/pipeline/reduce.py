@@ -10,14 +10,20 @@ from __future__ import annotations
 
 import logging
 import shlex
-import shutil
 import time
 from pathlib import Path
 
 from gsaoi_watch.calibration import db, queries
 from gsaoi_watch.calibration.caldb import add_calibration
 from gsaoi_watch.config import resolve_database
-from gsaoi_watch.data.fitsio import load_bpm, load_frame, read_frame_info, write_frame
+from gsaoi_watch.data.fitsio import (
+    copy_product,
+    load_bpm,
+    load_frame,
+    log_name,
+    read_frame_info,
+    write_frame,
+)
 from gsaoi_watch.errors import FrameError, GsaoiWatchError, ReductionError
 from gsaoi_watch.reduction.recipes import PARAMETERS, make_processed_flat, reduce_images
 
@@ -258,24 +264,21 @@ class Reduce:
         bpm = load_bpm(bpm_path) if bpm_path else None
         bpm_name = bpm_path.name if bpm_path else None
         if bpm_path:
-            log.info("BPM: %s", bpm_name)
+            log.info("BPM: %s", log_name(bpm_name))
         t0 = time.perf_counter()
         if kind == "flat":
             thr = params.get("thresholdFlatfield", {})
             flat = make_processed_flat(self.files, bpm=bpm, bpm_name=bpm_name,
                                        lower=thr.get("lower", 0.01), upper=thr.get("upper", 10.0))
             path = write_frame(flat, out)
-            caldir = out / CALDIR / "processed_flat"
-            caldir.mkdir(parents=True, exist_ok=True)
-            tmp = caldir / f".{path.name}.tmp"
-            shutil.copyfile(path, tmp)
-            tmp.replace(caldir / path.name)
+            copy = copy_product(path, out / CALDIR / "processed_flat")
             used = [(bpm_row, "processed_bpm")] if bpm_row else []
-            queries.register_product(caldir / path.name, read_frame_info(caldir / path.name),
-                                kind="processed_flat", is_calibration=True, used=used)
+            queries.register_product(copy, read_frame_info(copy), kind="processed_flat",
+                                     is_calibration=True, used=used)
             self.output_filenames = [str(path)]
             self.result = flat
-            log.info("makeProcessedFlat: %s from %d frames in %.1f s (registered)", path.name,
+            log.info("makeProcessedFlat: %s from %d frames in %.1f s (registered)",
+                     log_name(path.name),
                      flat.phu["NCOMBINE"], time.perf_counter() - t0)
             return self
         flat_path, flat_row = self._calibration(self.flat, infos[0], "processed_flat")
@@ -283,7 +286,7 @@ class Reduce:
             raise ReductionError(f"{infos[0].filename}: no processed flat for filter "
                                  f"{infos[0].filter_name()} within 30 days in the calibration "
                                  "database; reduce the flats, 'caldb add' one, or give --flat")
-        log.info("flat: %s", flat_path.name)
+        log.info("flat: %s", log_name(flat_path.name))
         flat = load_frame(flat_path)
         used = [(flat_row, "processed_flat")] + ([(bpm_row, "processed_bpm")] if bpm_row else [])
 

@@ -12,7 +12,7 @@ import numpy as np
 from astropy.io import fits
 from astropy.table import Table
 
-from gsaoi_watch.data.fitsio import load_frame, write_frame
+from gsaoi_watch.data.fitsio import frame_names, load_frame, log_name, write_frame
 from gsaoi_watch.errors import FrameError, GsaoiWatchError, ReductionError
 from gsaoi_watch.reduction.container import Array, Frame
 from gsaoi_watch.reduction.stack import frame_geometry, stack_frames
@@ -45,8 +45,8 @@ def _read_light(path):
         h = sci[ver]
         shape = (int(h.get("NAXIS2", 0)), int(h.get("NAXIS1", 0)))
         arrays.append(Array(np.broadcast_to(np.float32(0), shape), None, None, h))
-    frame = Frame(phu=phu, arrays=tuple(arrays), filename=Path(path).name,
-                  orig_filename=str(phu.get("ORIGNAME", "")).strip() or Path(path).name)
+    filename, orig = frame_names(path, phu)
+    frame = Frame(phu=phu, arrays=tuple(arrays), filename=filename, orig_filename=orig)
     catalogs = [cats.get(v) for v in sorted(sci)] if cats else None
     return frame, catalogs
 
@@ -113,7 +113,7 @@ def stack_files(paths, output, *, reference_catalog=None, overwrite=True, worker
         except (GsaoiWatchError, OSError) as exc:
             reason = getattr(exc, "problem", None) or str(exc)
             skipped.append((Path(p).name, reason))
-            log.warning("stack: %s left out: %s", Path(p).name, reason)
+            log.warning("stack: %s left out: %s", log_name(Path(p).name), reason)
             continue
         cats.append(catalogs)
         good.append(p)

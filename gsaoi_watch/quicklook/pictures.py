@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import math
+import os
 import re
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from astropy.io import fits
 from astropy.visualization import ZScaleInterval
 
-from gsaoi_watch.data.fitsio import atomic_output
+from gsaoi_watch.data.fitsio import atomic_output, safe_output_path
 from gsaoi_watch.instrument.dq import DQ
 from gsaoi_watch.instrument.tables import ARRAY_BY_ID, FULL_SIZE, TILE_GAPS
 from gsaoi_watch.reduction.qa import header_pixel_scale
@@ -23,7 +25,7 @@ _BLANK = DQ["bad_pixel"] | DQ["saturated"] | DQ["no_data"] | DQ["unilluminated"]
 _SECTION = re.compile(r"\[(\d+):(\d+),(\d+):(\d+)\]")
 
 
-def picture_path(product) -> Path:
+def picture_path(product: str | os.PathLike[str]) -> Path:
     """The picture of a product: its name with ``.png`` in place of ``.fits``, beside it."""
     product = Path(product)
     return product.with_name(product.name.removesuffix(".fits") + ".png")
@@ -81,7 +83,7 @@ def _read_planes(path):
     return phu, planes
 
 
-def mosaic(planes, *, max_pixels=1024):
+def mosaic(planes: list[Any], *, max_pixels: int = 1024) -> tuple[np.ndarray, int, Any]:
     """Place the planes of a product in one image, block-averaged to at most ``max_pixels``.
 
     Four GSAOI arrays go where their DETSEC puts them, with the tile gaps (scaled to the
@@ -158,13 +160,14 @@ def _nice_length(arcsec):
     return arcsec
 
 
-def write_picture(product, *, out=None, size_px=800, max_pixels=1024) -> Path:
+def write_picture(product: str | os.PathLike[str], *, out: str | os.PathLike[str] | None = None,
+                  size_px: int = 800, max_pixels: int = 1024) -> Path:
     """Write a PNG quick-look of a product file (flat, reduced frame or stack).
 
     The four arrays are mosaicked in place (one plane for a stack), block-averaged, shown
     with a zscale stretch (flagged pixels and gaps blank), with a scale bar in arcsec,
     North and East arrows from the WCS (else the PA keyword) and the file name as title.
-    The PNG is written atomically.
+    The PNG is written atomically, its name made safe (:func:`safe_output_path`).
 
     Parameters
     ----------
@@ -186,7 +189,8 @@ def write_picture(product, *, out=None, size_px=800, max_pixels=1024) -> Path:
     from matplotlib.figure import Figure
 
     product = Path(product)
-    target = Path(out) if out is not None else picture_path(product)
+    wanted = Path(out) if out is not None else picture_path(product)
+    target = safe_output_path(wanted.parent, wanted.name)
     phu, planes = _read_planes(product)
     if not planes:
         raise ValueError(f"{product.name}: no 2-D image extension to draw")

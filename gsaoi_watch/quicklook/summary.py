@@ -6,13 +6,15 @@ import datetime
 import html
 import logging
 import math
+import os
 import warnings
 from pathlib import Path
+from typing import Any
 
 from astropy.io import fits
 from astropy.table import Table
 
-from gsaoi_watch.data.fitsio import atomic_output, load_frame
+from gsaoi_watch.data.fitsio import atomic_output, load_frame, safe_output_path
 from gsaoi_watch.instrument.standards import find_standard
 from gsaoi_watch.quicklook.pictures import picture_path
 from gsaoi_watch.quicklook.qaformat import qa_log_line
@@ -44,7 +46,7 @@ def _skip_reason(phu, name):
     return None
 
 
-def qa_for_product(path) -> dict:
+def qa_for_product(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Measure the QA of one reduced product file (a ``_skyCorrected`` frame).
 
     Image quality, background and, when OBJECT or the pointing names a known standard,
@@ -142,7 +144,8 @@ def _product_row(product, outdir):
     return "<tr>" + "".join(out) + "</tr>"
 
 
-def write_summary(outdir, sequences, *, title="GSAOI night summary") -> Path:
+def write_summary(outdir: str | os.PathLike[str], sequences: list[dict[str, Any]], *,
+                  title: str = "GSAOI night summary") -> Path:
     """Write the night summary page ``outdir/index.html`` atomically.
 
     Parameters
@@ -187,7 +190,7 @@ def write_summary(outdir, sequences, *, title="GSAOI night summary") -> Path:
         parts += [_product_row(p, outdir) for p in products]
         parts.append("</table>")
     parts.append("</body></html>\n")
-    target = outdir / "index.html"
+    target = safe_output_path(outdir, "index.html")
     with atomic_output(target) as fh:
         fh.write("\n".join(parts).encode("utf-8"))
     return target

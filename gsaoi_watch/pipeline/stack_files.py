@@ -14,6 +14,7 @@ from astropy.table import Table
 
 from gsaoi_watch.data.fitsio import load_frame, write_frame
 from gsaoi_watch.errors import FrameError, GsaoiWatchError, ReductionError
+from gsaoi_watch.pipeline.pools import fork_mapper
 from gsaoi_watch.reduction.container import Array, Frame
 from gsaoi_watch.reduction.stack import frame_geometry, stack_frames
 
@@ -125,7 +126,8 @@ def stack_files(paths, output, *, reference_catalog=None, overwrite=True, worker
     loaders = [lambda p=p: load_frame(p) for p in good]
     try:
         result = stack_frames(loaders, geometries=geoms, catalogs=cats,
-                              reference_catalog=reference_catalog, workers=workers, **kwargs)
+                              reference_catalog=reference_catalog, mapper=fork_mapper(workers),
+                              **kwargs)
     except ReductionError as exc:
         if not skipped:
             raise

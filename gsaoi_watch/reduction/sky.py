@@ -17,8 +17,8 @@ from scipy import ndimage
 from gsaoi_watch.errors import ReductionError
 from gsaoi_watch.instrument.dq import DQ, FAIL_BITS
 from gsaoi_watch.instrument.tables import FULL_SIZE, TILE_GAPS
+from gsaoi_watch.reduction.combine import stack_arrays
 from gsaoi_watch.reduction.container import Array
-from gsaoi_watch.reduction.flat import stack_arrays
 
 __all__ = ["associate_sky", "combine_skies", "dilate_mask", "fields_overlap", "level_at",
            "mask_sky", "measure_background", "separate_sky", "sky_level", "sky_model",

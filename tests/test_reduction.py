@@ -12,10 +12,11 @@ from gsaoi_watch.data.fitsio import load_bpm, load_frame, write_frame
 from gsaoi_watch.errors import ReductionError
 from gsaoi_watch.instrument.dq import DQ
 from gsaoi_watch.instrument.tables import ARRAYS
+from gsaoi_watch.pipeline.recipes import make_processed_flat, reduce_images
 from gsaoi_watch.pipeline.reduce import Reduce, parse_uparms
 from gsaoi_watch.reduction import combine, detect, flat, sky, standardize
 from gsaoi_watch.reduction.container import Array, Frame
-from gsaoi_watch.reduction.recipes import make_processed_flat, preprocess, reduce_images
+from gsaoi_watch.reduction.recipes import preprocess
 from gsaoi_watch.sim import BPM_NAME, simulate_night, truth_plane
 from gsaoi_watch.sim.detector import invert_nonlinearity
 

@@ -17,9 +17,9 @@ from gsaoi_watch.errors import ReductionError
 from gsaoi_watch.instrument import distortion
 from gsaoi_watch.instrument.dq import DQ
 from gsaoi_watch.pipeline.pools import fork_mapper
+from gsaoi_watch.pipeline.recipes import make_processed_flat, reduce_images
 from gsaoi_watch.pipeline.stack_files import run_stack_job, stack_files
 from gsaoi_watch.reduction import stack
-from gsaoi_watch.reduction.recipes import make_processed_flat, reduce_images
 from gsaoi_watch.sim import BPM_NAME, simulate_night
 from gsaoi_watch.sim.scene import MOFFAT_BETA, sky_to_tangent
 

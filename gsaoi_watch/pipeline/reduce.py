@@ -19,7 +19,8 @@ from gsaoi_watch.calibration.caldb import add_calibration
 from gsaoi_watch.config import resolve_database
 from gsaoi_watch.data.fitsio import load_bpm, load_frame, read_frame_info, write_frame
 from gsaoi_watch.errors import FrameError, GsaoiWatchError, ReductionError
-from gsaoi_watch.reduction.recipes import PARAMETERS, make_processed_flat, reduce_images
+from gsaoi_watch.pipeline.recipes import make_processed_flat, reduce_images
+from gsaoi_watch.reduction.recipes import PARAMETERS
 
 __all__ = ['RECIPES', 'Reduce', 'expand_at_files', 'find_bpm', 'parse_uparms']
 

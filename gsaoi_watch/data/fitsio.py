@@ -16,7 +16,7 @@ from gsaoi_watch.data.descriptors import N_ARRAYS, FrameInfo, header_text
 from gsaoi_watch.errors import FrameError
 from gsaoi_watch.reduction.container import Array, Frame
 
-__all__ = ['atomic_output', 'classify', 'load_bpm', 'load_frame', 'read_frame_info', 'write_frame']
+__all__ = ['atomic_output', 'load_bpm', 'load_frame', 'read_frame_info', 'write_frame']
 
 def _array_hdus(hdul):
     images = [h for h in hdul[1:] if isinstance(h, fits.ImageHDU | fits.CompImageHDU)]
@@ -35,11 +35,6 @@ def _check_complete(path, hdul, size):
         expected = max(expected, info["datLoc"] + info["datSpan"])
     if expected > size:
         raise FrameError(path, f"truncated FITS: {size} of {expected} bytes present")
-
-
-def classify(phu, ext_headers, path=None) -> FrameInfo:
-    """Build a FrameInfo from headers already in memory (no file access)."""
-    return FrameInfo(phu, ext_headers, path=path)
 
 
 def read_frame_info(path, *, require_gsaoi=True) -> FrameInfo:

@@ -10,6 +10,7 @@ import math
 import warnings
 
 import numpy as np
+from astropy.coordinates import angular_separation
 from astropy.stats import sigma_clipped_stats
 from astropy.wcs import WCS, FITSFixedWarning
 from scipy import ndimage
@@ -21,8 +22,7 @@ from gsaoi_watch.reduction.combine import stack_arrays
 from gsaoi_watch.reduction.container import Array
 
 __all__ = ["associate_sky", "combine_skies", "dilate_mask", "fields_overlap", "level_at",
-           "mask_sky", "measure_background", "separate_sky", "sky_level", "sky_model",
-           "stack_skies", "subtract_sky"]
+           "mask_sky", "measure_background", "separate_sky", "sky_level", "subtract_sky"]
 
 
 def _wcs(info):
@@ -81,11 +81,10 @@ def _centre(group):
     return float(np.mean(ras)), float(np.mean(decs))
 
 
-def _sep_deg(ra1, dec1, ra2, dec2):
-    d1, d2 = math.radians(dec1), math.radians(dec2)
-    c = (math.sin(d1) * math.sin(d2)
-         + math.cos(d1) * math.cos(d2) * math.cos(math.radians(ra1 - ra2)))
-    return math.degrees(math.acos(min(1.0, max(-1.0, c))))
+def _sep_deg(ra1: float, dec1: float, ra2: float, dec2: float) -> float:
+    """Angular distance in degrees (astropy's angular_separation, Vincenty's formula)."""
+    return math.degrees(angular_separation(math.radians(ra1), math.radians(dec1),
+                                           math.radians(ra2), math.radians(dec2)))
 
 
 def separate_sky(infos, *, frac_fov=0.9, ref_obj=(), ref_sky=()):
@@ -288,12 +287,6 @@ def combine_skies(prepared):
     return stacked, levels
 
 
-def stack_skies(skies, *, dilation=6.0, mask_objects=True):
-    """Mask and combine sky arrays: :func:`mask_sky` on each, then :func:`combine_skies`."""
-    return combine_skies([mask_sky(s, mask_objects=mask_objects, dilation=dilation)
-                          for s in skies])
-
-
 def level_at(levels, times, target_time, *, max_extrapolation=900.0):
     """Sky level at ``target_time``: a straight line fitted to the skies' levels in time.
 
@@ -308,20 +301,6 @@ def level_at(levels, times, target_time, *, max_extrapolation=900.0):
     slope, intercept = np.polyfit(t - t.mean(), levels, 1)
     target = min(max(target_time, t.min() - max_extrapolation), t.max() + max_extrapolation)
     return float(intercept + slope * (target - t.mean()))
-
-
-def sky_model(skies, times, target_time, *, dilation=6.0, mask_objects=True,
-              interpolate_time=True) -> Array:
-    """The sky for one object frame: :func:`stack_skies`, then (optionally) :func:`level_at`.
-
-    With ``interpolate_time`` False the level is that of the first (nearest in time) sky,
-    as in DRAGONS.
-    """
-    stacked, levels = stack_skies(skies, dilation=dilation, mask_objects=mask_objects)
-    if not interpolate_time:
-        return stacked
-    shift = level_at(levels, times, target_time) - levels[0]
-    return stacked.with_(sci=(stacked.sci + np.float32(shift)).astype(np.float32))
 
 
 def subtract_sky(obj: Array, sky: Array, *, offset_sky=True, scale_sky=False) -> tuple:

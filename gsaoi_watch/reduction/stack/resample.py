@@ -18,6 +18,7 @@ import numpy as np
 from scipy import ndimage
 
 from gsaoi_watch.instrument.dq import DQ, FAIL_BITS
+from gsaoi_watch.reduction.combine import sigma_clipped_mean
 from gsaoi_watch.reduction.container import Array, Frame
 from gsaoi_watch.reduction.stack.geometry import FrameGeometry, invert
 from gsaoi_watch.reduction.stack.geometry import apply_affine as _apply
@@ -197,51 +198,20 @@ def _resample_strip(pf: PreparedFrame, row0, row1, out_sci, out_var, out_dq, out
         out_cov[rows, cols] |= inside
 
 
-def _combine(sci, var, dq, cov, *, sigma, maxiters):
-    """Sigma-clipped mean over axis 0 (median centre); returns sci, var, dq, n_used.
+def _combine(sci: np.ndarray, var: np.ndarray, dq: np.ndarray, cov: np.ndarray, *,
+             sigma: float, maxiters: int
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Sigma-clipped mean over axis 0 of the covered, unflagged values: sci, var, dq, n_used.
 
-    The good values are sorted once; a symmetric clip about the median keeps a contiguous
-    run of the sorted values, so every iteration works on run ends and cumulative sums.
+    The combination is :func:`gsaoi_watch.reduction.combine.sigma_clipped_mean`.
+
+    DQ: 0 where something was combined; else the OR of the rejecting bits of the covering
+    inputs (bad_pixel if none), no_data where no input falls.
     """
     good = cov & ((dq & REJECT_BITS) == 0)
-    data = np.where(good, sci, np.nan)
-    s = np.sort(data, axis=0)  # NaN last
-    n_good = good.sum(axis=0)
-    lo = np.zeros(n_good.shape, np.int64)
-    hi = n_good.astype(np.int64)
-
-    def at(arr, idx):
-        return np.take_along_axis(arr, np.clip(idx, 0, arr.shape[0] - 1)[None], 0)[0]
-
-    # sums of values relative to the first median keep float32 cumulative sums exact enough
-    ref = np.nan_to_num(at(s, (hi - 1) // 2)).astype(np.float32)
-    zero = np.zeros((1,) + s.shape[1:], np.float32)
-    filled = np.nan_to_num(s - ref[None])
-    cs = np.concatenate([zero, np.cumsum(filled, axis=0, dtype=np.float32)])
-    cs2 = np.concatenate([zero, np.cumsum(filled**2, axis=0, dtype=np.float32)])
-    del filled
-
-    for _ in range(maxiters):
-        n = hi - lo
-        nn = np.maximum(n, 1)
-        med = 0.5 * (at(s, lo + (n - 1) // 2) + at(s, lo + n // 2))
-        mean = (at(cs, hi) - at(cs, lo)) / nn  # relative to ref
-        std = np.sqrt(np.maximum((at(cs2, hi) - at(cs2, lo)) / nn - mean**2, 0.0))
-        with np.errstate(invalid="ignore"):
-            new_lo = np.sum(s < (med - sigma * std), axis=0)
-            new_hi = np.sum(s <= (med + sigma * std), axis=0)
-        clip = n >= 3
-        new_lo = np.where(clip, new_lo, lo)
-        new_hi = np.where(clip, np.maximum(new_hi, new_lo), hi)
-        if np.array_equal(new_lo, lo) and np.array_equal(new_hi, hi):
-            break
-        lo, hi = new_lo, new_hi
-    n = hi - lo
-    nn = np.maximum(n, 1)
-    out_sci = np.where(n > 0, ref + (at(cs, hi) - at(cs, lo)) / nn, 0.0)
-    with np.errstate(invalid="ignore"):
-        keep = good & (data >= at(s, lo)[None]) & (data <= at(s, hi - 1)[None])
-    out_var = np.where(n > 0, np.sum(np.where(keep, var, 0.0), axis=0) / nn**2, 0.0)
+    out_sci, out_var, n = sigma_clipped_mean(np.where(good, sci, np.float32(np.nan)), var,
+                                             sigma_lower=sigma, sigma_upper=sigma,
+                                             maxiters=maxiters)
     covered = cov.any(axis=0)
     bits = np.bitwise_or.reduce(np.where(cov, dq, 0), axis=0).astype(np.uint16)
     out_dq = np.where(n > 0, 0, np.where(covered, bits & REJECT_BITS, DQ["no_data"]))

@@ -22,6 +22,7 @@ from gsaoi_watch.reduction.stack.geometry import (
     mosaic_pixel_area,
     plane_to_sky,
     sky_to_plane,
+    tangent_plane,
 )
 from gsaoi_watch.reduction.stack.grid import PIXEL_SCALE, OutputGrid, output_grid
 from gsaoi_watch.reduction.stack.resample import REJECT_BITS
@@ -29,4 +30,5 @@ from gsaoi_watch.reduction.stack.step import Mapper, stack_frames
 
 __all__ = ["PIXEL_SCALE", "REJECT_BITS", "FrameGeometry", "Mapper", "OutputGrid",
            "align_catalogs", "align_frames", "frame_catalog", "frame_geometry",
-           "mosaic_pixel_area", "output_grid", "plane_to_sky", "sky_to_plane", "stack_frames"]
+           "mosaic_pixel_area", "output_grid", "plane_to_sky", "sky_to_plane", "stack_frames",
+           "tangent_plane"]

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from astropy.wcs import WCS
 from numpy.typing import ArrayLike
 
 from gsaoi_watch.data.sections import parse_section
@@ -25,32 +26,41 @@ from gsaoi_watch.instrument.tables import FULL_SIZE
 from gsaoi_watch.reduction.container import Frame
 
 __all__ = ["FrameGeometry", "apply_affine", "compose", "frame_geometry", "invert",
-           "mosaic_pixel_area", "plane_to_sky", "sky_to_plane"]
+           "mosaic_pixel_area", "plane_to_sky", "sky_to_plane", "tangent_plane"]
 
 #: A pair of coordinate arrays.
 Pair = tuple[np.ndarray, np.ndarray]
 
 
 # --- the gnomonic projection ---------------------------------------------------------------
+def tangent_plane(ra0: float, dec0: float) -> WCS:
+    """The gnomonic (TAN) projection about (ra0, dec0) as an astropy WCS.
+
+    Its "pixels" are the standard coordinates (east, north) in arcsec (1-based pixel
+    coordinates with CRPIX 0, so that pixel = arcsec): FITS intermediate world coordinates
+    are the standard coordinates, east positive.
+    """
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    w.wcs.crval = [ra0, dec0]
+    w.wcs.crpix = [0.0, 0.0]
+    w.wcs.cdelt = [1.0 / 3600.0, 1.0 / 3600.0]
+    w.wcs.set()
+    return w
+
+
 def sky_to_plane(ra: ArrayLike, dec: ArrayLike, ra0: float, dec0: float) -> Pair:
     """Gnomonic projection about (ra0, dec0): (east, north) arcsec (the TAN standard coords)."""
-    ra, dec = np.radians(ra), np.radians(dec)
-    ra0, dec0 = math.radians(ra0), math.radians(dec0)
-    cosc = math.sin(dec0) * np.sin(dec) + math.cos(dec0) * np.cos(dec) * np.cos(ra - ra0)
-    xi = np.cos(dec) * np.sin(ra - ra0) / cosc
-    eta = (math.cos(dec0) * np.sin(dec) - math.sin(dec0) * np.cos(dec) * np.cos(ra - ra0)) / cosc
-    return np.degrees(xi) * 3600.0, np.degrees(eta) * 3600.0
+    east, north = tangent_plane(ra0, dec0).wcs_world2pix(
+        np.asarray(ra, dtype=np.float64), np.asarray(dec, dtype=np.float64), 1)
+    return east, north
 
 
 def plane_to_sky(east: ArrayLike, north: ArrayLike, ra0: float, dec0: float) -> Pair:
-    """Inverse of :func:`sky_to_plane`: (ra, dec) in degrees."""
-    xi = np.radians(np.asarray(east, dtype=np.float64) / 3600.0)
-    eta = np.radians(np.asarray(north, dtype=np.float64) / 3600.0)
-    ra0r, dec0r = math.radians(ra0), math.radians(dec0)
-    denom = math.cos(dec0r) - eta * math.sin(dec0r)
-    ra = ra0r + np.arctan2(xi, denom)
-    dec = np.arctan2(math.sin(dec0r) + eta * math.cos(dec0r), np.hypot(xi, denom))
-    return np.degrees(ra) % 360.0, np.degrees(dec)
+    """Inverse of :func:`sky_to_plane`: (ra, dec) in degrees, RA in [0, 360)."""
+    ra, dec = tangent_plane(ra0, dec0).wcs_pix2world(
+        np.asarray(east, dtype=np.float64), np.asarray(north, dtype=np.float64), 1)
+    return ra, dec
 
 
 # --- affine transforms of the plane ---------------------------------------------------------
@@ -154,8 +164,6 @@ def frame_geometry(frame: Frame) -> FrameGeometry:
     ReductionError
         If the headers carry no usable celestial WCS or exposure time.
     """
-    from astropy.wcs import WCS
-
     h0 = frame.arrays[0].header
     phu = frame.phu
     full = parse_section(h0.get("CCDSIZE"))

@@ -6,7 +6,9 @@ import datetime
 import logging
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from astropy.io import fits
@@ -52,7 +54,7 @@ def _read_light(path):
     return frame, catalogs
 
 
-def read_reference_catalog(path):
+def read_reference_catalog(path: str | Path) -> Table:
     """Read a user reference catalogue: a FITS or ASCII table with ``ra`` and ``dec`` (deg).
 
     Column names are matched case-insensitively (``RA``/``DEC``, ``RAJ2000``/``DEJ2000``).
@@ -71,8 +73,9 @@ def read_reference_catalog(path):
     return Table({"ra": np.asarray(table[ra], float), "dec": np.asarray(table[dec], float)})
 
 
-def stack_files(paths, output, *, reference_catalog=None, overwrite=True, workers=2,
-                **kwargs):
+def stack_files(paths: Sequence[str | Path], output: str | Path, *,
+                reference_catalog: str | Path | Table | None = None, overwrite: bool = True,
+                workers: int = 2, **kwargs: Any) -> tuple[Path, Frame]:
     """Distortion-correct, align and stack ``_skyCorrected`` products into one MEF.
 
     Parameters
@@ -146,7 +149,7 @@ def stack_files(paths, output, *, reference_catalog=None, overwrite=True, worker
     return path, result
 
 
-def load_frame_header(path):
+def load_frame_header(path: str | Path) -> fits.Header:
     """The primary header of a FITS file."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -129,8 +129,8 @@ def stack_arrays(arrays: Sequence[Array], *, operation: str = "mean", reject: st
     sci = np.stack([a.sci for a in arrays]).astype(np.float32, copy=False)
     if zero is not None:
         sci -= np.asarray(zero, dtype=np.float32)[:, None, None]
-    var = np.stack([a.var for a in arrays]).astype(np.float32, copy=False)
-    dq = np.stack([a.dq for a in arrays])
+    var = np.stack([a.need("var") for a in arrays]).astype(np.float32, copy=False)
+    dq = np.stack([a.need("dq") for a in arrays])
     bad = (dq & FAIL_BITS) != 0
     all_bad = bad.all(axis=0)
     bad &= ~all_bad  # where every input is bad, use them all and keep the flags

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from gsaoi_watch.data.sections import parse_section
@@ -16,7 +18,8 @@ __all__ = [
 ]
 
 
-def make_lamp_flat(frames, *, hsigma=3.0, lsigma=3.0) -> Frame:
+def make_lamp_flat(frames: Sequence[Frame], *, hsigma: float = 3.0,
+                   lsigma: float = 3.0) -> Frame:
     """Lamp-on stack minus lamp-off stack (3-sigma clipped means); all frames below 1.4 um.
 
     The result keeps the first lamp-on frame's headers and name, as DRAGONS does.
@@ -34,7 +37,7 @@ def make_lamp_flat(frames, *, hsigma=3.0, lsigma=3.0) -> Frame:
     first = on[0] if on else frames[0]
     n_arr = len(first.arrays)
 
-    def stack(group):
+    def stack(group: Sequence[Frame]) -> list[Array]:
         return [stack_arrays([f.arrays[i] for f in group], hsigma=hsigma, lsigma=lsigma)
                 for i in range(n_arr)]
 
@@ -49,7 +52,8 @@ def make_lamp_flat(frames, *, hsigma=3.0, lsigma=3.0) -> Frame:
                 f"lamp-on exposure times {sorted(texp_on)} differ from lamp-off "
                 f"{sorted(texp_off)}")
         a_on, a_off = stack(on), stack(off)
-        arrays = [a.with_(sci=a.sci - b.sci, var=a.var + b.var, dq=a.dq | b.dq)
+        arrays = [a.with_(sci=a.sci - b.sci, var=a.need("var") + b.need("var"),
+                          dq=a.need("dq") | b.need("dq"))
                   for a, b in zip(a_on, a_off)]
         note = f"{len(on)} lamp-on minus {len(off)} lamp-off"
     out = first.with_(arrays=tuple(arrays))
@@ -72,7 +76,7 @@ def normalize_flat(frame: Frame) -> Frame:
     return mark(out, "NORMLIZE", "_normalized", "UT time stamp for normalizeFlat")
 
 
-def threshold_flatfield(frame: Frame, *, lower=0.01, upper=10.0) -> Frame:
+def threshold_flatfield(frame: Frame, *, lower: float = 0.01, upper: float = 10.0) -> Frame:
     """Flag flat values outside [lower, upper] as unilluminated (64) and set them to 1."""
     arrays = []
     for a in frame.arrays:
@@ -97,10 +101,11 @@ def _crop_to(flat_arr: Array, sci_arr: Array) -> Array:
                              f"the frame's {sci_arr.header.get('CCDSEC')}")
     y0, x0 = ssec.y1 - fsec.y1, ssec.x1 - fsec.x1
     sl = (slice(y0, y0 + ssec.shape[0]), slice(x0, x0 + ssec.shape[1]))
-    return flat_arr.with_(sci=flat_arr.sci[sl], var=flat_arr.var[sl], dq=flat_arr.dq[sl])
+    return flat_arr.with_(sci=flat_arr.sci[sl], var=flat_arr.need("var")[sl],
+                          dq=flat_arr.need("dq")[sl])
 
 
-def flat_correct(frame: Frame, flat: Frame, *, flat_name=None) -> Frame:
+def flat_correct(frame: Frame, flat: Frame, *, flat_name: str | None = None) -> Frame:
     """Divide by a processed flat, cropping a full-frame flat to an ROI frame.
 
     The flat must have the same raw filter name (FILTER1&FILTER2) as the frame.  Variances
@@ -119,8 +124,9 @@ def flat_correct(frame: Frame, flat: Frame, *, flat_name=None) -> Frame:
             raise ReductionError(f"{name}: flat has no array {a.header.get('ARRAYID')}")
         f = _crop_to(f, a)
         sci = a.sci / f.sci
-        var = (a.var / f.sci**2 + a.sci**2 * f.var / f.sci**4) if a.var is not None else None
-        dq = (a.dq | f.dq) if a.dq is not None else f.dq.copy()
+        f_var, f_dq = f.need("var"), f.need("dq")
+        var = (a.var / f.sci**2 + a.sci**2 * f_var / f.sci**4) if a.var is not None else None
+        dq = (a.dq | f_dq) if a.dq is not None else f_dq.copy()
         arrays.append(a.with_(sci=sci.astype(np.float32),
                               var=None if var is None else var.astype(np.float32), dq=dq))
     out = frame.with_(arrays=tuple(arrays))

@@ -197,7 +197,7 @@ def aperture_photometry(arr: Array, x: float, y: float, radius: float, r_in: flo
         mirror = np.full(yy.size, bkg, dtype=np.float64)
         mirror[ok] = sci[my[ok], mx[ok]]
         filled[yy, xx] = mirror
-        if var is not None:
+        if var is not None and full_var is not None:
             var[yy, xx] = 0.0
             var[yy[ok], xx[ok]] = full_var[my[ok], mx[ok]]
     area = float(weights.sum())
@@ -257,11 +257,11 @@ def standard_photometry(frame: Frame, ra: float, dec: float, *, search_arcsec: f
                     float(cat["fwhm"][j]), scale, float(sep[j]))
     if best is None:
         return None
-    k, x, y, _, fwhm, scale, sep = best
-    fwhm = fwhm if math.isfinite(fwhm) and fwhm > 0 else 0.0
-    radius = max(radius_arcsec / scale, radius_fwhm * fwhm)
+    k, x, y, _, width, scale, separation = best
+    width = width if math.isfinite(width) and width > 0 else 0.0
+    radius = max(radius_arcsec / scale, radius_fwhm * width)
     phot = aperture_photometry(frame.arrays[k], x, y, radius, annulus[0] * radius,
                                annulus[1] * radius)
     return StarPhotometry(**{**asdict(phot), "array": array_index(frame, k),
-                             "annulus": phot.annulus, "separation": sep})
+                             "annulus": phot.annulus, "separation": separation})
 

@@ -9,6 +9,7 @@ The measurements follow DRAGONS' ``measureIQ``, ``measureBG`` and ``measureCC``
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -16,6 +17,7 @@ from astropy.stats import sigma_clipped_stats
 from scipy import special
 
 from gsaoi_watch.instrument.dq import DQ
+from gsaoi_watch.instrument.standards import Standard
 from gsaoi_watch.instrument.tables import (
     AO_IQ_BANDS,
     BG_BANDS,
@@ -27,6 +29,7 @@ from gsaoi_watch.instrument.tables import (
 from gsaoi_watch.reduction.container import Array, Frame
 from gsaoi_watch.reduction.photometry import (
     BAD_BITS,
+    StarPhotometry,
     aperture_photometry,
     array_index,
     catalogs,
@@ -153,8 +156,8 @@ def cc_band(extinction: float) -> str:
 
 def bg_band(sky_mag: float, filter_name: str | None) -> str:
     """Background band of a sky brightness (mag/arcsec^2): the darkest band it satisfies."""
-    key = {"Kshort": "Ks", "Kprime": "K"}.get(filter_name, filter_name)
-    limits = BG_BANDS.get(key)
+    key = {"Kshort": "Ks", "Kprime": "K"}.get(filter_name or "", filter_name)
+    limits = BG_BANDS.get(key or "")
     if limits is None or not math.isfinite(sky_mag):
         return "BGUnknown"
     for pct in sorted(limits):
@@ -174,8 +177,8 @@ def iq_band(seeing: float) -> str:
 
 
 # --- zero points and cloud cover ----------------------------------------------------------
-
-def zero_points(frame: Frame, photometry, magnitude: float) -> tuple:
+def zero_points(frame: Frame, photometry: Iterable[StarPhotometry | None],
+                magnitude: float) -> tuple:
     """Zero points (1 e-/s at airmass 1) from standard-star photometry.
 
     ``zp = mag + 2.5 log10(flux / exptime) + k (airmass - 1)`` with DRAGONS' nominal
@@ -198,8 +201,8 @@ def zero_points(frame: Frame, photometry, magnitude: float) -> tuple:
     exptime = info.exposure_time() or float("nan")
     airmass = info.airmass() or 1.0
     filt = frame_filter(frame)
-    k_ext = EXTINCTION.get(filt, 0.0)
-    nominal = NOMINAL_ZEROPOINTS.get(filt)
+    k_ext = EXTINCTION.get(filt or "", 0.0)
+    nominal = NOMINAL_ZEROPOINTS.get(filt or "")
     by_index = {array_index(frame, k): arr for k, arr in enumerate(frame.arrays)}
     out = []
     for p in photometry:
@@ -215,7 +218,7 @@ def zero_points(frame: Frame, photometry, magnitude: float) -> tuple:
     return tuple(out)
 
 
-def measure_cc(zeropoints) -> CloudCover:
+def measure_cc(zeropoints: Sequence[ZeroPoint]) -> CloudCover:
     """Cloud extinction (weighted mean of nominal - measured zero points) and the CC band."""
     ext = np.array([z.extinction for z in zeropoints], float)
     err = np.array([max(z.zp_err, 1e-4) for z in zeropoints], float)
@@ -238,8 +241,9 @@ def _airy_annular(r_rad, wavelength_m, diameter, obscuration):
     return ((a - eps**2 * b) / (1 - eps**2)) ** 2
 
 
-def ideal_peak_fraction(pixel_scale, wavelength_um, dx=0.0, dy=0.0, *, sub=5,
-                        aperture=TELESCOPE_APERTURE) -> float:
+def ideal_peak_fraction(pixel_scale: float, wavelength_um: float, dx: float = 0.0,
+                        dy: float = 0.0, *, sub: int = 5,
+                        aperture: tuple[float, float] = TELESCOPE_APERTURE) -> float:
     """Fraction of a perfect PSF's light in the pixel holding its peak.
 
     The diffraction pattern of an annular aperture (``aperture`` = primary and obscuration
@@ -310,8 +314,8 @@ def _iq_candidates(arr: Array, cat, *, snr_min, max_ellipticity):
     return idx
 
 
-def measure_iq(frame: Frame, *, snr_min=100.0, max_ellipticity=0.5,
-               extended=1.5) -> ImageQuality:
+def measure_iq(frame: Frame, *, snr_min: float = 100.0, max_ellipticity: float = 0.5,
+               extended: float = 1.5) -> ImageQuality:
     """FWHM, ellipticity and Strehl ratio of the point sources of a sky-subtracted frame.
 
     Sources come from the catalogue of each array (``frame.meta['catalogs']``, from
@@ -336,6 +340,8 @@ def measure_iq(frame: Frame, *, snr_min=100.0, max_ellipticity=0.5,
     candidates = []  # (array position, row, fwhm in pixels, pixel scale)
     for k, arr in enumerate(frame.arrays):
         cat = cats[k] if k < len(cats) else None
+        if cat is None:
+            continue
         idx = _iq_candidates(arr, cat, snr_min=snr_min, max_ellipticity=max_ellipticity)
         scale = array_pixel_scale(arr, frame)
         candidates += [(k, j, float(cat["fwhm"][j]), scale) for j in idx]
@@ -382,7 +388,7 @@ def measure_bg(frame: Frame) -> Background:
     info = frame_info(frame)
     exptime = info.exposure_time() or float("nan")
     filt = frame_filter(frame)
-    nominal = NOMINAL_ZEROPOINTS.get(filt)
+    nominal = NOMINAL_ZEROPOINTS.get(filt or "")
     rates, mags, sources = [], [], set()
     for k, arr in enumerate(frame.arrays):
         level = arr.header.get("SKYLEV")
@@ -416,7 +422,7 @@ def measure_bg(frame: Frame) -> Background:
 
 
 # --- the whole frame -----------------------------------------------------------------------
-def frame_qa(frame: Frame, *, standard=None) -> FrameQA:
+def frame_qa(frame: Frame, *, standard: Standard | None = None) -> FrameQA:
     """Image quality, background and, for a standard, zero points and cloud cover.
 
     Parameters
@@ -438,7 +444,9 @@ def frame_qa(frame: Frame, *, standard=None) -> FrameQA:
     bg = measure_bg(frame)
     if not math.isfinite(bg.rate):
         notes.append("sky level not recorded by skyCorrect: no background")
-    phot, zps, cc, name = (), (), None, None
+    phot: tuple = ()
+    zps: tuple = ()
+    cc, name = None, None
     if standard is not None:
         name = standard.name
         mag = standard.magnitude(frame_filter(frame))

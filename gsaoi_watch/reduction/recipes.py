@@ -7,6 +7,7 @@ recipes on files are :mod:`gsaoi_watch.pipeline.recipes`.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -139,7 +140,7 @@ def make_processed_flat(source: FrameSource, *, bpm: Any = None, bpm_name: str |
 
 #: User-settable parameters per primitive, with their defaults (GSAOI sq values).
 #: ``None`` as skyCorrect's offset_sky/scale_sky means "decide from the data" (see reduce_images).
-PARAMETERS = {
+PARAMETERS: dict[str, dict[str, Any]] = {
     "separateSky": {"frac_FOV": 0.9, "ref_obj": "", "ref_sky": ""},
     "associateSky": {"distance": 1.0, "time": 900.0, "min_skies": 3, "max_skies": 0},
     "skyCorrect": {"offset_sky": None, "scale_sky": None, "mask_objects": True,
@@ -245,7 +246,7 @@ class _SkyPasses:
             return arr.with_(objmask=detect_array(sub, catalog=False, **self.det_kw)[0].objmask)
 
         for name in plan["skies"]:
-            arrays = tuple(self.map(lambda i, n=name: pass1(n, i), range(4)))
+            arrays = tuple(self.map(functools.partial(pass1, name), range(4)))
             skies[name] = skies[name].with_(arrays=arrays)
         unmasked.clear()  # the frames are kept in skies; free the copies
         self.masked = dict(zip(keys, self.map(
@@ -361,7 +362,7 @@ def reduce_images(source: FrameSource, *, flat: Frame | None, flat_name: str | N
     params = merge_parameters(params)
     usable, skipped = screen_inputs(source, same_filter=False)
     infos = [fi for _, fi in usable]
-    index_of = {i.filename: k for k, i in usable}
+    index_of = {i.filename or "": k for k, i in usable}
     if not infos:
         raise ReductionError(f"reduce: no usable input frames ({_skip_text(skipped)})")
     plan = plan_sky(infos, params)
@@ -369,7 +370,7 @@ def reduce_images(source: FrameSource, *, flat: Frame | None, flat_name: str | N
     offset, scale, why = resolve_sky_options(plan, params)
     log.info("skyCorrect: offset_sky=%s scale_sky=%s (%s)", offset, scale, why)
     t0 = min(i.ut_datetime() for i in infos)
-    when = {i.filename: (i.ut_datetime() - t0).total_seconds() for i in infos}
+    when = {i.filename or "": (i.ut_datetime() - t0).total_seconds() for i in infos}
     emit = on_product or (lambda frame: frame)
 
     def load(name: str) -> Frame:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from astropy.table import Table
@@ -48,7 +49,8 @@ def frame_catalog(cats: Sequence[Table | None], geom: FrameGeometry, center: Seq
     """
     rows = []
     widths = np.concatenate([np.asarray(c["fwhm"], float) for c in cats
-                             if c is not None and len(c) and "fwhm" in c.colnames] or [[]])
+                             if c is not None and len(c) and "fwhm" in c.colnames]
+                            or [np.zeros(0)])
     widths = widths[np.isfinite(widths) & (widths > 0)]
     max_fwhm = 3.0 * np.median(widths) if len(widths) else np.inf
     pixel = math.sqrt(mosaic_pixel_area(geom.size))
@@ -199,7 +201,7 @@ def align_catalogs(src: Table, ref: Table, *, search_radius: float = 3.0,
     """
     s = np.column_stack([src["east"], src["north"]]) if len(src) else np.zeros((0, 2))
     r = np.column_stack([ref["east"], ref["north"]]) if len(ref) else np.zeros((0, 2))
-    info = {"n_match": 0, "rms": float("nan"), "shift": None}
+    info: dict[str, Any] = {"n_match": 0, "rms": float("nan"), "shift": None}
     if len(s) < min_matches or len(r) < min_matches:
         info["n_match"] = min(len(s), len(r))
         return None, info
@@ -274,7 +276,10 @@ def align_frames(cats: Sequence[tuple[int, FrameGeometry, Table]], ref: Table | 
     ref_name : str or None
     """
     recentre = ref is None
-    used, transforms, align, skipped = [], [], {}, []
+    used: list[tuple[int, FrameGeometry]] = []
+    transforms: list[np.ndarray] = []
+    align: dict[str, dict] = {}
+    skipped: list[tuple[str, str]] = []
     for k, geom, cat in cats:
         if ref is None:
             if len(cat) < min_matches:
@@ -283,17 +288,18 @@ def align_frames(cats: Sequence[tuple[int, FrameGeometry, Table]], ref: Table | 
                 log.warning("stack: %s left out: %s", *skipped[-1])
                 continue
             ref, ref_name = cat, geom.name
-            m: np.ndarray | None = _identity()
-            info = {"n_match": len(cat), "rms": 0.0, "shift": [0.0, 0.0]}
+            m = _identity()
+            info: dict[str, Any] = {"n_match": len(cat), "rms": 0.0, "shift": [0.0, 0.0]}
         else:
-            m, info = align_catalogs(cat, ref, search_radius=search_radius,
-                                     match_radius=match_radius, bin_size=bin_size,
-                                     min_matches=min_matches)
-            if m is None:
+            found, info = align_catalogs(cat, ref, search_radius=search_radius,
+                                         match_radius=match_radius, bin_size=bin_size,
+                                         min_matches=min_matches)
+            if found is None:
                 skipped.append((geom.name, f"too few sources matched to {ref_name} to align "
                                            f"({info['n_match']}, need {min_matches})"))
                 log.warning("stack: %s left out: %s", *skipped[-1])
                 continue
+            m = found
         log.info("stack: %s aligned to %s with %d sources, rms %.3f\"", geom.name, ref_name,
                  info["n_match"], info["rms"])
         used.append((k, geom))

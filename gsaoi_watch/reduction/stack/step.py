@@ -51,23 +51,23 @@ def _catalogues(loaders: Sequence[Callable[[], Frame]], geometries: Sequence | N
     for k, load in enumerate(loaders):
         geom = geometries[k] if geometries is not None else None
         cats = catalogs[k] if catalogs is not None else None
-        frame = load() if geom is None or cats is None else None
-        name = geom.name if geom is not None else frame.filename
-        try:
-            geom = geom or frame_geometry(frame)
-        except ReductionError as exc:
-            skipped.append((name, str(exc)))
-            log.warning("stack: %s left out: %s", name, exc)
-            continue
-        if cats is None:
-            cats = frame.meta.get("catalogs")
-            if cats is None and detect:
-                cats = [detect_array(a)[1] for a in frame.arrays]
+        if geom is None or cats is None:
+            frame = load()
+            try:
+                geom = geom or frame_geometry(frame)
+            except ReductionError as exc:
+                skipped.append((frame.filename, str(exc)))
+                log.warning("stack: %s left out: %s", frame.filename, exc)
+                continue
+            if cats is None:
+                cats = frame.meta.get("catalogs")
+                if cats is None and detect:
+                    cats = [detect_array(a)[1] for a in frame.arrays]
+            del frame
         if center is None:
             center = (geom.target_ra, geom.target_dec)
         cat_list.append((k, geom, frame_catalog(cats or [], geom, center)))
-        del frame
-    if not cat_list:
+    if not cat_list or center is None:
         raise ReductionError(f"stack: no usable frames ({_skip_text(skipped)})")
     return cat_list, (float(center[0]), float(center[1]))
 

@@ -190,3 +190,22 @@ def test_memory_source_serves_arrays_without_sharing_headers():
     whole.meta["x"] = 1
     whole.phu["NEW"] = 1
     assert "x" not in frame.meta and "NEW" not in frame.phu
+
+
+# --- the pipeline's pools ---------------------------------------------------------------------
+def test_fork_mapper_runs_closures_in_other_processes_in_order():
+    """The stack's work runs through a mapper; the forked one inherits unpicklable
+    closures, returns results in order, and runs in other processes."""
+    import os
+
+    from gsaoi_watch.pipeline.pools import can_fork, fork_mapper
+
+    if not can_fork(2, 2):
+        pytest.skip("no fork start method here")
+    offset = np.arange(3)  # captured by the closure, never pickled
+    results = list(fork_mapper(2)(lambda i: (i, int(offset.sum()) + i, os.getpid()),
+                                  range(8)))
+    assert [r[0] for r in results] == list(range(8))
+    assert [r[1] for r in results] == [3 + i for i in range(8)]
+    assert os.getpid() not in {r[2] for r in results}
+    assert fork_mapper(1) is map

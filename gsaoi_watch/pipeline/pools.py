@@ -17,16 +17,14 @@ import multiprocessing as mp
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
+from gsaoi_watch.reduction.source import Mapper
+
 __all__ = ["Mapper", "can_fork", "fork_map", "fork_mapper"]
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 R = TypeVar("R")
-
-#: A function with the signature of the builtin ``map`` (one iterable): fn(item) for every
-#: item, in order.
-Mapper = Callable[[Callable[[Any], Any], Iterable[Any]], Iterable[Any]]
 
 #: What forked workers read, by job number (set just before the fork, removed after).
 _FORK_STATE: dict[int, tuple[Callable[[Any], Any], Sequence[Any]]] = {}

@@ -14,6 +14,7 @@ from gsaoi_watch.errors import ReductionError
 from gsaoi_watch.instrument.tables import FULL_SIZE
 from gsaoi_watch.reduction.container import Array, Frame
 from gsaoi_watch.reduction.detect import detect_array
+from gsaoi_watch.reduction.source import Mapper
 from gsaoi_watch.reduction.stack.align import align_frames, frame_catalog
 from gsaoi_watch.reduction.stack.geometry import (
     FrameGeometry,
@@ -28,8 +29,6 @@ __all__ = ["Mapper", "stack_frames"]
 
 log = logging.getLogger(__name__)
 
-#: A function with the signature of the builtin ``map``: fn(item) for every item, in order.
-Mapper = Callable[[Callable[[Any], Any], Iterable[Any]], Iterable[Any]]
 #: A frame, or a zero-argument callable that loads it.
 FrameOrLoader = Frame | Callable[[], Frame]
 

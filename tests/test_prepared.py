@@ -7,7 +7,7 @@ import pytest
 
 from gsaoi_watch.daemon.prepared import cache_path, fetch, prepare_ahead
 from gsaoi_watch.data.fitsio import load_bpm, write_frame
-from gsaoi_watch.reduction.recipes import make_processed_flat, reduce_images
+from gsaoi_watch.pipeline.recipes import make_processed_flat, reduce_images
 from gsaoi_watch.sim import simulate_night
 
 BPM = "bpm_20121104_gsaoi_gsaoi_11_full_4amp.fits"

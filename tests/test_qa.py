@@ -14,12 +14,13 @@ from astropy.io import fits
 from gsaoi_watch.data.fitsio import load_bpm, load_frame, write_frame
 from gsaoi_watch.instrument.standards import find_standard
 from gsaoi_watch.instrument.tables import ARRAYS, EXTINCTION, NOMINAL_ZEROPOINTS
+from gsaoi_watch.pipeline.recipes import make_processed_flat, reduce_images
 from gsaoi_watch.quicklook.pictures import mosaic, picture_path, write_picture
 from gsaoi_watch.quicklook.qaformat import qa_header, qa_log_line
 from gsaoi_watch.quicklook.summary import qa_for_product, write_summary
-from gsaoi_watch.reduction import qa
+from gsaoi_watch.reduction import photometry, qa
 from gsaoi_watch.reduction.flat import flat_correct
-from gsaoi_watch.reduction.recipes import make_processed_flat, preprocess, reduce_images
+from gsaoi_watch.reduction.recipes import preprocess
 from gsaoi_watch.sim import BPM_NAME, simulate_night
 from gsaoi_watch.sim.scene import MOFFAT_BETA
 
@@ -123,7 +124,7 @@ def test_saturated_standard_gives_no_zero_point(night, standard):
     _, truth = night
     frame = standard[0][0]
     index, star, _ = planted_standard(truth, truth_frame(truth, frame.orig_filename))
-    k = next(k for k, a in enumerate(frame.arrays) if qa._array_index(frame, k) == index)
+    k = next(k for k, a in enumerate(frame.arrays) if photometry.array_index(frame, k) == index)
     dq = frame.arrays[k].dq.copy()
     x, y = int(round(star[1] - 1)), int(round(star[2] - 1))
     dq[y - 1:y + 2, x - 1:x + 2] |= 4  # a saturated core

@@ -12,10 +12,11 @@ from gsaoi_watch.data.fitsio import load_bpm, load_frame, write_frame
 from gsaoi_watch.errors import ReductionError
 from gsaoi_watch.instrument.dq import DQ
 from gsaoi_watch.instrument.tables import ARRAYS
+from gsaoi_watch.pipeline.recipes import make_processed_flat, reduce_images
 from gsaoi_watch.pipeline.reduce import Reduce, parse_uparms
-from gsaoi_watch.reduction import detect, flat, sky, standardize
+from gsaoi_watch.reduction import combine, detect, flat, sky, standardize
 from gsaoi_watch.reduction.container import Array, Frame
-from gsaoi_watch.reduction.recipes import make_processed_flat, preprocess, reduce_images
+from gsaoi_watch.reduction.recipes import preprocess
 from gsaoi_watch.sim import BPM_NAME, simulate_night, truth_plane
 from gsaoi_watch.sim.detector import invert_nonlinearity
 
@@ -83,7 +84,7 @@ def test_steps_do_not_modify_their_input(night, master):
         assert_same(frame, snap)
         frame = new
     other = preprocess(load_frame(out / "S20170505S0098.fits"), bpm=bpm)
-    for fn in (lambda: flat.stack_arrays([frame.arrays[0], other.arrays[0], frame.arrays[0]]),
+    for fn in (lambda: combine.stack_arrays([frame.arrays[0], other.arrays[0], frame.arrays[0]]),
                lambda: sky.subtract_sky(frame.arrays[0], other.arrays[0]),
                lambda: detect.detect_array(frame.arrays[0]),
                lambda: sky.mask_sky(frame.arrays[0].with_(objmask=np.eye(SIZE, dtype=np.uint8)))):

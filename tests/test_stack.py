@@ -16,9 +16,10 @@ from gsaoi_watch.data.fitsio import load_bpm, load_frame, write_frame
 from gsaoi_watch.errors import ReductionError
 from gsaoi_watch.instrument import distortion
 from gsaoi_watch.instrument.dq import DQ
+from gsaoi_watch.pipeline.pools import fork_mapper
+from gsaoi_watch.pipeline.recipes import make_processed_flat, reduce_images
 from gsaoi_watch.pipeline.stack_files import run_stack_job, stack_files
 from gsaoi_watch.reduction import stack
-from gsaoi_watch.reduction.recipes import make_processed_flat, reduce_images
 from gsaoi_watch.sim import BPM_NAME, simulate_night
 from gsaoi_watch.sim.scene import MOFFAT_BETA, sky_to_tangent
 
@@ -319,8 +320,8 @@ def test_strips_and_workers_do_not_change_the_result(reduced):
         with fits.open(p) as hdul:
             f.meta["catalogs"] = [Table(h.data) for h in hdul if h.name == "OBJCAT"]
         frames.append(f)
-    a = stack.stack_frames(frames, strip_rows=1000, workers=1).arrays[0]
-    b = stack.stack_frames(frames, strip_rows=97, workers=2).arrays[0]
+    a = stack.stack_frames(frames, strip_rows=1000).arrays[0]
+    b = stack.stack_frames(frames, strip_rows=97, mapper=fork_mapper(2)).arrays[0]
     assert np.array_equal(a.sci, b.sci) and np.array_equal(a.var, b.var)
     assert np.array_equal(a.dq, b.dq)
 

@@ -17,12 +17,12 @@ from typing import Any
 from gsaoi_watch.daemon.prepared import fetch
 from gsaoi_watch.data.fitsio import load_bpm, load_frame, write_frame
 from gsaoi_watch.instrument.standards import find_standard
+from gsaoi_watch.pipeline.recipes import make_processed_flat, reduce_images
 from gsaoi_watch.pipeline.stack_files import run_stack_job
 from gsaoi_watch.quicklook.pictures import write_picture
 from gsaoi_watch.quicklook.qaformat import qa_header, qa_log_line
 from gsaoi_watch.reduction.container import Frame
 from gsaoi_watch.reduction.qa import frame_qa
-from gsaoi_watch.reduction.recipes import make_processed_flat, reduce_images
 
 __all__ = ["run_job", "run_stack"]
 

@@ -37,7 +37,7 @@ from gsaoi_watch.logs import log_name
 from gsaoi_watch.reduction.container import Array, Frame
 
 __all__ = ['MAX_NAME_LENGTH', 'ROOT_NAME_LENGTH', 'SAFE_NAME_CHARACTERS', 'atomic_output',
-           'classify', 'copy_product', 'frame_names', 'load_bpm', 'load_frame', 'log_name',
+           'copy_product', 'frame_names', 'load_bpm', 'load_frame', 'log_name',
            'process_umask', 'read_frame_info', 'safe_name', 'safe_output_path', 'write_frame']
 
 def safe_output_path(directory: str | os.PathLike[str], name: str) -> Path:
@@ -122,11 +122,6 @@ def _check_complete(path, hdul, size):
         expected = max(expected, info["datLoc"] + info["datSpan"])
     if expected > size:
         raise FrameError(path, f"truncated FITS: {size} of {expected} bytes present")
-
-
-def classify(phu: Any, ext_headers: Any, path: str | os.PathLike[str] | None = None) -> FrameInfo:
-    """Build a FrameInfo from headers already in memory (no file access)."""
-    return FrameInfo(phu, ext_headers, path=path)
 
 
 def read_frame_info(path: str | os.PathLike[str], *, require_gsaoi: bool = True) -> FrameInfo:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from astropy.coordinates import angular_separation
+
 __all__ = ["STANDARDS", "Standard", "find_standard"]
 
 
@@ -81,8 +83,9 @@ def find_standard(object_name=None, ra=None, dec=None, *, radius_arcsec=60.0):
         return None
     best, best_sep = None, radius_arcsec
     for std in STANDARDS.values():
-        dra = (float(ra) - std.ra) * math.cos(math.radians(std.dec))
-        sep = 3600.0 * math.hypot(dra, float(dec) - std.dec)
+        sep = 3600.0 * math.degrees(angular_separation(
+            math.radians(float(ra)), math.radians(float(dec)), math.radians(std.ra),
+            math.radians(std.dec)))
         if sep <= best_sep:
             best, best_sep = std, sep
     return best

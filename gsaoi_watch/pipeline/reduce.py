@@ -11,11 +11,14 @@ from __future__ import annotations
 import logging
 import shlex
 import time
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from gsaoi_watch.calibration import db, queries
 from gsaoi_watch.calibration.caldb import add_calibration
 from gsaoi_watch.config import resolve_database
+from gsaoi_watch.data.descriptors import FrameInfo
 from gsaoi_watch.data.fitsio import (
     copy_product,
     load_bpm,
@@ -25,7 +28,9 @@ from gsaoi_watch.data.fitsio import (
     write_frame,
 )
 from gsaoi_watch.errors import FrameError, GsaoiWatchError, ReductionError
-from gsaoi_watch.reduction.recipes import PARAMETERS, make_processed_flat, reduce_images
+from gsaoi_watch.pipeline.recipes import make_processed_flat, reduce_images
+from gsaoi_watch.reduction.container import Frame
+from gsaoi_watch.reduction.recipes import PARAMETERS
 
 __all__ = ['RECIPES', 'Reduce', 'expand_at_files', 'find_bpm', 'parse_uparms']
 
@@ -43,7 +48,7 @@ RECIPES = {
 CALDIR = Path("calibrations")
 
 
-def expand_at_files(args, _depth=0):
+def expand_at_files(args: Iterable[str], _depth: int = 0) -> tuple[list[str], list[str]]:
     """Expand ``@file`` arguments recursively into (files, options) lists.
 
     Options found inside lists (tokens starting with '-') are returned separately, in order,
@@ -115,7 +120,7 @@ def _convert(value: str, default, where: str):
     return text
 
 
-def parse_uparms(uparms):
+def parse_uparms(uparms: Iterable[str] | dict | None) -> dict:
     """Validate ``primitive:param=value`` strings (or a dict) into {primitive: {param: value}}.
 
     A bare ``param=value`` applies to every primitive that has ``param``.
@@ -129,7 +134,7 @@ def parse_uparms(uparms):
     if isinstance(uparms, dict):
         items = [(f"{k}={v}" if ":" in k else k, v) for k, v in uparms.items()]
         uparms = [f"{k}={v}" if "=" not in k else k for k, v in items]
-    out = {}
+    out: dict[str, dict[str, Any]] = {}
     for item in uparms or []:
         if "=" not in item:
             raise GsaoiWatchError(f"-p {item!r}: expected primitive:parameter=value")
@@ -156,7 +161,7 @@ def parse_uparms(uparms):
     return out
 
 
-def find_bpm(info, search_dirs):
+def find_bpm(info: FrameInfo, search_dirs: Iterable[str | Path]) -> Path | None:
     """A static BPM (tags BPM) valid for the frame: dated on or before it, the latest."""
     best = None
     for d in search_dirs:
@@ -230,7 +235,7 @@ class Reduce:
             return RECIPES[self.recipename]
         return "flat" if "FLAT" in first.tags else "images"
 
-    def run(self):
+    def run(self) -> Reduce:
         """Run the recipe on ``files``; products are listed in ``output_filenames``."""
         if not self.files:
             raise GsaoiWatchError("no input files")
@@ -290,7 +295,7 @@ class Reduce:
         flat = load_frame(flat_path)
         used = [(flat_row, "processed_flat")] + ([(bpm_row, "processed_bpm")] if bpm_row else [])
 
-        def store(frame):
+        def store(frame: Frame) -> str:
             path = write_frame(frame, out)
             product_kind = "sky_corrected" if "_skyCorrected" in path.name else "flat_corrected"
             queries.register_product(path, read_frame_info(path), kind=product_kind,

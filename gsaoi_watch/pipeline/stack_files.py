@@ -6,7 +6,9 @@ import datetime
 import logging
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from astropy.io import fits
@@ -14,6 +16,7 @@ from astropy.table import Table
 
 from gsaoi_watch.data.fitsio import frame_names, load_frame, log_name, write_frame
 from gsaoi_watch.errors import FrameError, GsaoiWatchError, ReductionError
+from gsaoi_watch.pipeline.pools import fork_mapper
 from gsaoi_watch.reduction.container import Array, Frame
 from gsaoi_watch.reduction.stack import frame_geometry, stack_frames
 
@@ -51,7 +54,7 @@ def _read_light(path):
     return frame, catalogs
 
 
-def read_reference_catalog(path):
+def read_reference_catalog(path: str | Path) -> Table:
     """Read a user reference catalogue: a FITS or ASCII table with ``ra`` and ``dec`` (deg).
 
     Column names are matched case-insensitively (``RA``/``DEC``, ``RAJ2000``/``DEJ2000``).
@@ -70,8 +73,9 @@ def read_reference_catalog(path):
     return Table({"ra": np.asarray(table[ra], float), "dec": np.asarray(table[dec], float)})
 
 
-def stack_files(paths, output, *, reference_catalog=None, overwrite=True, workers=2,
-                **kwargs):
+def stack_files(paths: Sequence[str | Path], output: str | Path, *,
+                reference_catalog: str | Path | Table | None = None, overwrite: bool = True,
+                workers: int = 2, **kwargs: Any) -> tuple[Path, Frame]:
     """Distortion-correct, align and stack ``_skyCorrected`` products into one MEF.
 
     Parameters
@@ -125,7 +129,8 @@ def stack_files(paths, output, *, reference_catalog=None, overwrite=True, worker
     loaders = [lambda p=p: load_frame(p) for p in good]
     try:
         result = stack_frames(loaders, geometries=geoms, catalogs=cats,
-                              reference_catalog=reference_catalog, workers=workers, **kwargs)
+                              reference_catalog=reference_catalog, mapper=fork_mapper(workers),
+                              **kwargs)
     except ReductionError as exc:
         if not skipped:
             raise
@@ -144,7 +149,7 @@ def stack_files(paths, output, *, reference_catalog=None, overwrite=True, worker
     return path, result
 
 
-def load_frame_header(path):
+def load_frame_header(path: str | Path) -> fits.Header:
     """The primary header of a FITS file."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -16,7 +16,7 @@ from astropy.visualization import ZScaleInterval
 from gsaoi_watch.data.fitsio import atomic_output, safe_output_path
 from gsaoi_watch.instrument.dq import DQ
 from gsaoi_watch.instrument.tables import ARRAY_BY_ID, FULL_SIZE, TILE_GAPS
-from gsaoi_watch.reduction.qa import header_pixel_scale
+from gsaoi_watch.reduction.photometry import header_pixel_scale
 
 __all__ = ["mosaic", "picture_path", "write_picture"]
 

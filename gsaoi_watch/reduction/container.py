@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
-from astropy.io import fits
+
+from gsaoi_watch.data.headers import Header
+from gsaoi_watch.errors import ReductionError
 
 __all__ = ["Array", "Frame"]
 
@@ -31,15 +35,29 @@ class Array:
     sci: np.ndarray
     var: np.ndarray | None
     dq: np.ndarray | None
-    header: fits.Header
+    header: Header
     objmask: np.ndarray | None = None
 
-    def with_(self, **changes) -> Array:
+    def with_(self, **changes: Any) -> Array:
         """Return a copy with some fields replaced (the arrays themselves are not copied)."""
         return replace(self, **changes)
 
+    def need(self, plane: str) -> np.ndarray:
+        """The plane ``plane`` ('var', 'dq' or 'objmask'), which a step requires.
+
+        Raises
+        ------
+        ReductionError
+            If the array has no such plane (addVAR or addDQ not run).
+        """
+        value = getattr(self, plane)
+        if value is None:
+            raise ReductionError(f"array {self.header.get('EXTVER', '?')} has no "
+                                 f"{plane.upper()} plane")
+        return value
+
     @property
-    def shape(self):
+    def shape(self) -> tuple[int, ...]:
         """(ny, nx) of the array."""
         return self.sci.shape
 
@@ -52,13 +70,13 @@ class Frame:
     is the current product name (DRAGONS replaces the suffix at every step).
     """
 
-    phu: fits.Header
+    phu: Header
     arrays: tuple
     filename: str
     orig_filename: str = ""
     meta: dict = field(default_factory=dict)
 
-    def with_(self, **changes) -> Frame:
+    def with_(self, **changes: Any) -> Frame:
         """Return a copy with some fields replaced; headers are copied, arrays are not."""
         if "phu" not in changes:
             changes["phu"] = self.phu.copy()
@@ -66,9 +84,9 @@ class Frame:
             changes["meta"] = dict(self.meta)
         return replace(self, **changes)
 
-    def map_arrays(self, fn) -> Frame:
+    def map_arrays(self, fn: Callable[[int, Array], Array]) -> Frame:
         """Return a new Frame whose arrays are ``fn(index, array)``."""
         return self.with_(arrays=tuple(fn(i, a) for i, a in enumerate(self.arrays)))
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.arrays)

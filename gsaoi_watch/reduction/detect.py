@@ -20,7 +20,8 @@ CATALOG_COLUMNS = ("number", "x", "y", "flux", "flux_err", "fwhm", "ellipticity"
                    "area")
 
 
-def source_table(data, smooth, labels, error=None) -> Table:
+def source_table(data: np.ndarray, smooth: np.ndarray, labels: np.ndarray,
+                 error: np.ndarray | None = None) -> Table:
     """Measure every segment of a label image at once (vectorised over all sources).
 
     The same quantities, with the same definitions, as photutils' ``SourceCatalog`` given
@@ -56,7 +57,7 @@ def source_table(data, smooth, labels, error=None) -> Table:
     d = data.ravel()[where].astype(np.float64)
     c = smooth.ravel()[where].astype(np.float64)
 
-    def per_source(weights=None):
+    def per_source(weights: np.ndarray | None = None) -> np.ndarray:
         return np.bincount(ids, weights, minlength=n)
 
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -94,8 +95,9 @@ def source_table(data, smooth, labels, error=None) -> Table:
     return Table({k: cols[k] for k in CATALOG_COLUMNS})
 
 
-def detect_array(arr: Array, *, detect_thresh=1.5, detect_minarea=20, back_size=256,
-                 back_filtersize=5, smooth_fwhm=3.0, catalog=True):
+def detect_array(arr: Array, *, detect_thresh: float = 1.5, detect_minarea: int = 20,
+                 back_size: int = 256, back_filtersize: int = 5, smooth_fwhm: float = 3.0,
+                 catalog: bool = True) -> tuple[Array, Table | None]:
     """Find sources in one sky-subtracted array.
 
     The background is a photutils ``Background2D`` mesh (``back_size`` px boxes, at most a

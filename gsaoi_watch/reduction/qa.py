@@ -9,38 +9,42 @@ The measurements follow DRAGONS' ``measureIQ``, ``measureBG`` and ``measureCC``
 from __future__ import annotations
 
 import math
-import warnings
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 from astropy.stats import sigma_clipped_stats
-from astropy.wcs import WCS
-from photutils.aperture import CircularAnnulus, CircularAperture
 from scipy import special
 
-from gsaoi_watch.data.descriptors import FrameInfo
-from gsaoi_watch.instrument.dq import DQ, FAIL_BITS
+from gsaoi_watch.instrument.dq import DQ
+from gsaoi_watch.instrument.standards import Standard
 from gsaoi_watch.instrument.tables import (
     AO_IQ_BANDS,
-    ARRAY_BY_ID,
     BG_BANDS,
     CC_BANDS,
     EXTINCTION,
-    NOMINAL_PIXEL_SCALE,
     NOMINAL_ZEROPOINTS,
     TELESCOPE_APERTURE,
 )
 from gsaoi_watch.reduction.container import Array, Frame
+from gsaoi_watch.reduction.photometry import (
+    BAD_BITS,
+    StarPhotometry,
+    aperture_photometry,
+    array_index,
+    catalogs,
+    frame_filter,
+    frame_info,
+    gain_term,
+    standard_photometry,
+)
+from gsaoi_watch.reduction.photometry import pixel_scale as array_pixel_scale
 
 __all__ = [
-    'Background', 'CloudCover', 'FrameQA', 'ImageQuality', 'StarPhotometry', 'ZeroPoint',
-    'aperture_photometry', 'bg_band', 'cc_band', 'frame_qa', 'header_pixel_scale',
-    'ideal_peak_fraction', 'iq_band', 'measure_bg', 'measure_cc', 'measure_iq',
-    'standard_photometry', 'zero_points',
+    'Background', 'CloudCover', 'FrameQA', 'ImageQuality', 'ZeroPoint', 'bg_band', 'cc_band',
+    'frame_qa', 'ideal_peak_fraction', 'iq_band', 'measure_bg', 'measure_cc', 'measure_iq',
+    'zero_points',
 ]
-
-#: Bits that make a pixel unusable for photometry.
-_BAD = FAIL_BITS | DQ["unilluminated"]
 
 
 #: Bits that disqualify a source for image quality if they touch its core.
@@ -53,31 +57,6 @@ _SEEING_PER_AO_FWHM = 7.0
 
 
 # --- records -------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class StarPhotometry:
-    """Aperture photometry of one star on one array.
-
-    ``array`` is the 0-based array index (extension number - 1); ``x``, ``y`` are 1-based
-    pixel coordinates; ``flux``/``flux_err`` are background-subtracted electrons in the
-    aperture; ``background`` is the annulus level per pixel; ``radius``, ``annulus`` are in
-    pixels; ``masked_fraction`` is the aperture area that was flagged and filled from the
-    point-symmetric pixel; ``saturated`` is True if a saturated or non-linear pixel lies in
-    the aperture; ``separation`` (arcsec) is the distance from the expected position.
-    """
-
-    array: int
-    x: float
-    y: float
-    flux: float
-    flux_err: float
-    background: float
-    radius: float
-    annulus: tuple
-    masked_fraction: float
-    saturated: bool = False
-    separation: float = float("nan")
-
-
 @dataclass(frozen=True)
 class ZeroPoint:
     """Zero point of one array from a standard: magnitude giving 1 e-/s at airmass 1."""
@@ -164,57 +143,6 @@ def _clean(value):
     return value
 
 
-# --- descriptors ---------------------------------------------------------------------------
-def _info(frame: Frame) -> FrameInfo:
-    return FrameInfo(frame.phu, [a.header for a in frame.arrays])
-
-
-def _array_index(frame: Frame, k: int) -> int:
-    """0-based GSAOI array index of the k-th array of ``frame`` (by ARRAYID)."""
-    spec = ARRAY_BY_ID.get(str(frame.arrays[k].header.get("ARRAYID", "")).strip())
-    if spec is not None:
-        return spec.index
-    return tuple(frame.meta.get("indices", range(len(frame.arrays))))[k]
-
-
-def header_pixel_scale(header, phu) -> float:
-    """Pixel scale (arcsec) from an extension's CD matrix, else PIXSCALE, else nominal."""
-    try:
-        det = header["CD1_1"] * header["CD2_2"] - header["CD1_2"] * header["CD2_1"]
-        if det:
-            return 3600.0 * math.sqrt(abs(det))
-    except KeyError:
-        pass
-    for h in (header, phu):
-        value = h.get("PIXSCALE")
-        if isinstance(value, int | float) and value > 0:
-            return float(value)
-    return NOMINAL_PIXEL_SCALE
-
-
-def _pixel_scale(arr: Array, frame: Frame) -> float:
-    return header_pixel_scale(arr.header, frame.phu)
-
-
-def _filter(frame: Frame) -> str | None:
-    value = frame.phu.get("FILTER")
-    if isinstance(value, str) and value.strip():
-        return value.strip()
-    return _info(frame).filter_name(pretty=True)
-
-
-def _electrons(arr: Array) -> bool:
-    return str(arr.header.get("BUNIT", "electron")).strip().lower().startswith("electron")
-
-
-def _gain_term(arr: Array) -> float:
-    """Magnitudes to subtract from a zero point for data in ADU (2.5 log10 gain)."""
-    if _electrons(arr):
-        return 0.0
-    gain = arr.header.get("GAIN")
-    return 2.5 * math.log10(gain) if isinstance(gain, int | float) and gain > 0 else 0.0
-
-
 # --- bands ---------------------------------------------------------------------------------
 def cc_band(extinction: float) -> str:
     """DRAGONS' cloud-cover band for an extinction in magnitudes ('CC50' ... 'CCAny')."""
@@ -228,8 +156,8 @@ def cc_band(extinction: float) -> str:
 
 def bg_band(sky_mag: float, filter_name: str | None) -> str:
     """Background band of a sky brightness (mag/arcsec^2): the darkest band it satisfies."""
-    key = {"Kshort": "Ks", "Kprime": "K"}.get(filter_name, filter_name)
-    limits = BG_BANDS.get(key)
+    key = {"Kshort": "Ks", "Kprime": "K"}.get(filter_name or "", filter_name)
+    limits = BG_BANDS.get(key or "")
     if limits is None or not math.isfinite(sky_mag):
         return "BGUnknown"
     for pct in sorted(limits):
@@ -248,156 +176,9 @@ def iq_band(seeing: float) -> str:
     return "IQAny"
 
 
-# --- photometry ----------------------------------------------------------------------------
-def aperture_photometry(arr: Array, x, y, radius, r_in, r_out) -> StarPhotometry:
-    """Circular-aperture photometry with a sigma-clipped median background annulus.
-
-    Flagged pixels (DQ bad, saturated, cosmic ray, no data, unilluminated) and pixels off
-    the array inside the aperture take the value of the point-symmetric pixel about the
-    star, or the background if that one is unusable too; the fraction of the aperture so
-    filled is reported.
-
-    Parameters
-    ----------
-    arr : Array
-        A sky-subtracted array (electrons).
-    x, y : float
-        1-based pixel position of the star.
-    radius, r_in, r_out : float
-        Aperture radius and annulus radii in pixels.
-
-    Returns
-    -------
-    StarPhotometry
-        With ``array`` = -1 (the caller knows which array it is).
-    """
-    # work on a box around the star (the aperture and the annulus) only
-    half = r_out + 2.0
-    ny, nx = arr.shape
-    bx0, by0 = max(int(math.floor(x - 1.0 - half)), 0), max(int(math.floor(y - 1.0 - half)), 0)
-    bx1 = min(int(math.ceil(x - 1.0 + half)) + 1, nx)
-    by1 = min(int(math.ceil(y - 1.0 + half)) + 1, ny)
-    if bx0 >= bx1 or by0 >= by1:  # no overlap with the array
-        return StarPhotometry(-1, x, y, float("nan"), float("nan"), float("nan"), radius,
-                              (r_in, r_out), 1.0, False)
-    box = (slice(by0, by1), slice(bx0, bx1))
-    sci = np.asarray(arr.sci[box], dtype=np.float64)
-    dq = arr.dq[box] if arr.dq is not None else None
-    full_var = np.asarray(arr.var[box], np.float64) if arr.var is not None else None
-    bad = ((dq & _BAD) != 0) if dq is not None else np.zeros(sci.shape, bool)
-    bad |= ~np.isfinite(sci)
-    pos = (x - 1.0 - bx0, y - 1.0 - by0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ann = CircularAnnulus(pos, r_in, r_out).to_mask(method="center")
-        values = ann.get_values(sci, mask=bad)
-        if values.size >= 10:
-            _, bkg, bkg_std = sigma_clipped_stats(values, sigma=3.0, maxiters=10)
-            bkg_err = bkg_std * math.sqrt(math.pi / 2 / values.size)
-        else:
-            bkg, bkg_err = 0.0, 0.0
-        ap = CircularAperture(pos, radius).to_mask(method="exact")
-    weights = ap.data
-    data = ap.cutout(sci, fill_value=np.nan)
-    flags = ap.cutout(bad.astype(np.uint8), fill_value=1).astype(bool)
-    if data is None:  # no overlap with the array
-        return StarPhotometry(-1, x, y, float("nan"), float("nan"), float(bkg), radius,
-                              (r_in, r_out), 1.0, False)
-    saturated = False
-    if dq is not None:
-        sat = ap.cutout(dq & (DQ["saturated"] | DQ["non_linear"]), fill_value=0)
-        saturated = bool(np.any((sat != 0) & (weights > 0)))
-    var = None if full_var is None else ap.cutout(full_var, fill_value=0.0)
-    flags |= ~np.isfinite(data)
-    filled = np.where(flags, np.nan, data)
-    if flags.any():
-        bbox = ap.bbox
-        yy, xx = np.nonzero(flags)
-        my = np.rint(2 * pos[1] - (yy + bbox.iymin)).astype(int)
-        mx = np.rint(2 * pos[0] - (xx + bbox.ixmin)).astype(int)
-        bny, bnx = sci.shape
-        ok = (mx >= 0) & (mx < bnx) & (my >= 0) & (my < bny)
-        ok[ok] = ~bad[my[ok], mx[ok]]
-        mirror = np.full(yy.size, bkg, dtype=np.float64)
-        mirror[ok] = sci[my[ok], mx[ok]]
-        filled[yy, xx] = mirror
-        if var is not None:
-            var[yy, xx] = 0.0
-            var[yy[ok], xx[ok]] = full_var[my[ok], mx[ok]]
-    area = float(weights.sum())
-    flux = float(np.sum(weights * (filled - bkg)))
-    noise = area**2 * bkg_err**2
-    if var is not None:
-        noise += float(np.sum(weights * np.maximum(var, 0.0)))
-    return StarPhotometry(-1, float(x), float(y), flux, math.sqrt(noise), float(bkg),
-                          float(radius), (float(r_in), float(r_out)),
-                          float(np.sum(weights * flags)) / max(area, 1e-9), saturated)
-
-
-def _catalogs(frame: Frame):
-    cats = frame.meta.get("catalogs")
-    if cats is None:
-        from gsaoi_watch.reduction.detect import detect_array
-        cats = [detect_array(a)[1] for a in frame.arrays]
-    return cats
-
-
-def _world_to_pixel(arr: Array, ra: float, dec: float):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            x, y = WCS(arr.header).all_world2pix(ra, dec, 1)
-        except Exception:  # noqa: BLE001 - a header without a usable WCS
-            return None
-    return float(x), float(y)
-
-
-def standard_photometry(frame: Frame, ra: float, dec: float, *, search_arcsec=3.0,
-                        radius_arcsec=1.5, radius_fwhm=6.0, annulus=(1.5, 2.0)):
-    """Find the standard star near (ra, dec) and measure it in a large aperture.
-
-    The star is the brightest catalogue source within ``search_arcsec`` of where the WCS
-    puts (ra, dec), on whichever array that is.  The aperture radius is the larger of
-    ``radius_arcsec`` (the AO halo) and ``radius_fwhm`` times the source's FWHM; the
-    background annulus runs from ``annulus[0]`` to ``annulus[1]`` times that radius.
-
-    Returns
-    -------
-    StarPhotometry or None
-        None if the star is on no array or no source is found near it.
-    """
-    cats = _catalogs(frame)
-    best = None
-    for k, arr in enumerate(frame.arrays):
-        xy = _world_to_pixel(arr, ra, dec)
-        cat = cats[k] if k < len(cats) else None
-        if xy is None or cat is None or len(cat) == 0:
-            continue
-        scale = _pixel_scale(arr, frame)
-        ny, nx = arr.shape
-        margin = search_arcsec / scale
-        if not (-margin < xy[0] < nx + margin and -margin < xy[1] < ny + margin):
-            continue
-        sep = np.hypot(np.asarray(cat["x"]) - xy[0], np.asarray(cat["y"]) - xy[1]) * scale
-        near = np.nonzero((sep <= search_arcsec) & np.isfinite(np.asarray(cat["flux"])))[0]
-        if near.size == 0:
-            continue
-        j = near[np.argmax(np.asarray(cat["flux"])[near])]
-        if best is None or cat["flux"][j] > best[3]:
-            best = (k, float(cat["x"][j]), float(cat["y"][j]), float(cat["flux"][j]),
-                    float(cat["fwhm"][j]), scale, float(sep[j]))
-    if best is None:
-        return None
-    k, x, y, _, fwhm, scale, sep = best
-    fwhm = fwhm if math.isfinite(fwhm) and fwhm > 0 else 0.0
-    radius = max(radius_arcsec / scale, radius_fwhm * fwhm)
-    phot = aperture_photometry(frame.arrays[k], x, y, radius, annulus[0] * radius,
-                               annulus[1] * radius)
-    return StarPhotometry(**{**asdict(phot), "array": _array_index(frame, k),
-                             "annulus": phot.annulus, "separation": sep})
-
-
-def zero_points(frame: Frame, photometry, magnitude: float) -> tuple:
+# --- zero points and cloud cover ----------------------------------------------------------
+def zero_points(frame: Frame, photometry: Iterable[StarPhotometry | None],
+                magnitude: float) -> tuple:
     """Zero points (1 e-/s at airmass 1) from standard-star photometry.
 
     ``zp = mag + 2.5 log10(flux / exptime) + k (airmass - 1)`` with DRAGONS' nominal
@@ -416,28 +197,28 @@ def zero_points(frame: Frame, photometry, magnitude: float) -> tuple:
     -------
     tuple of ZeroPoint
     """
-    info = _info(frame)
+    info = frame_info(frame)
     exptime = info.exposure_time() or float("nan")
     airmass = info.airmass() or 1.0
-    filt = _filter(frame)
-    k_ext = EXTINCTION.get(filt, 0.0)
-    nominal = NOMINAL_ZEROPOINTS.get(filt)
-    by_index = {_array_index(frame, k): arr for k, arr in enumerate(frame.arrays)}
+    filt = frame_filter(frame)
+    k_ext = EXTINCTION.get(filt or "", 0.0)
+    nominal = NOMINAL_ZEROPOINTS.get(filt or "")
+    by_index = {array_index(frame, k): arr for k, arr in enumerate(frame.arrays)}
     out = []
     for p in photometry:
         if p is None or not (p.flux > 0) or not math.isfinite(exptime) or exptime <= 0:
             continue
         arr = by_index.get(p.array)
-        gain_term = _gain_term(arr) if arr is not None else 0.0
+        gain = gain_term(arr) if arr is not None else 0.0
         zp = magnitude + 2.5 * math.log10(p.flux / exptime) + k_ext * (airmass - 1.0) \
-            - gain_term
+            - gain
         err = 2.5 / math.log(10) * p.flux_err / p.flux
         nom = nominal[p.array] if nominal is not None else float("nan")
         out.append(ZeroPoint(p.array, zp, err, nom))
     return tuple(out)
 
 
-def measure_cc(zeropoints) -> CloudCover:
+def measure_cc(zeropoints: Sequence[ZeroPoint]) -> CloudCover:
     """Cloud extinction (weighted mean of nominal - measured zero points) and the CC band."""
     ext = np.array([z.extinction for z in zeropoints], float)
     err = np.array([max(z.zp_err, 1e-4) for z in zeropoints], float)
@@ -460,8 +241,9 @@ def _airy_annular(r_rad, wavelength_m, diameter, obscuration):
     return ((a - eps**2 * b) / (1 - eps**2)) ** 2
 
 
-def ideal_peak_fraction(pixel_scale, wavelength_um, dx=0.0, dy=0.0, *, sub=5,
-                        aperture=TELESCOPE_APERTURE) -> float:
+def ideal_peak_fraction(pixel_scale: float, wavelength_um: float, dx: float = 0.0,
+                        dy: float = 0.0, *, sub: int = 5,
+                        aperture: tuple[float, float] = TELESCOPE_APERTURE) -> float:
     """Fraction of a perfect PSF's light in the pixel holding its peak.
 
     The diffraction pattern of an annular aperture (``aperture`` = primary and obscuration
@@ -532,8 +314,8 @@ def _iq_candidates(arr: Array, cat, *, snr_min, max_ellipticity):
     return idx
 
 
-def measure_iq(frame: Frame, *, snr_min=100.0, max_ellipticity=0.5,
-               extended=1.5) -> ImageQuality:
+def measure_iq(frame: Frame, *, snr_min: float = 100.0, max_ellipticity: float = 0.5,
+               extended: float = 1.5) -> ImageQuality:
     """FWHM, ellipticity and Strehl ratio of the point sources of a sky-subtracted frame.
 
     Sources come from the catalogue of each array (``frame.meta['catalogs']``, from
@@ -552,14 +334,16 @@ def measure_iq(frame: Frame, *, snr_min=100.0, max_ellipticity=0.5,
     ImageQuality
         NaN values and ``n_stars`` = 0 when no source qualifies.
     """
-    info = _info(frame)
-    cats = _catalogs(frame)
+    info = frame_info(frame)
+    cats = catalogs(frame)
     wave = info.effective_wavelength() or 2.15
     candidates = []  # (array position, row, fwhm in pixels, pixel scale)
     for k, arr in enumerate(frame.arrays):
         cat = cats[k] if k < len(cats) else None
+        if cat is None:
+            continue
         idx = _iq_candidates(arr, cat, snr_min=snr_min, max_ellipticity=max_ellipticity)
-        scale = _pixel_scale(arr, frame)
+        scale = array_pixel_scale(arr, frame)
         candidates += [(k, j, float(cat["fwhm"][j]), scale) for j in idx]
     if candidates:
         arcsec = np.array([c[2] * c[3] for c in candidates])
@@ -601,10 +385,10 @@ def measure_bg(frame: Frame) -> Background:
     value is the median over the arrays (an extended object on one array does not drag it
     up).
     """
-    info = _info(frame)
+    info = frame_info(frame)
     exptime = info.exposure_time() or float("nan")
-    filt = _filter(frame)
-    nominal = NOMINAL_ZEROPOINTS.get(filt)
+    filt = frame_filter(frame)
+    nominal = NOMINAL_ZEROPOINTS.get(filt or "")
     rates, mags, sources = [], [], set()
     for k, arr in enumerate(frame.arrays):
         level = arr.header.get("SKYLEV")
@@ -615,7 +399,7 @@ def measure_bg(frame: Frame) -> Background:
             sources.add("unrecorded")
             continue
         else:
-            good = ((arr.dq & _BAD) == 0) if arr.dq is not None else np.ones(arr.shape, bool)
+            good = ((arr.dq & BAD_BITS) == 0) if arr.dq is not None else np.ones(arr.shape, bool)
             if arr.objmask is not None:
                 good &= arr.objmask == 0
             values = arr.sci[good][::7] if good.sum() > 7000 else arr.sci[good]
@@ -627,9 +411,9 @@ def measure_bg(frame: Frame) -> Background:
         rate = float(level) / exptime
         rates.append(rate)
         if nominal is not None and rate > 0:
-            idx = _array_index(frame, k)
-            scale = _pixel_scale(arr, frame)
-            mags.append(nominal[idx] - _gain_term(arr) - 2.5 * math.log10(rate / scale**2))
+            idx = array_index(frame, k)
+            scale = array_pixel_scale(arr, frame)
+            mags.append(nominal[idx] - gain_term(arr) - 2.5 * math.log10(rate / scale**2))
     finite = [r for r in rates if math.isfinite(r)]
     rate = float(np.median(finite)) if finite else float("nan")
     mag = float(np.median(mags)) if mags else float("nan")
@@ -638,7 +422,7 @@ def measure_bg(frame: Frame) -> Background:
 
 
 # --- the whole frame -----------------------------------------------------------------------
-def frame_qa(frame: Frame, *, standard=None) -> FrameQA:
+def frame_qa(frame: Frame, *, standard: Standard | None = None) -> FrameQA:
     """Image quality, background and, for a standard, zero points and cloud cover.
 
     Parameters
@@ -660,16 +444,18 @@ def frame_qa(frame: Frame, *, standard=None) -> FrameQA:
     bg = measure_bg(frame)
     if not math.isfinite(bg.rate):
         notes.append("sky level not recorded by skyCorrect: no background")
-    phot, zps, cc, name = (), (), None, None
+    phot: tuple = ()
+    zps: tuple = ()
+    cc, name = None, None
     if standard is not None:
         name = standard.name
-        mag = standard.magnitude(_filter(frame))
+        mag = standard.magnitude(frame_filter(frame))
         p = standard_photometry(frame, standard.ra, standard.dec)
         if p is None:
             notes.append(f"standard {standard.name} not found")
         elif mag is None:
             phot = (p,)
-            notes.append(f"no {_filter(frame)} magnitude for standard {standard.name}")
+            notes.append(f"no {frame_filter(frame)} magnitude for standard {standard.name}")
         elif p.saturated:
             phot = (p,)
             notes.append(f"standard {standard.name} is saturated or non-linear: no zero point")

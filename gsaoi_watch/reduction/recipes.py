@@ -1,14 +1,22 @@
-"""Recipes: the DRAGONS GSAOI sq recipes as plain, top-to-bottom functions."""
+"""Recipes: the DRAGONS GSAOI sq recipes as plain, top-to-bottom functions.
+
+A recipe takes its inputs from a :class:`~gsaoi_watch.reduction.source.FrameSource` (headers
+first, pixels when needed) and hands its products to the caller; it opens no file.  The
+recipes on files are :mod:`gsaoi_watch.pipeline.recipes`.
+"""
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
-from gsaoi_watch.data.fitsio import load_frame
-from gsaoi_watch.errors import ReductionError
-from gsaoi_watch.reduction.container import Frame
+from gsaoi_watch.data.descriptors import FrameInfo
+from gsaoi_watch.errors import FrameError, ReductionError
+from gsaoi_watch.reduction.container import Array, Frame
 from gsaoi_watch.reduction.detect import detect_array
 from gsaoi_watch.reduction.flat import (
     flat_correct,
@@ -25,23 +33,31 @@ from gsaoi_watch.reduction.sky import (
     sky_level,
     subtract_sky,
 )
+from gsaoi_watch.reduction.source import FrameSource, Mapper
 from gsaoi_watch.reduction.standardize import (
     add_dq,
     add_var,
     adu_to_electrons,
+    check_frame,
     mark,
     nonlinearity_correct,
     prepare,
 )
 
 __all__ = ["PARAMETERS", "make_processed_flat", "merge_parameters", "plan_sky", "preprocess",
-           "screen_inputs",
-           "reduce_images", "resolve_sky_options"]
+           "reduce_images", "resolve_sky_options", "screen_inputs"]
 
 log = logging.getLogger(__name__)
 
+#: (file name, reason) of an input that was not used.
+Skipped = list[tuple[str, str]]
 
-def preprocess(frame: Frame, *, bpm=None) -> Frame:
+
+def _skip_text(skipped: Skipped) -> str:
+    return "; ".join(f"{n}: {r}" for n, r in skipped)
+
+
+def preprocess(frame: Frame, *, bpm: Any = None) -> Frame:
     """Prepare -> addDQ -> nonlinearityCorrect -> ADUToElectrons -> addVAR."""
     frame = prepare(frame)
     frame = add_dq(frame, bpm=bpm)
@@ -50,48 +66,46 @@ def preprocess(frame: Frame, *, bpm=None) -> Frame:
     return add_var(frame, read_noise=True, poisson_noise=True)
 
 
-def screen_inputs(paths, *, same_filter=True):
+def screen_inputs(source: FrameSource, *, same_filter: bool = True
+                  ) -> tuple[list[tuple[int, FrameInfo]], Skipped]:
     """Read the headers of the inputs and set aside the frames that cannot be used.
 
     Returns
     -------
-    usable : list of (path, FrameInfo)
+    usable : list of (index in the source, FrameInfo)
     skipped : list of (file name, reason)
         Unreadable files, frames missing what prepare needs, and (``same_filter``) frames
         whose raw filter differs from the first lamp-on frame's (or the first frame's).
     """
-    from gsaoi_watch.data.fitsio import read_frame_info
-    from gsaoi_watch.errors import FrameError
-    from gsaoi_watch.reduction.standardize import check_frame
-
     usable, skipped = [], []
-    for path in paths:
+    for index in range(len(source)):
         try:
-            fi = read_frame_info(path)
+            fi = source.info(index)
         except FrameError as exc:
-            skipped.append((str(path), exc.problem))
+            skipped.append((exc.path, exc.problem))
             continue
         problem = check_frame(fi)
         if problem:
             skipped.append((fi.filename, problem))
         else:
-            usable.append((path, fi))
+            usable.append((index, fi))
     if same_filter and usable:
         ref = next((fi for _, fi in usable if "LAMPON" in fi.tags), usable[0][1])
         keep = []
-        for path, fi in usable:
+        for index, fi in usable:
             if fi.filter_name() != ref.filter_name():
                 skipped.append((fi.filename, f"filter {fi.filter_name()} differs from "
                                              f"{ref.filename}'s {ref.filter_name()}"))
             else:
-                keep.append((path, fi))
+                keep.append((index, fi))
         usable = keep
     for name, reason in skipped:
         log.warning("frame=%s skipped: %s", name, reason)
     return usable, skipped
 
 
-def make_processed_flat(paths, *, bpm=None, bpm_name=None, lower=0.01, upper=10.0) -> Frame:
+def make_processed_flat(source: FrameSource, *, bpm: Any = None, bpm_name: str | None = None,
+                        lower: float = 0.01, upper: float = 10.0) -> Frame:
     """DRAGONS ``makeProcessedFlat``: a normalised lamp-on minus lamp-off master flat.
 
     Streams one array at a time through prepare ... addVAR and makeLampFlat, so only one
@@ -99,16 +113,14 @@ def make_processed_flat(paths, *, bpm=None, bpm_name=None, lower=0.01, upper=10.
     arrays) and thresholdFlatfield.  The product is named after the first lamp-on frame
     with the suffix ``_flat`` and carries PROCFLAT.
     """
-    usable, skipped = screen_inputs(paths)
+    usable, skipped = screen_inputs(source)
     if not usable:
-        raise ReductionError("makeProcessedFlat: no usable input frames ("
-                             + "; ".join(f"{n}: {r}" for n, r in skipped) + ")")
-    paths = [p for p, _ in usable]
+        raise ReductionError(f"makeProcessedFlat: no usable input frames ({_skip_text(skipped)})")
     stacked = []
     for i in range(4):
         frames = []
-        for path in paths:
-            frame = load_frame(path, indices=(i,))
+        for index, _ in usable:
+            frame = source.load(index, (i,))
             frame.meta["bpm_name"] = bpm_name
             frames.append(preprocess(frame, bpm=bpm))
         stacked.append(make_lamp_flat(frames))
@@ -121,14 +133,14 @@ def make_processed_flat(paths, *, bpm=None, bpm_name=None, lower=0.01, upper=10.
     label = str(flat.phu.get("DATALAB", "")).strip()
     if label:
         flat.phu["DATALAB"] = f"{label}-SQ-FLAT"
-    flat.phu["NCOMBINE"] = len(paths)
+    flat.phu["NCOMBINE"] = len(usable)
     flat.meta["skipped"] = skipped
     return mark(flat, "PROCFLAT", "_flat", "Processed flat")
 
 
 #: User-settable parameters per primitive, with their defaults (GSAOI sq values).
 #: ``None`` as skyCorrect's offset_sky/scale_sky means "decide from the data" (see reduce_images).
-PARAMETERS = {
+PARAMETERS: dict[str, dict[str, Any]] = {
     "separateSky": {"frac_FOV": 0.9, "ref_obj": "", "ref_sky": ""},
     "associateSky": {"distance": 1.0, "time": 900.0, "min_skies": 3, "max_skies": 0},
     "skyCorrect": {"offset_sky": None, "scale_sky": None, "mask_objects": True,
@@ -138,11 +150,7 @@ PARAMETERS = {
 }
 
 
-def _seconds(info, t0):
-    return (info.ut_datetime() - t0).total_seconds()
-
-
-def plan_sky(infos, params):
+def plan_sky(infos: Sequence[FrameInfo], params: dict) -> dict:
     """Run separateSky and associateSky on a list of FrameInfo (headers only).
 
     Returns
@@ -168,7 +176,7 @@ def plan_sky(infos, params):
     }
 
 
-def resolve_sky_options(plan, params):
+def resolve_sky_options(plan: dict, params: dict) -> tuple[bool, bool, str]:
     """Choose offset_sky / scale_sky: explicit user values win; else a smart default.
 
     When the object and sky frames are different frames (an offset-to-sky sequence) the
@@ -194,8 +202,126 @@ def resolve_sky_options(plan, params):
         sc["scale_sky"] is not None else "GSAOI default (offset_sky on)"
 
 
-def reduce_images(paths, *, flat, flat_name=None, bpm=None, bpm_name=None, params=None,
-                  on_product=None, workers=2, prepared=None):
+class _SkyPasses:
+    """The two sky passes of :func:`reduce_images` over one observation's frames.
+
+    Pass 1 (:meth:`sky_pass`): each sky frame is sky-subtracted with the other skies and
+    its objects are detected (an object mask per array).  Pass 2 (:meth:`object_pass`):
+    each object frame is sky-subtracted with its masked skies and its sources detected.
+    """
+
+    def __init__(self, plan: dict, params: dict, offset: bool, scale: bool,
+                 when: dict[str, float], mapper: Mapper):
+        self.plan, self.offset, self.scale, self.when, self.map = plan, offset, scale, when, mapper
+        self.sc, det = params["skyCorrect"], params["detectSources"]
+        self.interp = self.sc["sky_interpolation"] == "time"
+        self.det_kw = dict(detect_thresh=det["detect_thresh"],
+                           detect_minarea=det["detect_minarea"], back_size=det["back_size"])
+        self.masked: dict = {}
+        self.stacks: dict = {}
+        self.remaining: dict = {}
+
+    def _subtract(self, arr: Array, sky: Array) -> tuple[Array, float]:
+        return subtract_sky(arr, sky, offset_sky=self.offset, scale_sky=self.scale)
+
+    def sky_pass(self, load: Callable[[str], Frame]) -> dict[str, Frame]:
+        """Load the sky frames and give each an object mask (pass 1); return them by name."""
+        plan, when = self.plan, self.when
+        skies = dict(zip(plan["skies"], self.map(load, plan["skies"])))
+        # each sky's level is measured once, not again in every other sky's model
+        keys = [(n, i) for n in plan["skies"] for i in range(4)]
+        unmasked = dict(zip(keys, self.map(
+            lambda k: mask_sky(skies[k[0]].arrays[k[1]], mask_objects=False), keys)))
+
+        def pass1(name: str, i: int) -> Array:
+            sl = plan["sky_skies"].get(name)
+            arr = skies[name].arrays[i]
+            if not sl:
+                return arr
+            sky, levels = combine_skies([unmasked[(k, i)] for k in sl])
+            if self.interp:  # the level interpolated in time, else the nearest sky's
+                shift = level_at(levels, [when[k] for k in sl], when[name]) - levels[0]
+                sky = sky.with_(sci=(sky.sci + np.float32(shift)).astype(np.float32))
+            sub, _ = self._subtract(arr, sky)
+            return arr.with_(objmask=detect_array(sub, catalog=False, **self.det_kw)[0].objmask)
+
+        for name in plan["skies"]:
+            arrays = tuple(self.map(functools.partial(pass1, name), range(4)))
+            skies[name] = skies[name].with_(arrays=arrays)
+        unmasked.clear()  # the frames are kept in skies; free the copies
+        self.masked = dict(zip(keys, self.map(
+            lambda k: mask_sky(skies[k[0]].arrays[k[1]], mask_objects=self.sc["mask_objects"],
+                               dilation=self.sc["dilation"]), keys)))
+        # one sky stack per *set* of skies: frames with the same skies in another order of
+        # nearness share it, since the median does not depend on the order and the level is
+        # set afterwards (the nearest sky's, or interpolated in time)
+        for o in plan["objects"]:
+            self.remaining[self._sky_set(o)] = self.remaining.get(self._sky_set(o), 0) + 1
+        return skies
+
+    def _sky_set(self, o: str) -> tuple[str, ...]:
+        return tuple(sorted(self.plan["obj_skies"][o]))
+
+    def _object_array(self, o: str, frame: Frame, i: int) -> tuple[Array, Any, float]:
+        key = self._sky_set(o)
+        if (key, i) not in self.stacks:
+            self.stacks[(key, i)] = combine_skies([self.masked[(k, i)] for k in key])
+        stacked, levels = self.stacks[(key, i)]  # at the level of the set's first sky
+        if self.interp:
+            target = level_at(levels, [self.when[k] for k in key], self.when[o])
+        else:  # DRAGONS: the level of the nearest sky
+            target = levels[key.index(self.plan["obj_skies"][o][0])]
+        sky = stacked
+        if target != levels[0]:
+            sky = stacked.with_(sci=(stacked.sci + np.float32(target - levels[0])).astype(
+                np.float32))
+        obj = frame.arrays[i].with_(objmask=None)
+        sub, factor = self._subtract(obj, sky)
+        header = sub.header.copy()  # the sky level taken off, for measureBG
+        level = sky_level(obj)
+        if np.isfinite(level):
+            header["SKYLEV"] = (round(level, 3), "Sky level before skyCorrect (e-)")
+        sub, cat = detect_array(sub.with_(header=header), **self.det_kw)
+        return sub, cat, factor
+
+    def object_pass(self, o: str, frame: Frame) -> Frame:
+        """Sky-subtract object frame ``o`` and detect its sources (pass 2): _skyCorrected."""
+        done = list(self.map(lambda i: self._object_array(o, frame, i), range(4)))
+        key = self._sky_set(o)
+        self.remaining[key] -= 1
+        if not self.remaining[key]:
+            for i in range(4):
+                self.stacks.pop((key, i), None)
+        out = frame.with_(arrays=tuple(d[0] for d in done))
+        out.meta["catalogs"] = [d[1] for d in done]
+        out.meta["sky_factors"] = [d[2] for d in done]
+        for k, s_name in enumerate(self.plan["obj_skies"][o], start=1):
+            out.phu[f"SKYIM{k:03d}"] = (s_name, "Sky frame used")
+        out.phu["SKYOFFST"] = (self.offset, "skyCorrect offset_sky")
+        out.phu["SKYSCALE"] = (self.scale, "skyCorrect scale_sky")
+        out.phu["SKYINTRP"] = (self.sc["sky_interpolation"], "Sky level interpolated in time")
+        out.phu["OBJFRAME"] = ("TRUE", "Object frame (separateSky)")
+        out = mark(out, "SEPSKY", "_skySeparated", "UT time stamp for separateSky")
+        out = mark(out, "ASSOCSKY", "_skyAssociated", "UT time stamp for associateSky")
+        return mark(out, "SUBSKY", "_skyCorrected", "UT time stamp for skyCorrect")
+
+
+def _drop_unassociated(plan: dict, params: dict, skipped: Skipped) -> None:
+    """Take object frames without any sky out of the plan (into ``skipped``)."""
+    for o in [o for o in plan["objects"] if o not in plan["obj_skies"]]:
+        skipped.append((o, "no sky frames could be associated (need matching frames more "
+                           f"than {params['associateSky']['distance']}\" away)"))
+        log.warning("frame=%s skipped: %s", o, skipped[-1][1])
+        plan["objects"].remove(o)
+    if not plan["objects"]:
+        raise ReductionError(_skip_text(skipped))
+
+
+def reduce_images(source: FrameSource, *, flat: Frame | None, flat_name: str | None = None,
+                  bpm: Any = None, bpm_name: str | None = None, params: dict | None = None,
+                  on_product: Callable[[Frame], Any] | None = None,
+                  prepared: Callable[[int], Frame | None] | None = None,
+                  mapper: Mapper | None = None) -> dict:
     """DRAGONS ``reduce`` for GSAOI images up to the second sky pass and detectSources.
 
     prepare ... addVAR and flatCorrect on every frame; separateSky and associateSky from the
@@ -203,11 +329,11 @@ def reduce_images(paths, *, flat, flat_name=None, bpm=None, bpm_name=None, param
     (pass 1, giving each sky an object mask); then each object frame in turn: skyCorrect
     with the masked skies and detectSources (pass 2).  The sky frames stay in memory; the
     object frames are streamed, one at a time, and handed to ``on_product`` as soon as they
-    are done; the four arrays of a frame are processed by ``workers`` threads.
+    are done.
 
     Parameters
     ----------
-    paths : list of str
+    source : FrameSource
         Raw frames of one observation (objects and skies).
     flat : Frame or None
         The processed flat (full frame; cropped for ROI frames).  None reduces without a
@@ -219,8 +345,12 @@ def reduce_images(paths, *, flat, flat_name=None, bpm=None, bpm_name=None, param
         catalogue per array in ``meta['catalogs']``; pure sky frames, suffix _flatCorrected).
         Without it, the frames are collected in the result.
     prepared : callable, optional
-        ``prepared(path)`` returns the frame of ``path`` already prepared and flat-corrected
+        ``prepared(index)`` returns input ``index`` already prepared and flat-corrected
         with ``flat`` (done while the sequence was observed), or None to prepare it here.
+    mapper : callable, optional
+        Runs the independent pieces of work (frames to load, the four arrays of a frame):
+        a function with the signature of the builtin ``map`` (the default), such as a
+        thread pool's ``map``.
 
     Returns
     -------
@@ -229,137 +359,42 @@ def reduce_images(paths, *, flat, flat_name=None, bpm=None, bpm_name=None, param
         ``on_product``), ``plan`` (see :func:`plan_sky`), ``offset_sky``, ``scale_sky``,
         ``sky_reason``, ``skipped`` (file name, reason) for frames that could not be used.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
     params = merge_parameters(params)
-    usable, skipped = screen_inputs(paths, same_filter=False)
+    usable, skipped = screen_inputs(source, same_filter=False)
     infos = [fi for _, fi in usable]
-    by_name = {i.filename: i for i in infos}
-    path_of = {i.filename: p for p, i in usable}
+    index_of = {i.filename or "": k for k, i in usable}
     if not infos:
-        raise ReductionError("reduce: no usable input frames ("
-                             + "; ".join(f"{n}: {r}" for n, r in skipped) + ")")
+        raise ReductionError(f"reduce: no usable input frames ({_skip_text(skipped)})")
     plan = plan_sky(infos, params)
-    for o in [o for o in plan["objects"] if o not in plan["obj_skies"]]:
-        skipped.append((o, "no sky frames could be associated (need matching frames more "
-                           f"than {params['associateSky']['distance']}\" away)"))
-        log.warning("frame=%s skipped: %s", o, skipped[-1][1])
-        plan["objects"].remove(o)
-    if not plan["objects"]:
-        raise ReductionError("; ".join(f"{n}: {r}" for n, r in skipped))
+    _drop_unassociated(plan, params, skipped)
     offset, scale, why = resolve_sky_options(plan, params)
     log.info("skyCorrect: offset_sky=%s scale_sky=%s (%s)", offset, scale, why)
     t0 = min(i.ut_datetime() for i in infos)
-    when = {n: _seconds(i, t0) for n, i in by_name.items()}
-    sc, det = params["skyCorrect"], params["detectSources"]
-    interp = sc["sky_interpolation"] == "time"
-    det_kw = dict(detect_thresh=det["detect_thresh"], detect_minarea=det["detect_minarea"],
-                  back_size=det["back_size"])
+    when = {i.filename or "": (i.ut_datetime() - t0).total_seconds() for i in infos}
     emit = on_product or (lambda frame: frame)
 
-    def load(name):
-        frame = prepared(path_of[name]) if prepared is not None else None
-        if frame is not None:
-            if flat is None:
-                frame.phu["QUICKLK"] = ("no flat", "Reduced without a flat field (quick-look)")
-            return frame
-        frame = load_frame(path_of[name])
-        frame.meta["bpm_name"] = bpm_name
-        frame = preprocess(frame, bpm=bpm)
+    def load(name: str) -> Frame:
+        frame = prepared(index_of[name]) if prepared is not None else None
+        if frame is None:
+            frame = source.load(index_of[name])
+            frame.meta["bpm_name"] = bpm_name
+            frame = preprocess(frame, bpm=bpm)
+            if flat is not None:
+                return flat_correct(frame, flat, flat_name=flat_name)
         if flat is None:  # quick-look: no flat yet
             frame.phu["QUICKLK"] = ("no flat", "Reduced without a flat field (quick-look)")
-            return frame
-        return flat_correct(frame, flat, flat_name=flat_name)
+        return frame
 
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        skies = dict(zip(plan["skies"], pool.map(load, plan["skies"])))
-
-        # pass 1: sky-subtract each sky frame with the other skies, detect its objects
-        # (each sky's level is measured once, not again in every other sky's model)
-        keys = [(n, i) for n in plan["skies"] for i in range(4)]
-        unmasked = dict(zip(keys, pool.map(
-            lambda k: mask_sky(skies[k[0]].arrays[k[1]], mask_objects=False), keys)))
-
-        def pass1(name, i):
-            sl = plan["sky_skies"].get(name)
-            arr = skies[name].arrays[i]
-            if not sl:
-                return arr
-            sky, levels = combine_skies([unmasked[(k, i)] for k in sl])
-            if interp:  # as sky_model: the level interpolated in time, else the nearest's
-                shift = level_at(levels, [when[k] for k in sl], when[name]) - levels[0]
-                sky = sky.with_(sci=(sky.sci + np.float32(shift)).astype(np.float32))
-            sub, _ = subtract_sky(arr, sky, offset_sky=offset, scale_sky=scale)
-            return arr.with_(objmask=detect_array(sub, catalog=False, **det_kw)[0].objmask)
-
-        for name in plan["skies"]:
-            arrays = tuple(pool.map(lambda i, n=name: pass1(n, i), range(4)))
-            skies[name] = skies[name].with_(arrays=arrays)
-        unmasked.clear()  # the frames are kept in skies; free the copies
-        masked = dict(zip(keys, pool.map(
-            lambda k: mask_sky(skies[k[0]].arrays[k[1]], mask_objects=sc["mask_objects"],
-                               dilation=sc["dilation"]), keys)))
-
-        # pass 2: object frames, streamed
-        # one sky stack per *set* of skies: frames with the same skies in another order of
-        # nearness share it, since the median does not depend on the order and the level is
-        # set afterwards (the nearest sky's, or interpolated in time)
-        def sky_set(o):
-            return tuple(sorted(plan["obj_skies"][o]))
-
-        remaining = {}
-        for o in plan["objects"]:
-            remaining[sky_set(o)] = remaining.get(sky_set(o), 0) + 1
-        stacks = {}
-
-        def pass2(o, frame, i):
-            key = sky_set(o)
-            if (key, i) not in stacks:
-                stacks[(key, i)] = combine_skies([masked[(k, i)] for k in key])
-            stacked, levels = stacks[(key, i)]  # at the level of the set's first sky
-            if interp:
-                target = level_at(levels, [when[k] for k in key], when[o])
-            else:  # DRAGONS: the level of the nearest sky
-                target = levels[key.index(plan["obj_skies"][o][0])]
-            sky = stacked
-            if target != levels[0]:
-                sky = stacked.with_(sci=(stacked.sci + np.float32(target - levels[0])).astype(
-                    np.float32))
-            obj = frame.arrays[i].with_(objmask=None)
-            sub, factor = subtract_sky(obj, sky, offset_sky=offset, scale_sky=scale)
-            header = sub.header.copy()  # the sky level taken off, for measureBG
-            level = sky_level(obj)
-            if np.isfinite(level):
-                header["SKYLEV"] = (round(level, 3), "Sky level before skyCorrect (e-)")
-            sub, cat = detect_array(sub.with_(header=header), **det_kw)
-            return sub, cat, factor
-
-        sky_corrected = []
-        for o in plan["objects"]:
-            frame = skies[o] if o in skies else load(o)
-            if not any((a.dq == 0).any() for a in frame.arrays):
-                skipped.append((o, "every pixel is flagged bad"))
-                log.warning("frame=%s skipped: every pixel is flagged bad", o)
-                continue
-            done = list(pool.map(lambda i, o=o, f=frame: pass2(o, f, i), range(4)))
-            key = sky_set(o)
-            remaining[key] -= 1
-            if not remaining[key]:
-                for i in range(4):
-                    stacks.pop((key, i), None)
-            out = frame.with_(arrays=tuple(d[0] for d in done))
-            out.meta["catalogs"] = [d[1] for d in done]
-            out.meta["sky_factors"] = [d[2] for d in done]
-            for k, s_name in enumerate(plan["obj_skies"][o], start=1):
-                out.phu[f"SKYIM{k:03d}"] = (s_name, "Sky frame used")
-            out.phu["SKYOFFST"] = (offset, "skyCorrect offset_sky")
-            out.phu["SKYSCALE"] = (scale, "skyCorrect scale_sky")
-            out.phu["SKYINTRP"] = (sc["sky_interpolation"], "Sky level interpolated in time")
-            out.phu["OBJFRAME"] = ("TRUE", "Object frame (separateSky)")
-            out = mark(out, "SEPSKY", "_skySeparated", "UT time stamp for separateSky")
-            out = mark(out, "ASSOCSKY", "_skyAssociated", "UT time stamp for associateSky")
-            out = mark(out, "SUBSKY", "_skyCorrected", "UT time stamp for skyCorrect")
-            sky_corrected.append(emit(out))
+    passes = _SkyPasses(plan, params, offset, scale, when, mapper or map)
+    skies = passes.sky_pass(load)
+    sky_corrected = []
+    for o in plan["objects"]:
+        frame = skies[o] if o in skies else load(o)
+        if not any((a.dq == 0).any() for a in frame.arrays):
+            skipped.append((o, "every pixel is flagged bad"))
+            log.warning("frame=%s skipped: every pixel is flagged bad", o)
+            continue
+        sky_corrected.append(emit(passes.object_pass(o, frame)))
     flat_corrected = []
     for name in plan["skies"]:
         if name in plan["objects"]:
@@ -371,12 +406,7 @@ def reduce_images(paths, *, flat, flat_name=None, bpm=None, bpm_name=None, param
             "offset_sky": offset, "scale_sky": scale, "sky_reason": why, "skipped": skipped}
 
 
-def _select(frame, index):
-    """The single-array view of a 4-array frame (for per-array streaming)."""
-    return frame.with_(arrays=(frame.arrays[index],), meta={**frame.meta, "indices": (index,)})
-
-
-def merge_parameters(user=None):
+def merge_parameters(user: dict | None = None) -> dict:
     """Defaults of :data:`PARAMETERS` overridden by ``user`` {primitive: {param: value}}."""
     merged = {prim: dict(values) for prim, values in PARAMETERS.items()}
     for prim, values in (user or {}).items():

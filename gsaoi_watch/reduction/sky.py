@@ -8,21 +8,24 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Iterable, Sequence
 
 import numpy as np
+from astropy.coordinates import angular_separation
 from astropy.stats import sigma_clipped_stats
 from astropy.wcs import WCS, FITSFixedWarning
+from numpy.typing import ArrayLike
 from scipy import ndimage
 
+from gsaoi_watch.data.descriptors import FrameInfo
 from gsaoi_watch.errors import ReductionError
 from gsaoi_watch.instrument.dq import DQ, FAIL_BITS
 from gsaoi_watch.instrument.tables import FULL_SIZE, TILE_GAPS
+from gsaoi_watch.reduction.combine import stack_arrays
 from gsaoi_watch.reduction.container import Array
-from gsaoi_watch.reduction.flat import stack_arrays
 
 __all__ = ["associate_sky", "combine_skies", "dilate_mask", "fields_overlap", "level_at",
-           "mask_sky", "measure_background", "separate_sky", "sky_level", "sky_model",
-           "stack_skies", "subtract_sky"]
+           "mask_sky", "measure_background", "separate_sky", "sky_level", "subtract_sky"]
 
 
 def _wcs(info):
@@ -49,7 +52,7 @@ def _size(info):
     return (full.x2 - full.x1) if full else FULL_SIZE
 
 
-def fields_overlap(a, b, *, frac_fov=0.9) -> bool:
+def fields_overlap(a: FrameInfo, b: FrameInfo, *, frac_fov: float = 0.9) -> bool:
     """True if two frames' fields of view overlap (GSAOI rule, ~75" on each axis)."""
     size = _size(a)
     gx, gy = (g * size / FULL_SIZE for g in TILE_GAPS)
@@ -75,20 +78,21 @@ def _unguided(info):
             and all(k in info.phu for k in ("PWFS1_ST", "PWFS2_ST", "OIWFS_ST")))
 
 
-def _centre(group):
+def _centre(group: Sequence[FrameInfo]) -> tuple[float, float]:
     ras = [g.ra() for g in group]
     decs = [g.dec() for g in group]
     return float(np.mean(ras)), float(np.mean(decs))
 
 
-def _sep_deg(ra1, dec1, ra2, dec2):
-    d1, d2 = math.radians(dec1), math.radians(dec2)
-    c = (math.sin(d1) * math.sin(d2)
-         + math.cos(d1) * math.cos(d2) * math.cos(math.radians(ra1 - ra2)))
-    return math.degrees(math.acos(min(1.0, max(-1.0, c))))
+def _sep_deg(ra1: float, dec1: float, ra2: float, dec2: float) -> float:
+    """Angular distance in degrees (astropy's angular_separation, Vincenty's formula)."""
+    return math.degrees(angular_separation(math.radians(ra1), math.radians(dec1),
+                                           math.radians(ra2), math.radians(dec2)))
 
 
-def separate_sky(infos, *, frac_fov=0.9, ref_obj=(), ref_sky=()):
+def separate_sky(infos: Iterable[FrameInfo], *, frac_fov: float = 0.9,
+                 ref_obj: Sequence[str] = (), ref_sky: Sequence[str] = ()
+                 ) -> tuple[list[FrameInfo], list[FrameInfo], dict[str, str]]:
     """Split frames into objects and skies as DRAGONS' separateSky.
 
     Rules, in order: OBJFRAME/SKYFRAME keywords and ``ref_obj``/``ref_sky`` name fragments;
@@ -105,8 +109,10 @@ def separate_sky(infos, *, frac_fov=0.9, ref_obj=(), ref_sky=()):
         file name -> reason.
     """
     infos = list(infos)
-    name = {id(i): i.filename for i in infos}
-    obj, sky, why = set(), set(), {}
+    name = {id(i): i.filename or "" for i in infos}
+    obj: set[int] = set()
+    sky: set[int] = set()
+    why: dict[str, str] = {}
     for i in infos:
         if "OBJFRAME" in i.phu or any(r and r in name[id(i)] for r in ref_obj):
             obj.add(id(i))
@@ -170,14 +176,16 @@ def _matching_config(a, b):
     return ta is not None and tb is not None and abs(ta - tb) <= 0.01
 
 
-def _centre_radec(info):
+def _centre_radec(info: FrameInfo) -> tuple[float, float]:
     h = info.ext_headers[0]
     ny, nx = int(h.get("NAXIS2", 0)), int(h.get("NAXIS1", 0))
     ra, dec = _wcs(info).all_pix2world((nx - 1) / 2, (ny - 1) / 2, 0)
     return float(ra), float(dec)
 
 
-def associate_sky(objects, skies, *, distance=1.0, time=900.0, min_skies=3, max_skies=None):
+def associate_sky(objects: Sequence[FrameInfo], skies: Sequence[FrameInfo], *,
+                  distance: float = 1.0, time: float = 900.0, min_skies: int = 3,
+                  max_skies: int | None = None) -> dict[str, list[str]]:
     """For each object frame, the sky frames to use (DRAGONS' associateSky, GSAOI defaults).
 
     Candidates match the instrument configuration (exposure within 0.01 s), lie more than
@@ -191,17 +199,17 @@ def associate_sky(objects, skies, *, distance=1.0, time=900.0, min_skies=3, max_
         without any candidate is absent.
     """
     pos = {id(i): _centre_radec(i) for i in list(objects) + list(skies)}
-    out = {}
+    out: dict[str, list[str]] = {}
     for o in objects:
         to = o.ut_datetime()
-        cands = []
+        cands: list[tuple[float, str]] = []
         for s in skies:
             if s is o or not _matching_config(o, s):
                 continue
             sep = _sep_deg(*pos[id(o)], *pos[id(s)]) * 3600.0
             if sep <= distance:
                 continue
-            cands.append((abs((s.ut_datetime() - to).total_seconds()), s.filename))
+            cands.append((abs((s.ut_datetime() - to).total_seconds()), s.filename or ""))
         cands.sort()
         if not cands:
             continue
@@ -209,11 +217,11 @@ def associate_sky(objects, skies, *, distance=1.0, time=900.0, min_skies=3, max_
         n = max(min_skies, n_time)
         if max_skies:
             n = min(max_skies, n)
-        out[o.filename] = [name for _, name in cands[:n]]
+        out[o.filename or ""] = [name for _, name in cands[:n]]
     return out
 
 
-def dilate_mask(mask, radius):
+def dilate_mask(mask: np.ndarray | None, radius: float) -> np.ndarray | None:
     """Dilate a boolean mask with a disc of ``radius`` pixels."""
     if radius <= 0 or mask is None:
         return mask
@@ -222,7 +230,7 @@ def dilate_mask(mask, radius):
     return ndimage.binary_dilation(mask, structure=(xx**2 + yy**2) <= radius**2)
 
 
-def measure_background(sci, good, *, sampling=10):
+def measure_background(sci: np.ndarray, good: np.ndarray, *, sampling: int = 10) -> float:
     """Robust background level of the pixels ``good``: a 3-sigma clipped median."""
     # every sampling-th pixel first, then the good ones among them: no full-size copy
     values = sci.ravel()[::sampling][good.ravel()[::sampling]]
@@ -242,8 +250,8 @@ def sky_level(a: Array) -> float:
         return float("nan")
 
 
-def _usable(a: Array, extra=None):
-    good = (a.dq & FAIL_BITS) == 0
+def _usable(a: Array, extra: np.ndarray | None = None) -> np.ndarray:
+    good = (a.need("dq") & FAIL_BITS) == 0
     if a.objmask is not None:
         good &= a.objmask == 0
     if extra is not None:
@@ -251,7 +259,8 @@ def _usable(a: Array, extra=None):
     return good
 
 
-def mask_sky(sky: Array, *, mask_objects=True, dilation=6.0) -> tuple:
+def mask_sky(sky: Array, *, mask_objects: bool = True,
+             dilation: float = 6.0) -> tuple[Array, float]:
     """Prepare one sky array for stacking: objects (dilated OBJMASK) into DQ, and its level.
 
     Returns
@@ -260,14 +269,14 @@ def mask_sky(sky: Array, *, mask_objects=True, dilation=6.0) -> tuple:
         The sky with its objects flagged in DQ (so the stack ignores them) and its
         background level measured on the unflagged pixels.
     """
-    dq = sky.dq.copy()
+    dq = sky.need("dq").copy()
     if mask_objects and sky.objmask is not None:
         dq[dilate_mask(sky.objmask.astype(bool), dilation)] |= DQ["cosmic_ray"]
     a = sky.with_(dq=dq, objmask=None)
     return a, measure_background(a.sci, _usable(a))
 
 
-def combine_skies(prepared):
+def combine_skies(prepared: Sequence[tuple[Array, float]]) -> tuple[Array, np.ndarray]:
     """Median-combine prepared skies (see :func:`mask_sky`) with additive offsets.
 
     DRAGONS' stackSkyFrames: the skies are brought to the level of the first with
@@ -288,13 +297,8 @@ def combine_skies(prepared):
     return stacked, levels
 
 
-def stack_skies(skies, *, dilation=6.0, mask_objects=True):
-    """Mask and combine sky arrays: :func:`mask_sky` on each, then :func:`combine_skies`."""
-    return combine_skies([mask_sky(s, mask_objects=mask_objects, dilation=dilation)
-                          for s in skies])
-
-
-def level_at(levels, times, target_time, *, max_extrapolation=900.0):
+def level_at(levels: ArrayLike, times: ArrayLike, target_time: float, *,
+             max_extrapolation: float = 900.0) -> float:
     """Sky level at ``target_time``: a straight line fitted to the skies' levels in time.
 
     Beyond DRAGONS: a slowly drifting sky is followed, instead of taking the level of the
@@ -310,21 +314,8 @@ def level_at(levels, times, target_time, *, max_extrapolation=900.0):
     return float(intercept + slope * (target - t.mean()))
 
 
-def sky_model(skies, times, target_time, *, dilation=6.0, mask_objects=True,
-              interpolate_time=True) -> Array:
-    """The sky for one object frame: :func:`stack_skies`, then (optionally) :func:`level_at`.
-
-    With ``interpolate_time`` False the level is that of the first (nearest in time) sky,
-    as in DRAGONS.
-    """
-    stacked, levels = stack_skies(skies, dilation=dilation, mask_objects=mask_objects)
-    if not interpolate_time:
-        return stacked
-    shift = level_at(levels, times, target_time) - levels[0]
-    return stacked.with_(sci=(stacked.sci + np.float32(shift)).astype(np.float32))
-
-
-def subtract_sky(obj: Array, sky: Array, *, offset_sky=True, scale_sky=False) -> tuple:
+def subtract_sky(obj: Array, sky: Array, *, offset_sky: bool = True,
+                 scale_sky: bool = False) -> tuple[Array, float]:
     """Subtract a sky from an object array; optionally match the level first.
 
     ``offset_sky``: subtract, then remove the residual background (additive, DRAGONS GSAOI
@@ -338,7 +329,8 @@ def subtract_sky(obj: Array, sky: Array, *, offset_sky=True, scale_sky=False) ->
     """
     if offset_sky and scale_sky:
         offset_sky = False
-    good = _usable(obj) & ((sky.dq & FAIL_BITS) == 0)
+    obj_var, sky_var, sky_dq = obj.need("var"), sky.need("var"), sky.need("dq")
+    good = _usable(obj) & ((sky_dq & FAIL_BITS) == 0)
     factor = 0.0
     if scale_sky:
         sky_bg = measure_background(sky.sci, good)
@@ -349,12 +341,12 @@ def subtract_sky(obj: Array, sky: Array, *, offset_sky=True, scale_sky=False) ->
             if abs(resid) < 1e-3:
                 break
         diff = obj.sci - np.float32(factor) * sky.sci
-        var = obj.var + np.float32(factor**2) * sky.var
+        var = obj_var + np.float32(factor**2) * sky_var
     else:
         diff = obj.sci - sky.sci
-        var = obj.var + sky.var
+        var = obj_var + sky_var
         if offset_sky:
             factor = measure_background(diff, good)
             diff = diff - np.float32(factor)
     return obj.with_(sci=diff.astype(np.float32), var=var.astype(np.float32),
-                     dq=obj.dq | (sky.dq & DQ["no_data"])), float(factor)
+                     dq=obj.need("dq") | (sky_dq & DQ["no_data"])), float(factor)

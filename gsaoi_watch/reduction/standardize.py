@@ -6,6 +6,8 @@ Nothing here reads or writes files.  Semantics follow DRAGONS (gsaoi_facts.md §
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from scipy import ndimage
 
@@ -149,7 +151,7 @@ def _crop_bpm(bpm_array, header):
     return bpm_array[sec.y1:sec.y2, sec.x1:sec.x2]
 
 
-def add_dq(frame: Frame, *, bpm=None, hidden_saturation=True) -> Frame:
+def add_dq(frame: Frame, *, bpm: Any = None, hidden_saturation: bool = True) -> Frame:
     """Create the DQ planes: static BPM, saturated (4), non-linear (2), hidden saturation.
 
     Parameters
@@ -198,7 +200,8 @@ def nonlinearity_correct(frame: Frame) -> Frame:
         gain = float(arr.header["GAIN"])
         a0, a1, a2 = coeffs[i]
 
-        def lin(adu, a0=a0, a1=a1, a2=a2, gain=gain):
+        def lin(adu: np.ndarray, a0: float = a0, a1: float = a1, a2: float = a2,
+                gain: float = gain) -> np.ndarray:
             c = np.asarray(adu, dtype=np.float64) * gain
             return (c * (a0 + c * (a1 + c * a2))) / gain
 
@@ -228,7 +231,7 @@ def adu_to_electrons(frame: Frame) -> Frame:
                 "UT time stamp for ADUToElectrons")
 
 
-def add_var(frame: Frame, *, read_noise=True, poisson_noise=True) -> Frame:
+def add_var(frame: Frame, *, read_noise: bool = True, poisson_noise: bool = True) -> Frame:
     """Add a variance plane: read noise squared plus Poisson (data in electrons)."""
     coadds = info(frame).coadds()
     arrays = []

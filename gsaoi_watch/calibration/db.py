@@ -298,7 +298,7 @@ def _merge_duplicate_calibrations():
     ``calibrations/processed_flat/``).  The row kept is the copy under ``calibrations/``
     (else the newest); what used the others now uses it; a bad mark on any stays.
     """
-    groups = {}
+    groups: dict[tuple[str, str], list[Product]] = {}
     for row in Product.select().where(Product.is_calibration == True).order_by(  # noqa: E712
             Product.id):
         groups.setdefault((row.kind, row.filename), []).append(row)

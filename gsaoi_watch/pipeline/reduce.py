@@ -164,6 +164,9 @@ def parse_uparms(uparms: Iterable[str] | dict | None) -> dict:
 def find_bpm(info: FrameInfo, search_dirs: Iterable[str | Path]) -> Path | None:
     """A static BPM (tags BPM) valid for the frame: dated on or before it, the latest."""
     best = None
+    frame_time = info.ut_datetime()
+    if frame_time is None:
+        return None
     for d in search_dirs:
         for path in sorted(Path(d).glob("*.fits")):
             if "bpm" not in path.name.lower():
@@ -175,7 +178,7 @@ def find_bpm(info: FrameInfo, search_dirs: Iterable[str | Path]) -> Path | None:
             if "BPM" not in cal.tags:
                 continue
             when = cal.ut_datetime()
-            if when is not None and when <= info.ut_datetime() and (best is None
+            if when is not None and when <= frame_time and (best is None
                                                                      or when > best[0]):
                 best = (when, path)
     return None if best is None else best[1]

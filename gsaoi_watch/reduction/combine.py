@@ -150,7 +150,7 @@ def stack_arrays(arrays: Sequence[Array], *, operation: str = "mean", reject: st
 
 
 def _finish(arrays, out, out_var, dq, all_bad, empty):
-    out_dq = np.bitwise_and.reduce(dq, axis=0)
+    out_dq = np.asarray(np.bitwise_and.reduce(dq, axis=0))
     out_dq = np.where(all_bad, np.bitwise_or.reduce(dq, axis=0), out_dq).astype(np.uint16)
     if empty.any():
         out = np.where(empty, 0, out)

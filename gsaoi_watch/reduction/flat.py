@@ -11,7 +11,7 @@ from gsaoi_watch.errors import ReductionError
 from gsaoi_watch.instrument.dq import DQ
 from gsaoi_watch.reduction.combine import stack_arrays
 from gsaoi_watch.reduction.container import Array, Frame
-from gsaoi_watch.reduction.standardize import info, mark
+from gsaoi_watch.reduction.standardize import info, mark, required
 
 __all__ = [
     'flat_correct', 'make_lamp_flat', 'normalize_flat', 'threshold_flatfield',
@@ -45,8 +45,8 @@ def make_lamp_flat(frames: Sequence[Frame], *, hsigma: float = 3.0,
         arrays = stack(frames if wave < 1.4 or not on else on)
         note = f"mean of {len(frames) if wave < 1.4 or not on else len(on)} frames"
     else:
-        texp_on = {info(f).exposure_time() for f in on}
-        texp_off = {info(f).exposure_time() for f in off}
+        texp_on = {required(info(f).exposure_time(), info(f), "EXPTIME") for f in on}
+        texp_off = {required(info(f).exposure_time(), info(f), "EXPTIME") for f in off}
         if texp_on != texp_off:
             first.meta.setdefault("warnings", []).append(
                 f"lamp-on exposure times {sorted(texp_on)} differ from lamp-off "

@@ -42,6 +42,7 @@ from gsaoi_watch.reduction.standardize import (
     mark,
     nonlinearity_correct,
     prepare,
+    required,
 )
 
 __all__ = ["PARAMETERS", "make_processed_flat", "merge_parameters", "plan_sky", "preprocess",
@@ -86,7 +87,7 @@ def screen_inputs(source: FrameSource, *, same_filter: bool = True
             continue
         problem = check_frame(fi)
         if problem:
-            skipped.append((fi.filename, problem))
+            skipped.append((str(fi.filename), problem))
         else:
             usable.append((index, fi))
     if same_filter and usable:
@@ -94,7 +95,7 @@ def screen_inputs(source: FrameSource, *, same_filter: bool = True
         keep = []
         for index, fi in usable:
             if fi.filter_name() != ref.filter_name():
-                skipped.append((fi.filename, f"filter {fi.filter_name()} differs from "
+                skipped.append((str(fi.filename), f"filter {fi.filter_name()} differs from "
                                              f"{ref.filename}'s {ref.filter_name()}"))
             else:
                 keep.append((index, fi))
@@ -369,8 +370,9 @@ def reduce_images(source: FrameSource, *, flat: Frame | None, flat_name: str | N
     _drop_unassociated(plan, params, skipped)
     offset, scale, why = resolve_sky_options(plan, params)
     log.info("skyCorrect: offset_sky=%s scale_sky=%s (%s)", offset, scale, why)
-    t0 = min(i.ut_datetime() for i in infos)
-    when = {i.filename or "": (i.ut_datetime() - t0).total_seconds() for i in infos}
+    stamps = {i.filename or "": required(i.ut_datetime(), i, "DATE-OBS/UT") for i in infos}
+    t0 = min(stamps.values())
+    when = {name: (t - t0).total_seconds() for name, t in stamps.items()}
     emit = on_product or (lambda frame: frame)
 
     def load(name: str) -> Frame:

@@ -23,6 +23,7 @@ from gsaoi_watch.instrument.dq import DQ, FAIL_BITS
 from gsaoi_watch.instrument.tables import FULL_SIZE, TILE_GAPS
 from gsaoi_watch.reduction.combine import stack_arrays
 from gsaoi_watch.reduction.container import Array
+from gsaoi_watch.reduction.standardize import required
 
 __all__ = ["associate_sky", "combine_skies", "dilate_mask", "fields_overlap", "level_at",
            "mask_sky", "measure_background", "separate_sky", "sky_level", "subtract_sky"]
@@ -65,7 +66,7 @@ def fields_overlap(a: FrameInfo, b: FrameInfo, *, frac_fov: float = 0.9) -> bool
 
 
 def _group(infos, frac_fov):
-    groups = []
+    groups: list[list[FrameInfo]] = []
     for info in infos:
         joined = [g for g in groups if any(fields_overlap(info, m, frac_fov=frac_fov) for m in g)]
         merged = [info] + [m for g in joined for m in g]
@@ -79,8 +80,8 @@ def _unguided(info):
 
 
 def _centre(group: Sequence[FrameInfo]) -> tuple[float, float]:
-    ras = [g.ra() for g in group]
-    decs = [g.dec() for g in group]
+    ras = [required(g.ra(), g, "RA") for g in group]
+    decs = [required(g.dec(), g, "DEC") for g in group]
     return float(np.mean(ras)), float(np.mean(decs))
 
 
@@ -146,7 +147,8 @@ def separate_sky(infos: Iterable[FrameInfo], *, frac_fov: float = 0.9,
             for i in infos:
                 why[name[id(i)]] = "single field: object and sky"
         else:
-            t_ra, t_dec = infos[0].target_ra(), infos[0].target_dec()
+            t_ra = required(infos[0].target_ra(), infos[0], "target RA")
+            t_dec = required(infos[0].target_dec(), infos[0], "target DEC")
             ordered = sorted(groups, key=lambda g: _sep_deg(*_centre(g), t_ra, t_dec))
             if len(groups) == 2:
                 obj = {id(m) for m in ordered[0]}
@@ -201,7 +203,7 @@ def associate_sky(objects: Sequence[FrameInfo], skies: Sequence[FrameInfo], *,
     pos = {id(i): _centre_radec(i) for i in list(objects) + list(skies)}
     out: dict[str, list[str]] = {}
     for o in objects:
-        to = o.ut_datetime()
+        to = required(o.ut_datetime(), o, "DATE-OBS/UT")
         cands: list[tuple[float, str]] = []
         for s in skies:
             if s is o or not _matching_config(o, s):
@@ -209,7 +211,8 @@ def associate_sky(objects: Sequence[FrameInfo], skies: Sequence[FrameInfo], *,
             sep = _sep_deg(*pos[id(o)], *pos[id(s)]) * 3600.0
             if sep <= distance:
                 continue
-            cands.append((abs((s.ut_datetime() - to).total_seconds()), s.filename or ""))
+            when = required(s.ut_datetime(), s, "DATE-OBS/UT")
+            cands.append((abs((when - to).total_seconds()), s.filename or ""))
         cands.sort()
         if not cands:
             continue

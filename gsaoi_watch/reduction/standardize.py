@@ -6,7 +6,7 @@ Nothing here reads or writes files.  Semantics follow DRAGONS (gsaoi_facts.md §
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from scipy import ndimage
@@ -20,10 +20,23 @@ from gsaoi_watch.instrument.dq import DQ
 from gsaoi_watch.reduction.container import Frame
 
 __all__ = ["add_dq", "add_var", "adu_to_electrons", "check_frame", "info", "mark",
-           "nonlinearity_correct", "prepare", "rename"]
+           "nonlinearity_correct", "prepare", "rename", "required"]
+
+T = TypeVar("T")
 
 #: Connected regions below the non-linear level this small are hidden saturation (DRAGONS).
 HIDDEN_SATURATION_MAX_AREA = 10000
+
+
+def required(value: T | None, fi: FrameInfo, what: str) -> T:
+    """``value``, or a ReductionError naming the file and the descriptor that is missing.
+
+    Descriptors return None for a missing keyword (DRAGONS' semantics); a step that cannot
+    go on without one says so in one line instead of failing later on ``None``.
+    """
+    if value is None:
+        raise ReductionError(f"{fi.filename}: {what} missing")
+    return value
 
 
 def info(frame: Frame) -> FrameInfo:
@@ -63,6 +76,8 @@ def _is_central_roi(header) -> bool:
 
 def _shift_rows(text, dy):
     sec = parse_section(text)
+    if sec is None:
+        raise ReductionError(f"not an image section: {text!r}")
     return f"[{sec.x1 + 1}:{sec.x2},{sec.y1 + 1 + dy}:{sec.y2 + dy}]"
 
 
@@ -117,8 +132,9 @@ def prepare(frame: Frame) -> Frame:
     phu["PROCSVER"] = (__version__, "Data reduction software version")
     phu["PROCMODE"] = ("sq", "Processing mode")
     phu["FILTER"] = (fi.filter_name(pretty=True), "Filter name")
-    if fi.pixel_scale():
-        phu["PIXSCALE"] = (round(fi.pixel_scale(), 6), "Pixel scale in arcsec/pixel")
+    scale = fi.pixel_scale()
+    if scale:
+        phu["PIXSCALE"] = (round(scale, 6), "Pixel scale in arcsec/pixel")
     phu.remove("BUNIT", ignore_missing=True)
     roi_fix = str(phu.get("DATE-OBS", "")) >= instrument.ROI_FIX_DATE
     arrays = []
@@ -146,6 +162,8 @@ def prepare(frame: Frame) -> Frame:
 
 def _crop_bpm(bpm_array, header):
     sec = parse_section(header.get("CCDSEC"))
+    if sec is None:
+        raise ReductionError(f"CCDSEC {header.get('CCDSEC')!r} is not an image section")
     if bpm_array.shape == (sec.y2 - sec.y1, sec.x2 - sec.x1):
         return bpm_array
     return bpm_array[sec.y1:sec.y2, sec.x1:sec.x2]

@@ -16,7 +16,7 @@ from gsaoi_watch.logs import default_log_file, setup_logging
 
 __all__ = ['config_from_args', 'run_cli', 'run_demo_cli']
 
-log = logging.getLogger("gsaoi_watch")
+log = logging.getLogger(__name__)
 
 
 def run_cli(args: argparse.Namespace) -> int:

@@ -1,0 +1,58 @@
+"""Tasks for the supervised pool's tests (module-level: picklable by reference)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+
+def square(x: int) -> int:
+    """x squared."""
+    return x * x
+
+
+def fail(message: str) -> None:
+    """Raise ValueError(message)."""
+    raise ValueError(message)
+
+
+def hold(pid_file: str, seconds: float = 120.0) -> int:
+    """Write this process's pid to ``pid_file``, then wait ``seconds``; return the pid."""
+    tmp = Path(pid_file + ".tmp")
+    tmp.write_text(str(os.getpid()))
+    tmp.replace(pid_file)
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def parent_info() -> tuple[int, int]:
+    """(pid, parent pid) of the worker."""
+    return os.getpid(), os.getppid()
+
+
+def raise_reduction_error(message: str) -> None:
+    """Raise the deterministic error of a reduction."""
+    from gsaoi_watch.errors import ReductionError
+    raise ReductionError(message)
+
+
+def hold_forked(pid_file: str, seconds: float = 120.0) -> int:
+    """Fork a child that calls lifeline.die_with_parent and waits; both write their pids."""
+    from gsaoi_watch import lifeline
+    parent = os.getpid()
+    child = os.fork()
+    if child == 0:
+        try:
+            lifeline.die_with_parent(parent)
+            hold(pid_file + ".child", seconds)
+        finally:
+            os._exit(0)
+    return hold(pid_file, seconds)
+
+
+def log_info(message: str) -> int:
+    """Log ``message`` at INFO in the worker; return the worker's pid."""
+    import logging
+    logging.getLogger("pool_tasks").info("%s (pid %d)", message, os.getpid())
+    return os.getpid()

@@ -1,10 +1,13 @@
-"""The real daemon's workers: they die with it, and a worker killed mid-job costs no try.
+"""The real daemon: workers die with it, a worker killed mid-job costs no try, a full disk
+is waited out.
 
 ``python -m gsaoi_watch run -c CFG`` on a simulated night, its SQLite file read with the
 ``sqlite3`` module and its processes seen in ``/proc``.
 """
 
+import errno
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -24,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIG = """
 [paths]
 raw_dir = "{dir}/raw"
-output_dir = "{dir}/reduced"
+output_dir = "{out}"
 log_file = "{dir}/gw.log"
 [database]
 url = "{dir}/gw.db"
@@ -78,11 +81,12 @@ def descendants(pid):
 
 
 class Daemon:
-    def __init__(self, tmp_path):
+    def __init__(self, tmp_path, out=None):
         self.dir = tmp_path
+        self.out = out or tmp_path / "reduced"
         (tmp_path / "raw").mkdir()
         self.cfg = tmp_path / "gw.toml"
-        self.cfg.write_text(CONFIG.format(dir=tmp_path))
+        self.cfg.write_text(CONFIG.format(dir=tmp_path, out=self.out))
         self.proc = None
 
     def start(self):
@@ -193,3 +197,56 @@ def test_a_worker_killed_mid_job_is_replaced_and_the_job_completes(flats, daemon
     assert daemon.proc.poll() is None, "the daemon exited"
     daemon.proc.send_signal(signal.SIGTERM)
     assert daemon.proc.wait(timeout=60) == 0
+
+
+@pytest.fixture(scope="module")
+def small_flats(tmp_path_factory):
+    out = tmp_path_factory.mktemp("worker_small_flats")
+    simulate_night(out, seed=5, size=128, workers=1, only=["flats", "bpm"])
+    return out
+
+
+@pytest.fixture
+def full_fs(tmp_path):
+    """An 8 MB tmpfs (root only) filled up by a ballast file; unmounted at teardown."""
+    mnt = tmp_path / "reduced"
+    mnt.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {proc.stderr.strip()}")
+    ballast = mnt / "ballast.bin"
+    with open(ballast, "wb", buffering=0) as fh:
+        try:
+            while True:
+                fh.write(b"\0" * (1 << 20))
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC
+    yield mnt, ballast
+    if subprocess.run(["umount", str(mnt)], capture_output=True).returncode != 0:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_a_full_disk_is_waited_out_and_the_job_resumes_once_space_is_freed(
+        small_flats, tmp_path, full_fs):
+    mnt, ballast = full_fs
+    d = Daemon(tmp_path, out=mnt)
+    try:
+        d.start()
+        d.drop_all(small_flats)
+        waiting = re.compile(r"WARNING job=1 flat failed: \[Errno 28\] No space left on device: "
+                             r"'[^']+_flat\.fits'; a transient cause: next try at .* \(in 10 s\)")
+        d.wait_for(lambda: waiting.search(d.log()), 180, "the flat job to wait for space")
+        assert d.query("select state, tries from job where recipe = 'flat'") == [("RETRY", 1)]
+        assert "_file" not in d.log()
+        assert not [p.name for p in mnt.rglob("*") if p.name.endswith(".tmp")]
+        ballast.unlink()  # no operator action beyond freeing the space
+        d.wait_for(lambda: d.query("select state from job where recipe = 'flat'") ==
+                   [("DONE",)], 120, "the flat job to resume by itself")
+        assert d.query("select state, tries, crashes from job") == [("DONE", 1, 0)]
+        assert (mnt / "calibrations" / "processed_flat" / "S20170505S0030_flat.fits").exists()
+        assert "Traceback" not in d.log()
+        d.proc.send_signal(signal.SIGTERM)
+        assert d.proc.wait(timeout=60) == 0
+    finally:
+        d.close()

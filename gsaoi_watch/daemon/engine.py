@@ -196,7 +196,7 @@ class Engine:
             self.step()
             if idle_exit is not None:
                 busy = (self.futures or self.preparing or self.gate.pending
-                        or not self.events.empty())
+                        or self.retries.due_at or not self.events.empty())
                 if busy:
                     quiet_since = time.monotonic()
                 elif time.monotonic() - quiet_since > idle_exit:

@@ -126,9 +126,9 @@ def start_due_retries(engine: Engine) -> None:
     """
     if not engine.retries.adopted:
         engine.retries.adopted = True
-        for job in db.Job.select(db.Job.id).where(db.Job.state == "RETRY"):
-            if job.id not in engine.futures and not engine.retries.waiting(job.id):
-                engine.retries.due_at[job.id] = engine.now()
+        for left in db.Job.select(db.Job.id).where(db.Job.state == "RETRY"):
+            if left.id not in engine.futures and not engine.retries.waiting(left.id):
+                engine.retries.due_at[left.id] = engine.now()
     for job_id in engine.retries.due(engine.now()):
         job = db.Job.get_or_none(db.Job.id == job_id)
         if engine.stopping or job is None or job.state != "RETRY":

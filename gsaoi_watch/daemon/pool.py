@@ -23,6 +23,7 @@ forkserver, which dies with the daemon, and watches the daemon's pid as well.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import multiprocessing
@@ -204,7 +205,7 @@ class SupervisedPool:
             self._send(task)
             return
         gen.processes.update(getattr(gen.pool, "_processes", None) or {})
-        task.inner.add_done_callback(lambda f, t=task: self._inner_done(t, f))
+        task.inner.add_done_callback(functools.partial(self._inner_done, task))
 
     def _inner_done(self, task: _Task, inner: Future[Any]) -> None:
         """An inner future ended (in the inner pool's thread): pass it on, or recover."""

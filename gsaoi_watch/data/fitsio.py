@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import os
 import shutil
 import tempfile
@@ -320,8 +321,8 @@ def atomic_output(target: str | os.PathLike[str], *, fsync: bool = False,
         cause = _write_error(exc)
         if cause is None:
             raise
-        raise OSError(cause.errno, cause.strerror or os.strerror(cause.errno),
-                      str(target)) from exc
+        code = cause.errno if cause.errno is not None else errno.EIO  # (always set)
+        raise OSError(code, cause.strerror or os.strerror(code), str(target)) from exc
 
 
 def _write_error(exc: BaseException) -> OSError | None:

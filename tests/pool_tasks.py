@@ -56,3 +56,14 @@ def log_info(message: str) -> int:
     import logging
     logging.getLogger("pool_tasks").info("%s (pid %d)", message, os.getpid())
     return os.getpid()
+
+
+def hold_until(pid_file: str, release: str, timeout: float = 300.0) -> int:
+    """Write this process's pid to ``pid_file``, wait until ``release`` exists; the pid."""
+    tmp = Path(pid_file + ".tmp")
+    tmp.write_text(str(os.getpid()))
+    tmp.replace(pid_file)
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(release) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return os.getpid()

@@ -157,3 +157,25 @@ def test_worker_info_lines_reach_the_owner_log(caplog):
             relay.stop()
     lines = [r.getMessage() for r in caplog.records if r.name == "pool_tasks"]
     assert lines == [f"strip 3 of 8 resampled (pid {pid})"] and pid != os.getpid()
+
+
+def test_with_two_workers_only_the_killed_workers_task_is_blamed(tmp_path):
+    pool = SupervisedPool(2)
+    try:
+        release = str(tmp_path / "release")
+        first = pool.submit(pool_tasks.hold, str(tmp_path / "a"), 300)
+        second = pool.submit(pool_tasks.hold_until, str(tmp_path / "b"), release)
+        victim_pid = read_pid(tmp_path / "b")
+        culprit_pid = read_pid(tmp_path / "a")
+        (tmp_path / "b").unlink()
+        os.kill(culprit_pid, signal.SIGKILL)
+        with pytest.raises(WorkerCrashed, match="signal 9"):
+            first.result(timeout=60)
+        assert not second.done()
+        Path(release).touch()
+        # the other worker was ended with the broken pool: its task ran again, unseen
+        rerun_pid = second.result(timeout=120)
+        assert rerun_pid != victim_pid and (tmp_path / "b").exists()
+        assert pool.crashes == 1
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)

@@ -168,3 +168,16 @@ def test_a_prepared_frame_whose_worker_died_is_dropped_harmlessly(stage, tmp_pat
     assert not n.engine.preparing
     assert any("left to the sequence job" in r.getMessage() for r in caplog.records)
     assert n.seq("science").state == "OPEN"
+
+
+def test_a_prepared_frame_that_cannot_be_reduced_is_left_to_the_job_quietly(
+        stage, tmp_path, caplog):
+    n = Night(tmp_path, stage)
+    n.arrive(SCI[0])
+    call = next(c for c in n.fake.calls if c.fn is prepare_ahead)
+    with caplog.at_level(logging.INFO):
+        call.future.set_exception(ReductionError(f"{SCI[0]}: EXPTIME missing or negative"))
+        n.drain()
+    said = [r for r in caplog.records if "EXPTIME" in r.getMessage()]
+    assert [r.levelno for r in said] == [logging.INFO]  # the sequence job reports it
+    assert not n.engine.preparing

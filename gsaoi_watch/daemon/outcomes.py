@@ -196,8 +196,12 @@ def prepared_finished(engine: Engine, event: PreparedFinished) -> None:
     exc = future.exception()
     name = Path(path).name
     if exc is not None:  # not fatal: the sequence job prepares the raw frame itself
-        log.warning("frame=%s per-frame steps failed (%s); left to the sequence job", name,
-                    _first_line(exc))
+        if classify(exc) is Failure.DETERMINISTIC:  # the job will meet it and report it
+            log.info("frame=%s per-frame steps not done ahead (%s); left to the sequence "
+                     "job", name, _first_line(exc))
+        else:
+            log.warning("frame=%s per-frame steps failed (%s); left to the sequence job",
+                        name, _first_line(exc))
         return
     res = future.result()
     log.info("frame=%s prepared in %.1f s (%s)", name, res["seconds"],

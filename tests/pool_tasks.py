@@ -67,3 +67,18 @@ def hold_until(pid_file: str, release: str, timeout: float = 300.0) -> int:
     while not os.path.exists(release) and time.monotonic() < deadline:
         time.sleep(0.05)
     return os.getpid()
+
+
+def hold_in_fork_pool(pid_file: str, seconds: float = 300.0) -> int:
+    """Run two ``hold`` in a fork Pool whose children call lifeline.die_with_parent.
+
+    The call pipeline/pools.py makes for its strip workers.
+    """
+    import multiprocessing as mp
+
+    from gsaoi_watch import lifeline
+    with mp.get_context("fork").Pool(2, initializer=lifeline.die_with_parent,
+                                     initargs=(os.getpid(),)) as pool:
+        results = [pool.apply_async(hold, (f"{pid_file}.{i}", seconds)) for i in range(2)]
+        hold(pid_file, 0)
+        return sum(r.get() for r in results)

@@ -179,3 +179,16 @@ def test_with_two_workers_only_the_killed_workers_task_is_blamed(tmp_path):
         assert pool.crashes == 1
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
+
+
+def test_fork_pool_children_with_die_with_parent_end_with_their_worker(pool, tmp_path):
+    pid_file = tmp_path / "w"
+    task = pool.submit(pool_tasks.hold_in_fork_pool, str(pid_file), 300)
+    children = [read_pid(Path(f"{pid_file}.{i}")) for i in range(2)]
+    worker = read_pid(pid_file)
+    assert all(alive(p) for p in children) and worker not in children
+    os.kill(worker, signal.SIGKILL)
+    with pytest.raises(WorkerCrashed):
+        task.result(timeout=60)
+    wait_until(lambda: not any(alive(p) for p in children), 5,
+               "the forked children to end with their worker")

@@ -291,8 +291,12 @@ class SupervisedPool:
         for number in [n for n in self._old if n < gen.number - 4]:
             del self._old[number]
         self._gen = self._new_generation(gen.number + 1)
-        threading.Thread(target=gen.pool.shutdown, kwargs={"wait": True},
-                         name="gsaoi-watch-broken-pool", daemon=True).start()
+
+        def retire() -> None:  # the broken pool's threads and queues, off the caller's way
+            gen.pool.shutdown(wait=True)
+            gen.started.close()
+
+        threading.Thread(target=retire, name="gsaoi-watch-broken-pool", daemon=True).start()
 
 
 def _exitcode(proc: Any) -> int | None:

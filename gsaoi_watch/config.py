@@ -181,6 +181,7 @@ class JobsConfig(_Section):
     _section = "jobs"
     workers: int = field(default=1, metadata=_range(1, 256))
     max_tries: int = field(default=3, metadata=_range(1, 100))
+    max_crashes: int = field(default=3, metadata=_range(1, 100))
     prepare_ahead: bool = True
 
 

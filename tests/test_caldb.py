@@ -208,6 +208,7 @@ def test_a_schema_1_database_is_upgraded(tmp_path):
     db.open_database(path, create=True)
     con = db.database.obj
     migrate(SchemaMigrator.from_database(con).drop_column("product", "qa"))
+    migrate(SchemaMigrator.from_database(con).drop_column("job", "crashes"))
     con.drop_tables([db.Daemon])
     db.SchemaInfo.delete().execute()
     db.SchemaInfo.create(version=1)
@@ -216,10 +217,37 @@ def test_a_schema_1_database_is_upgraded(tmp_path):
     try:
         assert "qa" in {c.name for c in db.database.obj.get_columns("product")}
         assert "daemon" in db.database.obj.get_tables()  # and on to schema 3
+        assert "crashes" in {c.name for c in db.database.obj.get_columns("job")}  # 4
         assert db.SchemaInfo.select(pw.fn.MAX(db.SchemaInfo.version)).scalar() == \
-            db.SCHEMA_VERSION == 3
+            db.SCHEMA_VERSION == 4
     finally:
         db.close_database()
+
+
+def test_a_schema_3_database_gets_job_crashes_and_keeps_its_jobs(tmp_path):
+    path = tmp_path / "v3.db"
+    db.open_database(path, create=True)
+    db.close_database()
+    with sqlite3.connect(path) as con:  # the job table as schema 3 made it, with a row
+        con.execute("drop table job")
+        con.execute("create table job (id integer primary key, sequence_id integer, "
+                    "recipe varchar(255) not null, parameters text not null, state "
+                    "varchar(255) not null, tries integer not null, started datetime, "
+                    "finished datetime, error text)")
+        con.execute("insert into job (recipe, parameters, state, tries) values "
+                    "('flat', '{}', 'RUNNING', 2)")
+        con.execute("delete from schema_info")
+        con.execute("insert into schema_info (version, created) values (3, '2017-05-05')")
+    db.open_database(path)
+    try:
+        job = db.Job.get()
+        assert (job.recipe, job.state, job.tries, job.crashes) == ("flat", "RUNNING", 2, 0)
+        db.Job.update(crashes=1).execute()
+        assert db.Job.get().crashes == 1
+    finally:
+        db.close_database()
+    with sqlite3.connect(path) as con:
+        assert con.execute("select max(version) from schema_info").fetchone() == (4,)
 
 
 def _flat_rows(path):

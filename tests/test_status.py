@@ -161,7 +161,7 @@ def test_every_state_has_its_real_reason(database):
     assert text["h"].startswith("re-opened by a frame after it was complete")
 
 
-def test_a_schema_2_database_is_upgraded_to_3(tmp_path):
+def test_a_schema_2_database_is_upgraded(tmp_path):
     path = tmp_path / "old.db"
     db.open_database(path, create=True)
     try:
@@ -187,7 +187,7 @@ def test_a_schema_2_database_is_upgraded_to_3(tmp_path):
     try:
         assert "daemon" in db.database.obj.get_tables()
         assert db.SchemaInfo.select(pw.fn.MAX(db.SchemaInfo.version)).scalar() == \
-            db.SCHEMA_VERSION == 3
+            db.SCHEMA_VERSION == 4
         flats = list(db.Product.select().where(db.Product.kind == "processed_flat"))
         assert [(f.id, f.is_bad) for f in flats] == [(served.id, True)]
         assert [u.calibration.id for u in db.Product.get_by_id(sky.id).calibrations_used] \

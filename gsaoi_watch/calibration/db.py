@@ -30,7 +30,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 #: How long a writer waits for SQLite's lock before giving up (seconds).
@@ -122,6 +122,7 @@ class Job(_Model):
     parameters = pw.TextField(default="{}")
     state = pw.CharField(default="WAITING", index=True)
     tries = pw.IntegerField(default=0)
+    crashes = pw.IntegerField(default=0)  # runs whose worker process died (schema 4)
     started = pw.DateTimeField(null=True)
     finished = pw.DateTimeField(null=True)
     error = pw.TextField(null=True)
@@ -316,8 +317,16 @@ def _merge_duplicate_calibrations():
                  len(others), keep.path)
 
 
+def _add_job_crashes(db):
+    """Schema 3 -> 4: jobs count the runs whose worker died apart from their tries."""
+    if "crashes" not in {c.name for c in db.get_columns("job")}:
+        migrate(SchemaMigrator.from_database(db).add_column(
+            "job", "crashes", pw.IntegerField(default=0)))
+
+
 #: Upgrades from version i to i+1 (index i).  Version 0 means "no tables yet".
-_UPGRADES = [lambda db: db.create_tables(MODELS), _add_product_qa, _add_daemon_table]
+_UPGRADES = [lambda db: db.create_tables(MODELS), _add_product_qa, _add_daemon_table,
+             _add_job_crashes]
 
 
 @contextlib.contextmanager

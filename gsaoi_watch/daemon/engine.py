@@ -30,7 +30,7 @@ import multiprocessing
 import queue
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -53,9 +53,12 @@ from gsaoi_watch.daemon.events import (
     Stop,
     Tick,
 )
+from gsaoi_watch.daemon.failures import RetrySchedule
 from gsaoi_watch.daemon.jobs import run_job
+from gsaoi_watch.daemon.pool import SupervisedPool
 from gsaoi_watch.daemon.sequences import State, advance, label, reason
 from gsaoi_watch.daemon.watcher import ArrivalGate, scan_directory
+from gsaoi_watch.logs import WorkerLogging, start_worker_logging, worker_log_initializer
 
 __all__ = ["Engine", "JobExecutor"]
 
@@ -99,11 +102,20 @@ class Engine:
         self.now = now
         self.gate = ArrivalGate(settle=config.watch.settle_seconds,
                                 give_up=config.watch.give_up_seconds)
-        # forkserver, not fork: forking a process that runs threads (observer, scheduler)
-        # can copy a held lock (e.g. logging's) into the worker and hang it
-        self.executor: JobExecutor = executor or ProcessPoolExecutor(
-            max_workers=config.jobs.workers, mp_context=multiprocessing.get_context("forkserver"))
         self._own_executor = executor is None
+        self.relay: WorkerLogging | None = None
+        if executor is None:
+            # forkserver, not fork: forking a process that runs threads (observer,
+            # scheduler) can copy a held lock (e.g. logging's) into the worker and hang it.
+            # The supervised pool replaces a pool whose worker died; its workers die with
+            # the daemon and log through it.
+            ctx = multiprocessing.get_context("forkserver")
+            self.relay = start_worker_logging(ctx)
+            executor = SupervisedPool(config.jobs.workers, mp_context=ctx,
+                                      initializer=worker_log_initializer,
+                                      initargs=self.relay.initargs)
+        self.executor: JobExecutor = executor
+        self.retries = RetrySchedule()  # jobs waiting after a transient failure
         self.futures: dict[int, Future[Any]] = {}
         self.cache_dir = self.output_dir / ".prepared"
         self.preparing: dict[str, Future[Any]] = {}
@@ -184,7 +196,7 @@ class Engine:
             self.step()
             if idle_exit is not None:
                 busy = (self.futures or self.preparing or self.gate.pending
-                        or not self.events.empty())
+                        or self.retries.due_at or not self.events.empty())
                 if busy:
                     quiet_since = time.monotonic()
                 elif time.monotonic() - quiet_since > idle_exit:
@@ -192,14 +204,11 @@ class Engine:
 
     def shutdown(self) -> None:
         """Stop submitting; abandon running jobs (they are re-run after a restart)."""
-        if self._own_executor and isinstance(self.executor, ProcessPoolExecutor):
-            # the worker processes, taken before shutdown() forgets them
-            procs = list((getattr(self.executor, "_processes", None) or {}).values())
-            self.executor.shutdown(wait=False, cancel_futures=True)
-            for proc in procs:
-                proc.terminate()
-            for proc in procs:
-                proc.join(timeout=5)
+        if self._own_executor and isinstance(self.executor, SupervisedPool):
+            self.executor.shutdown(wait=False, cancel_futures=True)  # workers terminated
+        if self.relay is not None:
+            self.relay.stop()
+            self.relay = None
 
     def summary(self) -> str:
         """A one-line status: sequences by state, jobs running, products made."""
@@ -213,15 +222,22 @@ class Engine:
                 f"products: {db.Product.select().count()}")
 
     # --- jobs ------------------------------------------------------------------------------
-    def start_job(self, job: db.Job) -> None:
-        """Mark a job RUNNING (one more try) and submit it; its end comes back as an event."""
+    def start_job(self, job: db.Job, *, count_try: bool = True) -> None:
+        """Mark a job RUNNING and submit it; its end comes back as an event.
+
+        With ``count_try`` (default) the run is one more try; a run after a worker's death
+        or a transient failure is not (:mod:`gsaoi_watch.daemon.failures`).
+        """
         spec = json.loads(job.parameters)
+        tries = job.tries + 1 if count_try else max(job.tries, 1)
+        if count_try:  # a fresh run: a transient wait before it is over
+            self.retries.forget(job.id)
         with db.writing():
-            db.Job.update(state="RUNNING", tries=job.tries + 1, started=self.now(),
+            db.Job.update(state="RUNNING", tries=tries, started=self.now(),
                           error=None).where(db.Job.id == job.id).execute()
-        log.info("job=%d %s %s started (%d frames, try %d)", job.id, job.recipe,
-                 label(job.sequence) if job.sequence else "", len(spec["paths"]),
-                 job.tries + 1)
+        log.info("job=%d %s %s started (%d frames, try %d%s)", job.id, job.recipe,
+                 label(job.sequence) if job.sequence else "", len(spec["paths"]), tries,
+                 "" if count_try else ", again")
         if self.stopping:
             return
         future = self.executor.submit(run_job, spec)
@@ -282,6 +298,7 @@ class Engine:
         idle = dt.timedelta(seconds=self.config.sequences.idle_timeout)
         wait = dt.timedelta(seconds=self.config.sequences.flat_wait)
         self.close_superseded()
+        outcomes.start_due_retries(self)
         for seq in list(db.Sequence.select().where(db.Sequence.state.in_(
                 (State.OPEN, State.REOPENED)))):
             if now - seq.updated >= idle:

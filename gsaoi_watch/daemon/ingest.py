@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,11 +22,12 @@ from gsaoi_watch.calibration.caldb import calibration_kind
 from gsaoi_watch.daemon.events import Event, FrameArrived
 from gsaoi_watch.daemon.sequences import State, frame_kind, label, sequence_key
 from gsaoi_watch.data.descriptors import FrameInfo
+from gsaoi_watch.logs import log_name
 
 if TYPE_CHECKING:
     from gsaoi_watch.daemon.engine import Engine
 
-__all__ = ["REDUCIBLE", "ingest", "quarantine"]
+__all__ = ["REDUCIBLE", "ingest", "ledger_path", "quarantine"]
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +35,23 @@ log = logging.getLogger(__name__)
 REDUCIBLE = {"flat_on", "flat_off", "flat", "standard", "science"}
 
 
+def ledger_path(path: str | os.PathLike[str]) -> str:
+    r"""The path a file is recorded under: resolved, and storable as UTF-8 text.
+
+    A name that is not valid UTF-8 (its undecodable bytes are surrogates in a Python
+    string) has those bytes written as ``\xNN``; any other path is kept as it is.
+    """
+    resolved = str(Path(path).resolve())
+    try:
+        resolved.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(resolved).decode("utf-8", "backslashreplace")
+    return resolved
+
+
 def quarantine(engine: Engine, path: str, problem: str) -> None:
     """Record a file the daemon will not use, with the reason (one warning line)."""
-    path = str(Path(path).resolve())
+    path = ledger_path(path)
     with db.writing():
         row = db.Frame.get_or_none(db.Frame.path == path)
         if row is None:
@@ -44,7 +60,7 @@ def quarantine(engine: Engine, path: str, problem: str) -> None:
             db.Frame.update(state="quarantined", error=problem,
                             updated=engine.now()).where(db.Frame.id == row.id).execute()
     engine.counts["quarantined"] += 1
-    log.warning("frame=%s quarantined: %s", Path(path).name, problem)
+    log.warning("frame=%s quarantined: %s", log_name(Path(path).name), problem)
 
 
 def ingest(engine: Engine, arrived: FrameArrived) -> None:

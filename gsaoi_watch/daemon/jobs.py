@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import functools
 import logging
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 from gsaoi_watch.daemon.prepared import fetch
-from gsaoi_watch.data.fitsio import load_bpm, load_frame, write_frame
+from gsaoi_watch.data.fitsio import copy_product, load_bpm, load_frame, write_frame
 from gsaoi_watch.instrument.standards import find_standard
 from gsaoi_watch.pipeline.recipes import make_processed_flat, reduce_images
 from gsaoi_watch.pipeline.stack_files import run_stack_job
@@ -59,14 +58,11 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
     if spec["recipe"] == "flat":
         flat = make_processed_flat(spec["paths"], bpm=bpm, bpm_name=bpm_name)
         path = write_frame(flat, out)
-        caldir = out / "calibrations" / "processed_flat"
-        caldir.mkdir(parents=True, exist_ok=True)
-        tmp = caldir / f".{path.name}.tmp"
-        shutil.copyfile(path, tmp)
-        tmp.replace(caldir / path.name)
+        # the copy the calibration manager serves, atomic (no half copy on a full disk)
+        served = copy_product(path, out / "calibrations" / "processed_flat")
         if spec.get("pictures"):
             _picture(path)
-        return {"products": [(str(caldir / path.name), "processed_flat")], "qa": [],
+        return {"products": [(str(served), "processed_flat")], "qa": [],
                 "skipped": flat.meta.get("skipped", []),
                 "seconds": round(time.perf_counter() - t0, 1),
                 "note": f"{path.name} from {flat.phu['NCOMBINE']} frames"}

@@ -6,7 +6,9 @@ or unusable, the QA values, the prepared frames that served.  Each sequence of t
 gets its event (``job_done``, ``job_done_stale``, ``job_done_quicklook[_stale]``,
 ``job_failed``, ``job_gave_up``) and the transition table does the rest.  A stack job is a
 follow-up of its science sequence and changes no sequence: its products are registered, a
-failure is retried while tries are left.
+failure is retried while tries are left.  How a failed job goes on depends on why it failed
+(:mod:`gsaoi_watch.daemon.failures`): a worker's death and a transient cause do not use up
+its tries, a deterministic error gives it up at once.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from gsaoi_watch.calibration import db, queries
 from gsaoi_watch.daemon.events import Event, JobFinished, PreparedFinished
+from gsaoi_watch.daemon.failures import Failure, classify
 from gsaoi_watch.daemon.prepared import cache_path
 from gsaoi_watch.daemon.sequences import label
 from gsaoi_watch.data.fitsio import read_frame_info
@@ -27,7 +30,7 @@ from gsaoi_watch.quicklook.summary import write_summary
 if TYPE_CHECKING:
     from gsaoi_watch.daemon.engine import Engine
 
-__all__ = ["job_finished", "prepared_finished", "refresh_summary"]
+__all__ = ["job_finished", "prepared_finished", "refresh_summary", "start_due_retries"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +56,7 @@ def job_finished(engine: Engine, event: JobFinished) -> None:
     if exc is not None:
         _failed(engine, job, seq_ids, exc)
         return
+    engine.retries.forget(job.id)
     result = future.result()
     if spec["recipe"] == "stack":
         _stack_finished(engine, job, result)
@@ -66,16 +70,72 @@ def job_finished(engine: Engine, event: JobFinished) -> None:
 
 
 def _failed(engine: Engine, job: db.Job, seq_ids: list[int], exc: BaseException) -> None:
+    """A job raised: by the kind of failure, run it again now, later, or give it up."""
+    kind = classify(exc)
+    if kind is Failure.CRASH:
+        _crashed(engine, job, seq_ids, exc)
+        return
     text = _first_line(exc)
-    gave_up = job.tries >= engine.config.jobs.max_tries
+    if kind is Failure.TRANSIENT:
+        delay, when = engine.retries.schedule(job.id, engine.now())
+        engine.job_state(job, "RETRY", error=text)
+        log.warning("job=%d %s failed: %s; a transient cause: next try at %s UTC (in %.0f s)",
+                    job.id, job.recipe, text, when.strftime("%Y-%m-%d %H:%M:%S"), delay)
+        return
+    engine.retries.forget(job.id)
+    deterministic = kind is Failure.DETERMINISTIC
+    gave_up = deterministic or job.tries >= engine.config.jobs.max_tries
     engine.job_state(job, "FAILED" if gave_up else "RETRY", error=text)
-    log.error("job=%d %s failed (try %d of %d): %s", job.id, job.recipe, job.tries,
-              engine.config.jobs.max_tries, text)
+    if deterministic:
+        log.error("job=%d %s failed: %s (not retried: it would fail the same way)", job.id,
+                  job.recipe, text)
+    else:
+        log.error("job=%d %s failed (try %d of %d): %s", job.id, job.recipe, job.tries,
+                  engine.config.jobs.max_tries, text)
     if seq_ids:
         engine.emit(seq_ids[0], Event.JOB_GAVE_UP if gave_up else Event.JOB_FAILED,
                     job_id=job.id)
     elif not gave_up:  # a follow-up job (the stack): run it again
         engine.start_job(db.Job.get_by_id(job.id))
+
+
+def _crashed(engine: Engine, job: db.Job, seq_ids: list[int], exc: BaseException) -> None:
+    """The job's worker died: counted apart from the tries; again until max_crashes."""
+    crashes = job.crashes + 1
+    limit = engine.config.jobs.max_crashes
+    how = getattr(exc, "how", "unknown")
+    with db.writing():
+        db.Job.update(crashes=crashes).where(db.Job.id == job.id).execute()
+    if crashes >= limit:
+        engine.retries.forget(job.id)
+        why = f"worker died ({how}) {crashes} times"
+        engine.job_state(job, "FAILED", error=why)
+        log.error("job=%d %s given up: %s", job.id, job.recipe, why)
+        if seq_ids:
+            engine.emit(seq_ids[0], Event.JOB_GAVE_UP, job_id=job.id)
+        return
+    log.warning("job=%d %s: its worker died (%s; %d of %d deaths allowed): running it again",
+                job.id, job.recipe, how, crashes, limit)
+    engine.start_job(db.Job.get_by_id(job.id), count_try=False)
+
+
+def start_due_retries(engine: Engine) -> None:
+    """Start the jobs whose wait after a transient failure is over (on the engine's tick).
+
+    The first call also takes up jobs left waiting (RETRY) by an earlier run of the daemon.
+    """
+    if not engine.retries.adopted:
+        engine.retries.adopted = True
+        for left in db.Job.select(db.Job.id).where(db.Job.state == "RETRY"):
+            if left.id not in engine.futures and not engine.retries.waiting(left.id):
+                engine.retries.due_at[left.id] = engine.now()
+    for job_id in engine.retries.due(engine.now()):
+        job = db.Job.get_or_none(db.Job.id == job_id)
+        if engine.stopping or job is None or job.state != "RETRY":
+            continue
+        log.info("job=%d %s: trying again after a transient failure (%s)", job.id,
+                 job.recipe, job.error)
+        engine.start_job(job, count_try=False)
 
 
 def _record(engine: Engine, job: db.Job, spec: Mapping[str, Any],
@@ -136,8 +196,12 @@ def prepared_finished(engine: Engine, event: PreparedFinished) -> None:
     exc = future.exception()
     name = Path(path).name
     if exc is not None:  # not fatal: the sequence job prepares the raw frame itself
-        log.warning("frame=%s per-frame steps failed (%s); left to the sequence job", name,
-                    _first_line(exc))
+        if classify(exc) is Failure.DETERMINISTIC:  # the job will meet it and report it
+            log.info("frame=%s per-frame steps not done ahead (%s); left to the sequence "
+                     "job", name, _first_line(exc))
+        else:
+            log.warning("frame=%s per-frame steps failed (%s); left to the sequence job",
+                        name, _first_line(exc))
         return
     res = future.result()
     log.info("frame=%s prepared in %.1f s (%s)", name, res["seconds"],

@@ -23,6 +23,7 @@ from typing import Any
 from astropy.io import fits
 
 from gsaoi_watch.data.fitsio import load_bpm, load_frame, write_frame
+from gsaoi_watch.data.names import safe_name
 from gsaoi_watch.reduction.container import Frame
 from gsaoi_watch.reduction.flat import flat_correct
 from gsaoi_watch.reduction.recipes import preprocess
@@ -38,10 +39,10 @@ def _raw_stamp(raw_path: str | os.PathLike[str]) -> str:
 
 
 def cache_path(cache_dir: str | os.PathLike[str], raw_path: str | os.PathLike[str]) -> Path:
-    """Where the prepared version of ``raw_path`` is kept."""
+    """Where the prepared version of ``raw_path`` is kept (a safe name, as it is written)."""
     name = Path(raw_path).name
     stem = name[:-5] if name.endswith(".fits") else name
-    return Path(cache_dir) / f"{stem}_prepared.fits"
+    return Path(cache_dir) / safe_name(f"{stem}_prepared.fits")
 
 
 def store(frame: Frame, raw_path: str | os.PathLike[str],

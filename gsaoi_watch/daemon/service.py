@@ -115,7 +115,7 @@ def run_service(config: Config, *, stop_event: threading.Event | None = None,
                 engine.handle(event)
             engine.step(timeout=0)
             if idle_exit is not None and not (engine.futures or engine.preparing
-                                              or engine.gate.pending):
+                                              or engine.gate.pending or engine.retries.due_at):
                 idle_exit -= 0.2
                 if idle_exit <= 0:
                     break

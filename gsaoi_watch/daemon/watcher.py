@@ -6,6 +6,16 @@ a handler silently kills the observer thread).  The :class:`ArrivalGate`, owned 
 engine thread, decides when a file has completely arrived: closed after writing (inotify)
 or with size and mtime unchanged for ``settle`` seconds, and then readable as a complete
 GSAOI frame.  Temporary names (dot files, ``*.tmp``, rsync partials) wait for their rename.
+
+Only regular files are taken.  A symbolic link in the raw directory is never followed
+(wherever it points, inside the directory or out of it): it is ignored, with one line
+naming the link, never its target.  A FIFO, device or directory is ignored as well.  A file
+whose name is not valid UTF-8 or holds a control or other invisible character (a newline,
+an escape sequence, a right-to-left override) is quarantined with the reason, its name
+escaped in the log line (:func:`gsaoi_watch.logs.log_name`): such a name could forge or hide
+log lines wherever it is written, so it is refused at the door; renamed, the file is taken.
+Non-ASCII letters and spaces are fine: those frames are ingested, their products named
+after the file's safe name (:func:`gsaoi_watch.data.names.safe_name`).
 """
 
 from __future__ import annotations
@@ -13,6 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,9 +39,10 @@ from gsaoi_watch.daemon.events import FileNoticed
 from gsaoi_watch.data.descriptors import FrameInfo
 from gsaoi_watch.data.fitsio import read_frame_info
 from gsaoi_watch.errors import FrameError
+from gsaoi_watch.logs import log_name
 
 __all__ = ["ArrivalGate", "QueueingHandler", "is_candidate", "is_network_mount",
-           "make_observer", "scan_directory"]
+           "make_observer", "name_problem", "scan_directory"]
 
 log = logging.getLogger(__name__)
 
@@ -109,15 +121,32 @@ def make_observer(directory: str | os.PathLike[str], events: queue.Queue[Any], *
     return observer, use_polling
 
 
-def scan_directory(directory: str | os.PathLike[str]) -> list[str]:
-    """Candidate files already in ``directory`` (start-up catch-up and periodic rescan)."""
+def name_problem(path: str | os.PathLike[str]) -> str | None:
+    """Why a raw file's name is refused, or None: not UTF-8, or not printable as it is."""
+    name = os.path.basename(os.fspath(path))
     try:
-        names = sorted(os.listdir(directory))
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "file name is not valid UTF-8: rename the file to have it reduced"
+    if not name.isprintable():
+        return ("file name holds a control or invisible character: rename the file to "
+                "have it reduced")
+    return None
+
+
+def scan_directory(directory: str | os.PathLike[str]) -> list[str]:
+    """Candidate files already in ``directory`` (start-up catch-up and periodic rescan).
+
+    Symbolic links and anything but regular files are left out (never followed).
+    """
+    try:
+        with os.scandir(directory) as it:
+            entries = sorted((e for e in it if is_candidate(e.name)), key=lambda e: e.name)
+            return [str(Path(directory) / e.name) for e in entries
+                    if not e.is_symlink() and e.is_file(follow_symlinks=False)]
     except OSError as exc:
-        log.error("cannot list %s: %s", directory, exc)
+        log.error("cannot list %s: %s", log_name(directory), exc)
         return []
-    return [str(Path(directory) / n) for n in names
-            if is_candidate(n) and (Path(directory) / n).is_file()]
 
 
 @dataclass
@@ -148,14 +177,21 @@ class ArrivalGate:
     clock: Callable[[], float] = time.monotonic
     pending: dict[str, _Pending] = field(default_factory=dict)
     done: set[str] = field(default_factory=set)
+    ignored: set[str] = field(default_factory=set)  # links and other non-files, said once
+    refused: set[str] = field(default_factory=set)  # names refused (quarantined once)
 
     def notice(self, path: str | os.PathLike[str], *, closed: bool = False) -> None:
-        """Record an event for ``path`` (re-arms the settle timer if the file changed)."""
+        """Record an event for ``path`` (re-arms the settle timer if the file changed).
+
+        A symbolic link or another non-regular file is ignored (one log line); a refused
+        name (:func:`name_problem`) is examined once.
+        """
         path = str(path)
-        try:
-            st = os.stat(path)
-        except OSError:
-            self.pending.pop(path, None)  # deleted or renamed away
+        if path in self.refused:
+            return
+        st = self._regular(path)
+        if st is None:
+            self.pending.pop(path, None)  # deleted, renamed away, or not a regular file
             return
         key = (st.st_size, st.st_mtime)
         now = self.clock()
@@ -181,15 +217,20 @@ class ArrivalGate:
         ready, rejected = [], []
         now = self.clock()
         for path, p in list(self.pending.items()):
-            try:
-                st = os.stat(path)
-            except OSError:
+            st = self._regular(path)  # lstat again: a file may be replaced by a link
+            if st is None:
                 del self.pending[path]
                 continue
             if (st.st_size, st.st_mtime) != (p.size, p.mtime):
                 self.pending[path] = _Pending(st.st_size, st.st_mtime, now, False, p.first)
                 continue
             if not p.closed and now - p.since < self.settle:
+                continue
+            problem = name_problem(path)
+            if problem is not None:
+                del self.pending[path]
+                self.refused.add(path)
+                rejected.append((path, problem))
                 continue
             try:
                 info = read_frame_info(path)
@@ -207,3 +248,22 @@ class ArrivalGate:
             self.done.add(path)
             ready.append((path, info))
         return ready, rejected
+
+    def _regular(self, path: str) -> os.stat_result | None:
+        """The file's own status (links not followed) if it is a regular file, else None.
+
+        A symbolic link, FIFO, device or directory is logged once, by its own name (never
+        a link's target), and ignored.
+        """
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return None
+        if stat.S_ISREG(st.st_mode):
+            return st
+        if path not in self.ignored:
+            self.ignored.add(path)
+            what = "a symbolic link (not followed)" if stat.S_ISLNK(st.st_mode) else \
+                "not a regular file"
+            log.info("frame=%s ignored: %s", log_name(os.path.basename(path)), what)
+        return None

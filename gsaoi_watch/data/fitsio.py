@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import os
 import shutil
 import tempfile
@@ -294,6 +295,11 @@ def atomic_output(target: str | os.PathLike[str], *, fsync: bool = False,
     (and is removed otherwise).  The file gets ``mode`` less the process umask (0644 under
     umask 022), as ``open()`` would give it, not the 0600 of a temporary file.  ``fsync``
     flushes the data to disk before the rename.
+
+    A write that fails for lack of space (or any other OSError) raises an :class:`OSError`
+    with its errno and ``target`` as its file name, whatever the writer made of it
+    (astropy reports a full disk as "'list' object has no attribute '_file'"); the
+    temporary file is removed.
     """
     target = Path(target)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
@@ -305,9 +311,54 @@ def atomic_output(target: str | os.PathLike[str], *, fsync: bool = False,
                 fh.flush()
                 os.fsync(fh.fileno())
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
-        raise
+        cause = _write_error(exc)
+        if cause is None:
+            raise
+        code = cause.errno if cause.errno is not None else errno.EIO  # (always set)
+        raise OSError(code, cause.strerror or os.strerror(code), str(target)) from exc
+
+
+def _write_error(exc: BaseException) -> OSError | None:
+    """The OSError behind a failed write, if it needs restating (errno kept, path added).
+
+    An OSError with its errno but without the file's name, or an error that hides the
+    OSError of a write in its context: astropy restates ENOSPC as an OSError without errno
+    and, writing to an open file, fails in its free-space check with an AttributeError.
+    """
+    if not isinstance(exc, OSError | AttributeError):
+        return None
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return exc if exc.filename is None else None
+    seen: BaseException | None = exc.__context__
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno is not None:
+            return seen
+        seen = seen.__context__
+    return None
+
+
+class _Sink:
+    """The file astropy writes a product to: only ``write``, so every byte goes through it.
+
+    Given a real file, astropy writes arrays with numpy's ``tofile``, which reports a full
+    disk as "65536 requested and 25984 written" without an errno.  Through ``write`` the
+    file's own OSError (ENOSPC) comes out.
+    """
+
+    def __init__(self, fh: IO[bytes]) -> None:
+        self._fh = fh
+        self.closed = False
+
+    def write(self, data: Any) -> int:
+        return self._fh.write(data)
+
+    def flush(self) -> None:
+        self._fh.flush()
+
+    def tell(self) -> int:
+        return self._fh.tell()
 
 
 def copy_product(source: str | os.PathLike[str], directory: str | os.PathLike[str]) -> Path:
@@ -366,6 +417,6 @@ def write_frame(frame: Frame, directory: str | os.PathLike[str], *, filename: st
             cat.header["EXTVER"] = ver
             hdus.append(cat)
     with atomic_output(target, fsync=True) as fh:
-        fits.HDUList(hdus).writeto(fh, output_verify="silentfix")
+        fits.HDUList(hdus).writeto(_Sink(fh), output_verify="silentfix")
     return target
 

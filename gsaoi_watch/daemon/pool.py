@@ -204,7 +204,10 @@ class SupervisedPool:
             self._replace(gen)
             self._send(task)
             return
+        spawned = set(getattr(gen.pool, "_processes", None) or {}) - set(gen.processes)
         gen.processes.update(getattr(gen.pool, "_processes", None) or {})
+        if spawned:
+            _watch_new_workers(gen.pool)
         task.inner.add_done_callback(functools.partial(self._inner_done, task))
 
     def _inner_done(self, task: _Task, inner: Future[Any]) -> None:
@@ -297,6 +300,23 @@ class SupervisedPool:
             gen.started.close()
 
         threading.Thread(target=retire, name="gsaoi-watch-broken-pool", daemon=True).start()
+
+
+def _watch_new_workers(pool: ProcessPoolExecutor) -> None:
+    """Make the pool's manager thread watch the workers ``submit`` has just started.
+
+    ``ProcessPoolExecutor.submit`` (CPython 3.11) wakes its manager thread *before* it
+    starts a new worker, so the thread can go back to waiting on the old list of worker
+    sentinels; a worker started then and killed is not noticed (its task hangs, RUNNING
+    for ever) until something else wakes the thread.  Measured: one run in about eight of
+    ``tests/test_pool.py`` hung so.  A second wake-up after the start closes the window.
+    """
+    wakeup = getattr(pool, "_executor_manager_thread_wakeup", None)
+    if wakeup is not None:
+        try:
+            wakeup.wakeup()
+        except (OSError, ValueError):  # the pool is shutting down
+            pass
 
 
 def _exitcode(proc: Any) -> int | None:

@@ -6,6 +6,13 @@ function with the signature of the builtin :func:`map`, to run them.  This modul
 the mappers that fork: forked workers share the inputs with the parent process
 copy-on-write (nothing is pickled on the way in, only the results on the way back), so the
 memory is the inputs once plus one piece of work per worker.
+
+The forked workers run under a :class:`concurrent.futures.ProcessPoolExecutor` (fork
+context), not a :class:`multiprocessing.pool.Pool`: a child killed by the OOM killer makes
+the executor raise ``BrokenProcessPool`` (the daemon counts it as a worker crash and runs
+the job again), where ``Pool.imap`` would wait for it forever.  Each child ends with its
+parent (:func:`gsaoi_watch.lifeline.die_with_parent`), so a killed worker or daemon leaves
+no strip worker writing behind it.
 """
 
 from __future__ import annotations
@@ -14,9 +21,12 @@ import functools
 import itertools
 import logging
 import multiprocessing as mp
+import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any, TypeVar
 
+from gsaoi_watch.lifeline import die_with_parent
 from gsaoi_watch.reduction.source import Mapper
 
 __all__ = ["Mapper", "can_fork", "fork_map", "fork_mapper"]
@@ -59,8 +69,10 @@ def fork_map(fn: Callable[[T], R], items: Iterable[T], *, workers: int) -> Itera
     job = next(_JOB_NUMBERS)
     _FORK_STATE[job] = (fn, items)
     try:
-        with mp.get_context("fork").Pool(min(workers, len(items))) as pool:
-            yield from pool.imap(functools.partial(_run, job), range(len(items)), chunksize=1)
+        with ProcessPoolExecutor(min(workers, len(items)), mp_context=mp.get_context("fork"),
+                                 initializer=die_with_parent,
+                                 initargs=(os.getpid(),)) as pool:
+            yield from pool.map(functools.partial(_run, job), range(len(items)))
     finally:
         del _FORK_STATE[job]
 

@@ -236,9 +236,26 @@ def abs_dir():
         shutil.rmtree(path, ignore_errors=True)
 
 
-def test_e_orignames_never_choose_the_product_path(night, tmp_path, daemons, abs_dir):
+@pytest.fixture
+def beside(tmp_path):
+    """What is beside the test's directory now; whatever appears there is removed after."""
+    before = set(os.listdir(tmp_path.parent))
+    yield before
+    for name in set(os.listdir(tmp_path.parent)) - before:
+        path = tmp_path.parent / name
+        if path.is_file() and name.startswith("x"):
+            path.unlink()
+
+
+def sequences_settled(d, kind):
+    rows = d.query("select state from sequence where kind = ?", kind)
+    return bool(rows) and all(s in ("DONE", "FAILED", "QUICKLOOK") for (s,) in rows) \
+        and d.quiet()
+
+
+def test_e_orignames_never_choose_the_product_path(night, tmp_path, daemons, abs_dir, beside):
     abs_before = sorted(abs_dir.rglob("*"))
-    parent_before = set(os.listdir(tmp_path.parent))
+    parent_before = beside
     d = daemons(tmp_path)
     fk.drop_all(night, fk.FLATS_ON + fk.FLATS_OFF + [fk.BPM, fk.STANDARD[0]], d.raw)
     for name, orig in zip(fk.STANDARD[1:], ["../../x.fits", "/tmp/abs/x.fits",
@@ -248,7 +265,7 @@ def test_e_orignames_never_choose_the_product_path(night, tmp_path, daemons, abs
         (tmp_path / name).unlink()
     (tmp_path / "cwd").mkdir()
     d.start(cwd=tmp_path / "cwd")
-    wait_calibrations_and_standard(d)
+    d.wait_for(lambda: sequences_settled(d, "standard"), 240, "the standard to be reduced")
     after = sorted(abs_dir.rglob("*"))
     assert after == abs_before, f"written under /tmp/abs: {after}"
     new = sorted(set(os.listdir(tmp_path.parent)) - parent_before)

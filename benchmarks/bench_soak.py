@@ -17,6 +17,7 @@ processes; after the last night, the daemon's CPU use while idle over ``--idle``
 import argparse
 import datetime as dt
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -109,13 +110,16 @@ def make_night(src, dst, k):
     shift = dt.timedelta(days=k)
     dates = {d: (dt.date(2017, 5, int(d[-2:])) + shift).strftime("%Y%m%d")
              for d in ("20170504", "20170505")}
+    pattern = re.compile("|".join(dates))
+
+    def redate(text):  # one pass: 20170504 -> 20170505 must not then become 20170506
+        return pattern.sub(lambda m: dates[m.group(0)], text)
+
     names = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for path in sorted(src.glob("S2017050*.fits")):
-            name = path.name
-            for old, new in dates.items():
-                name = name.replace(old, new)
+            name = redate(path.name)
             with fits.open(path) as hdul:
                 h = hdul[0].header
                 for key in ("DATE", "DATE-OBS"):
@@ -124,9 +128,7 @@ def make_night(src, dst, k):
                 h["MJD-OBS"] = h["MJD-OBS"] + k
                 obsid, label = h["OBSID"], h["DATALAB"]
                 frame_no = label[len(obsid) + 1:]
-                new_id = obsid
-                for old, new in dates.items():
-                    new_id = new_id.replace(old, new)
+                new_id = redate(obsid)
                 if new_id == obsid and k:  # a programme observation: another number
                     head, _, number = obsid.rpartition("-")
                     new_id = f"{head}-{int(number) + 100 * k}"
@@ -202,7 +204,7 @@ def main():
         nights.append(make_night(sim, work / f"night{k}", k))
         shutil.rmtree(sim)
     print(f"simulated {args.nights} nights at size {args.size} in "
-          f"{time.perf_counter() - t0:.0f} s; work directory {work}")
+          f"{time.perf_counter() - t0:.0f} s; work directory {work}", flush=True)
     with open(work / "stderr.txt", "wb") as err:
         proc = subprocess.Popen([sys.executable, "-m", "gsaoi_watch", "run", "-c", str(cfg)],
                                 env=environment(), stdout=subprocess.DEVNULL, stderr=err,
@@ -216,7 +218,7 @@ def main():
         sampler = Sampler(proc.pid)
         sampler.start()
         print(f"daemon pid {proc.pid}: RSS {rss_mb(proc.pid):.0f} MB at start")
-        print("night  wall_s  rss_after_MB  rss_peak_MB  pool_rss_MB  processes")
+        print("night  wall_s  rss_after_MB  rss_peak_MB  pool_rss_MB  processes", flush=True)
         for k, (names, expected) in enumerate(nights):
             sampler.reset()
             start = time.perf_counter()

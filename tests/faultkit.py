@@ -385,16 +385,31 @@ def assert_accounted(daemon, raw_files=None):
         if seq_state == "FAILED" and "FAILED" in log:  # its sequence failed, with a reason
             continue
         if state in REASON_END and error:
-            stem = Path(f).stem
-            if not any(stem in line or _escaped(stem) in line for line in log.splitlines()):
+            if not any(_names(Path(f).stem, line) for line in log.split("\n")):
                 problems.append(f"{f.name!r}: {state} ({error}) but no log line names it")
             continue
         problems.append(f"{f.name!r}: left in state {state!r} (error {error!r})")
     assert not problems, "frames not accounted for:\n" + "\n".join(problems)
 
 
-def _escaped(text):
-    return text.encode("unicode_escape").decode("ascii")
+def _names(stem, line) -> bool:
+    """True if a log line names the file: as it is, escaped, or by its plain leading part."""
+    plain = re.match(r"[A-Za-z0-9_.+-]*", stem).group(0)
+    return stem in line or stem.encode("unicode_escape").decode("ascii") in line or (
+        len(plain) >= 5 and plain in line)
+
+
+def runs(daemon, job_id) -> int:
+    """How many times a job ran: its tries plus any separate count of crashes/interruptions."""
+    con = sqlite3.connect(f"file:{daemon.db}?mode=ro", uri=True, timeout=10)
+    con.row_factory = sqlite3.Row
+    try:
+        row = dict(con.execute("select * from job where id = ?", (job_id,)).fetchone())
+    finally:
+        con.close()
+    extra = sum(v for k, v in row.items() if isinstance(v, int) and k != "tries"
+                and ("crash" in k or "interrupt" in k))
+    return row["tries"] + extra
 
 
 def _extnames(hdul):

@@ -46,7 +46,6 @@ rescan_seconds = 30
 [sequences]
 idle_timeout = 3
 min_quiet = 1
-tick_seconds = 0.5
 [jobs]
 workers = 1
 [service]

@@ -185,17 +185,6 @@ def busiest(pids, *, window=0.5) -> tuple[int | None, int]:
     return best, ticks
 
 
-def rss_kib(pid) -> int:
-    """VmRSS of a process in KiB (0 if it is gone)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
 # --- the daemon -------------------------------------------------------------------------------
 class Daemon:
     """One daemon process on a temporary directory: raw, output, database, log, notify socket.

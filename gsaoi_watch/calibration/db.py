@@ -13,6 +13,7 @@ import datetime as dt
 import hashlib
 import logging
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,9 +24,10 @@ from playhouse.migrate import SchemaMigrator, migrate
 from gsaoi_watch.errors import GsaoiWatchError
 
 __all__ = [
-    'Command', 'Daemon', 'DatabaseError', 'Frame', 'Job', 'Product', 'ProductCalibration',
+    'Command', 'Daemon', 'DatabaseBusy', 'DatabaseError', 'Frame', 'Job', 'Product',
+    'ProductCalibration',
     'SCHEMA_VERSION', 'SchemaInfo', 'Sequence', 'checksum', 'close_database', 'database',
-    'open_database', 'writing',
+    'open_database', 'unavailable', 'writing',
 ]
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,38 @@ database = pw.DatabaseProxy()
 
 class DatabaseError(GsaoiWatchError):
     """The calibration database cannot be used (corrupt, locked, wrong schema)."""
+
+
+class DatabaseBusy(DatabaseError):
+    """Another writer held the lock past the busy wait; ``waited`` is the real wait (s)."""
+
+    def __init__(self, message: str, waited: float) -> None:
+        super().__init__(message)
+        self.waited = waited
+
+
+#: Words of SQLite errors that say the database cannot be used now, not that a query is
+#: wrong: locked or busy, the file gone or unreadable, the disk failing or full.
+_UNAVAILABLE = ("locked", "busy", "disk i/o", "unable to open", "readonly", "read-only",
+                "no such table", "disk is full", "database or disk is full",
+                "not a database", "malformed", "cannot operate on a closed database")
+
+
+def unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database is unavailable (retry later), not a bug or bad data.
+
+    A :class:`DatabaseBusy`, or a peewee/sqlite3 operational error about a lock, a missing
+    or unreadable file, an I/O error or a full disk.  Integrity errors are not.
+    """
+    if isinstance(exc, DatabaseBusy):
+        return True
+    if isinstance(exc, (pw.IntegrityError, pw.ProgrammingError)):
+        return False
+    if isinstance(exc, (pw.OperationalError, pw.DatabaseError, pw.InterfaceError)) or \
+            type(exc).__module__ == "sqlite3":
+        text = str(exc).lower()
+        return any(word in text for word in _UNAVAILABLE)
+    return False
 
 
 def _now():
@@ -203,7 +237,8 @@ def _create_file(path: Path) -> None:
         pass
 
 
-def open_database(target: str | os.PathLike[str], *, create: bool = False) -> pw.Database:
+def open_database(target: str | os.PathLike[str], *, create: bool = False,
+                  lock_timeout: float | None = None) -> pw.Database:
     """Open (and with ``create``, initialise) the database at a path or URL.
 
     Parameters
@@ -212,6 +247,10 @@ def open_database(target: str | os.PathLike[str], *, create: bool = False) -> pw
         A file path (SQLite) or a database URL.
     create : bool
         Create the file and tables if missing; otherwise a missing database is an error.
+    lock_timeout : float, optional
+        SQLite's busy wait (seconds) for a lock another process holds, before
+        :class:`DatabaseBusy` (default :data:`LOCK_TIMEOUT`; the daemon waits briefly, then
+        retries with backoff).
 
     Returns
     -------
@@ -224,6 +263,7 @@ def open_database(target: str | os.PathLike[str], *, create: bool = False) -> pw
         Missing (without ``create``), not a database (corrupt), locked, or a newer schema.
     """
     target = str(target)
+    lock_timeout = LOCK_TIMEOUT if lock_timeout is None else lock_timeout
     if _is_url(target):
         db = url_connect(target)
     else:
@@ -235,10 +275,11 @@ def open_database(target: str | os.PathLike[str], *, create: bool = False) -> pw
             path.parent.mkdir(parents=True, exist_ok=True)
         if not path.exists():
             _create_file(path)
-        db = pw.SqliteDatabase(str(path), timeout=LOCK_TIMEOUT, pragmas={
+        db = pw.SqliteDatabase(str(path), timeout=lock_timeout, pragmas={
             "journal_mode": "wal", "foreign_keys": 1, "synchronous": "normal",
-            "busy_timeout": int(LOCK_TIMEOUT * 1000)})
+            "busy_timeout": int(lock_timeout * 1000)})
     database.initialize(db)
+    t0 = time.monotonic()
     try:
         db.connect(reuse_if_open=True)
         existing = set(db.get_tables())
@@ -258,8 +299,9 @@ def open_database(target: str | os.PathLike[str], *, create: bool = False) -> pw
         db.close()
         text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if "locked" in text:
-            raise DatabaseError(f"{target}: database is locked by another writer "
-                                f"(waited {LOCK_TIMEOUT:.0f} s)") from None
+            raise DatabaseBusy(f"{target}: database is locked by another writer "
+                               f"(waited {time.monotonic() - t0:.1f} s)",
+                               time.monotonic() - t0) from None
         raise DatabaseError(f"{target}: cannot use the calibration database ({text}); "
                             "it was left untouched") from None
     return db
@@ -322,15 +364,39 @@ _UPGRADES = [lambda db: db.create_tables(MODELS), _add_product_qa, _add_daemon_t
 
 @contextlib.contextmanager
 def writing() -> Iterator[None]:
-    """One atomic write transaction; a lock held too long becomes a clear DatabaseError."""
+    """One atomic write transaction; nested, a savepoint inside the enclosing one.
+
+    On SQLite the outermost one is ``BEGIN IMMEDIATE``: the write lock is taken at the
+    start, so a transaction that reads then writes never fails half-way with SQLITE_BUSY;
+    the wait for the lock is bounded by the busy timeout.  A lock held past it becomes a
+    :class:`DatabaseBusy` that says how long was really waited.
+    """
+    kwargs = {}
+    if database.obj is not None and database.transaction_depth() == 0 and \
+            isinstance(database.obj, pw.SqliteDatabase):
+        kwargs["lock_type"] = "IMMEDIATE"
+    ctx = database.atomic(**kwargs)
+    t0 = time.monotonic()
     try:
-        with database.atomic():
-            yield
+        ctx.__enter__()
     except pw.OperationalError as exc:
-        if "locked" in str(exc):
-            raise DatabaseError(f"{getattr(database.obj, 'database', 'database')}: locked by "
-                                f"another writer (waited {LOCK_TIMEOUT:.0f} s)") from None
+        raise _busy(exc, time.monotonic() - t0) from None
+    try:
+        yield
+    except BaseException as exc:
+        ctx.__exit__(type(exc), exc, exc.__traceback__)
         raise
+    try:
+        ctx.__exit__(None, None, None)
+    except pw.OperationalError as exc:
+        raise _busy(exc, time.monotonic() - t0) from None
+
+
+def _busy(exc: pw.OperationalError, waited: float) -> Exception:
+    if "locked" in str(exc) or "busy" in str(exc):
+        return DatabaseBusy(f"{getattr(database.obj, 'database', 'database')}: locked by "
+                            f"another writer (waited {waited:.1f} s)", waited)
+    return exc
 
 
 def close_database() -> None:

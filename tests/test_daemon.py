@@ -330,7 +330,7 @@ def test_quicklook_without_flat_then_redone_and_a_late_frame_reopens(stage, daem
     log = daemon.log.read_text()
     assert "science NGC5128 Kshort 60s: WAITING→REDUCING (flat wait expired)" in log
     assert "(quick-look, no flat)" in log
-    assert "science NGC5128 Kshort 60s: DONE→REOPENED (late frame)" in log
+    assert "science NGC5128 Kshort 60s: DONE→REOPENED (late frame after reduction)" in log
 
 
 def test_demo_reduces_the_night_live(tmp_path):

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gsaoi_watch.calibration import db
+from gsaoi_watch.logs import log_name
 
 __all__ = ["MAX_BACKOFF", "Boundary", "first_line"]
 
@@ -42,7 +43,7 @@ FIRST_BACKOFF = 1.0
 def first_line(exc: BaseException) -> str:
     """An exception as one line: its first line of text, else its type's name."""
     text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    return log_name(text.splitlines()[0]) if text else type(exc).__name__
 
 
 class Boundary:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import logging.handlers
 import os
 import shutil
 import threading
@@ -21,6 +22,7 @@ from typing import Any
 
 from gsaoi_watch.calibration import db
 from gsaoi_watch.config import Config
+from gsaoi_watch.logs import LOG_FORMAT
 
 __all__ = ['demo_config', 'run_demo']
 
@@ -162,6 +164,7 @@ def run_demo(workdir: str | os.PathLike[str], *, size: int = 256, seed: int = 20
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / MARKER).touch()
     config = demo_config(workdir)
+    _log_to_file(config.paths.log_file)
     if workers:
         config = config.replace("jobs", workers=int(workers))
     stage = workdir / "stage"
@@ -186,6 +189,25 @@ def run_demo(workdir: str | os.PathLike[str], *, size: int = 256, seed: int = 20
     if feeder.is_alive():
         feeder.join(timeout=5)
     return result
+
+
+def _log_to_file(log_file: str) -> None:
+    """Add the demo's log file (``gsaoi-watch.log`` in its directory) to the root handlers.
+
+    Made once the work directory is ready (a previous demo's, log included, is removed
+    first); an earlier demo's file handler in this process is replaced.  It records what
+    the root logger's level lets through (INFO from the command line).
+    """
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        if getattr(h, "_gsaoi_demo", False):
+            root.removeHandler(h)
+            h.close()
+    handler = logging.handlers.WatchedFileHandler(log_file, encoding="utf-8",
+                                                  errors="backslashreplace")
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler._gsaoi_demo = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
 
 
 def _wait_for_db(config: Config, stop: threading.Event) -> None:

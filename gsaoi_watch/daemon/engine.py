@@ -60,6 +60,7 @@ from gsaoi_watch.daemon.events import (
 from gsaoi_watch.daemon.jobs import run_job
 from gsaoi_watch.daemon.sequences import State, advance, label, reason
 from gsaoi_watch.daemon.watcher import ArrivalGate, scan_directory
+from gsaoi_watch.logs import log_name
 
 __all__ = ["BUSY_WAIT", "Engine", "JobExecutor"]
 
@@ -413,7 +414,8 @@ class Engine:
                 n += 1
         with db.writing():
             db.Command.update(done=self.now()).where(db.Command.id == cmd.id).execute()
-        log.info("command %s %s: %d sequence(s) closed", cmd.verb, cmd.argument or "", n)
+        log.info("command %s %s: %d sequence(s) closed", log_name(cmd.verb),
+                 log_name(cmd.argument or ""), n)
 
     def _on_stop(self, event: Stop) -> None:
         self.stopping = True

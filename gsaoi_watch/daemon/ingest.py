@@ -21,6 +21,7 @@ from gsaoi_watch.calibration.caldb import calibration_kind
 from gsaoi_watch.daemon.events import Event, FrameArrived
 from gsaoi_watch.daemon.sequences import State, frame_kind, label, sequence_key
 from gsaoi_watch.data.descriptors import FrameInfo
+from gsaoi_watch.logs import log_name
 
 if TYPE_CHECKING:
     from gsaoi_watch.daemon.engine import Engine
@@ -44,14 +45,14 @@ def quarantine(engine: Engine, path: str, problem: str) -> None:
             db.Frame.update(state="quarantined", error=problem,
                             updated=engine.now()).where(db.Frame.id == row.id).execute()
     engine.counts["quarantined"] += 1
-    log.warning("frame=%s quarantined: %s", Path(path).name, problem)
+    log.warning("frame=%s quarantined: %s", log_name(Path(path).name), log_name(problem))
 
 
 def ingest(engine: Engine, arrived: FrameArrived) -> None:
     """Ledger row, then sequence membership and the sequence's event, for an arrived frame."""
     path = str(Path(arrived.path).resolve())
     info = arrived.info
-    name = Path(path).name
+    name = log_name(Path(path).name)
     digest = db.checksum(path)
     existing = db.Frame.get_or_none(db.Frame.path == path)
     if existing is not None and existing.checksum == digest:
@@ -88,7 +89,8 @@ def _join(engine: Engine, path: str, info: FrameInfo, digest: str) -> None:
             updated=now, last_frame_ut=info.ut_datetime()))
     _record_frame(engine, path, info, digest, "ingested", seq)
     engine.counts["frames"] += 1
-    log.info("frame=%s → seq=%s (%d frames)", Path(path).name, label(seq), seq.frames.count())
+    log.info("frame=%s → seq=%s (%d frames)", log_name(Path(path).name), label(seq),
+             seq.frames.count())
     if created:
         log.info("seq=%s: new sequence OPEN", label(seq))
     engine.emit(seq.id, Event.FIRST_FRAME if created else Event.FRAME,

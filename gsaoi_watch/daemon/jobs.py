@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import functools
 import logging
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 from gsaoi_watch.daemon.prepared import fetch
-from gsaoi_watch.data.fitsio import load_bpm, load_frame, write_frame
+from gsaoi_watch.data.fitsio import copy_product, load_bpm, load_frame, write_frame
 from gsaoi_watch.instrument.standards import find_standard
+from gsaoi_watch.logs import log_name
 from gsaoi_watch.pipeline.stack_files import run_stack_job
 from gsaoi_watch.quicklook.pictures import write_picture
 from gsaoi_watch.quicklook.qaformat import qa_header, qa_log_line
@@ -59,14 +59,10 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
     if spec["recipe"] == "flat":
         flat = make_processed_flat(spec["paths"], bpm=bpm, bpm_name=bpm_name)
         path = write_frame(flat, out)
-        caldir = out / "calibrations" / "processed_flat"
-        caldir.mkdir(parents=True, exist_ok=True)
-        tmp = caldir / f".{path.name}.tmp"
-        shutil.copyfile(path, tmp)
-        tmp.replace(caldir / path.name)
+        served = copy_product(path, out / "calibrations" / "processed_flat")
         if spec.get("pictures"):
             _picture(path)
-        return {"products": [(str(caldir / path.name), "processed_flat")], "qa": [],
+        return {"products": [(str(served), "processed_flat")], "qa": [],
                 "skipped": flat.meta.get("skipped", []),
                 "seconds": round(time.perf_counter() - t0, 1),
                 "note": f"{path.name} from {flat.phu['NCOMBINE']} frames"}
@@ -108,7 +104,7 @@ def _measure(frame: Frame, measured: list[dict[str, Any]]) -> Frame:
                                  frame.phu.get("DEC"))
         result = frame_qa(frame, standard=standard)
     except Exception as exc:  # noqa: BLE001 -- QA is advisory: log it and carry on
-        log.warning("frame=%s QA failed: %s", frame.filename, exc)
+        log.warning("frame=%s QA failed: %s", log_name(frame.filename), log_name(exc))
         return frame
     measured.append({**result.to_dict(), "file": frame.filename, "log": qa_log_line(result)})
     return qa_header(frame, result)
@@ -119,7 +115,7 @@ def _picture(path: str | Path) -> None:
     try:
         write_picture(path)
     except Exception as exc:  # noqa: BLE001 -- pictures are advisory
-        log.warning("product=%s no picture: %s", Path(path).name, exc)
+        log.warning("product=%s no picture: %s", log_name(Path(path).name), log_name(exc))
 
 
 def run_stack(spec: dict[str, Any]) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from gsaoi_watch.daemon.events import Event
 from gsaoi_watch.data.descriptors import FrameInfo
+from gsaoi_watch.logs import log_name
 
 if TYPE_CHECKING:
     from gsaoi_watch.calibration.db import Sequence
@@ -236,5 +237,5 @@ def sequence_key(info: FrameInfo) -> SequenceKey:
 
 def label(seq: Sequence) -> str:
     """How the log names a sequence: ``GS-2017A-Q-29-13 science NGC5128 Kshort 60s``."""
-    return (f"{seq.observation_id} {seq.kind} {seq.object} "
-            f"{(seq.filter_name or '').split('_')[0]} {seq.exposure_time:g}s")
+    return log_name(f"{seq.observation_id} {seq.kind} {seq.object} "
+                    f"{(seq.filter_name or '').split('_')[0]} {seq.exposure_time:g}s")

@@ -21,6 +21,7 @@ from gsaoi_watch.daemon.boundary import first_line
 from gsaoi_watch.daemon.engine import BUSY_WAIT, Engine
 from gsaoi_watch.daemon.events import EngineEvent, Heartbeat, Rescan, Stop, Tick
 from gsaoi_watch.daemon.watcher import make_observer
+from gsaoi_watch.logs import log_name
 
 __all__ = ['run_service', 'sd_notify']
 
@@ -97,8 +98,8 @@ def run_service(config: Config, *, stop_event: threading.Event | None = None,
         for sig in (signal.SIGTERM, signal.SIGINT):
             previous[sig] = signal.signal(sig, stop)
     try:
-        log.info("gsaoi_watch starting: raw=%s output=%s database=%s (%s)", raw,
-                 config.paths.output_dir, config.database.url,
+        log.info("gsaoi_watch starting: raw=%s output=%s database=%s (%s)", log_name(raw),
+                 log_name(config.paths.output_dir), log_name(config.database.url),
                  "polling" if polling else "inotify")
         engine.recover()
         observer.start()

@@ -4,9 +4,12 @@ A rejected file becomes a quarantined row (one warning line).  A complete frame 
 against the ledger (same checksum: nothing to do; same data label under another name: a
 duplicate, quarantined), then recorded: a static BPM is registered as a calibration, kinds
 that are not reduced are recorded as ignored, and anything else joins the sequence its
-headers name (created OPEN if new).  The sequence then gets ``first_frame`` or ``frame``
-through the transition table (whose ``add_frame`` records the sequence's new last frame
-and starts the per-frame steps), and sequences that a later observation followed close.
+headers name (created OPEN if new); a frame lacking what its reduction needs (EXPTIME,
+DATE-OBS, filters, a known read mode: :func:`~gsaoi_watch.reduction.standardize.check_frame`)
+is quarantined with that reason instead of failing its sequence's job again and again.
+The sequence then gets ``first_frame`` or ``frame`` through the transition table (whose
+``add_frame`` records the sequence's new last frame and starts the per-frame steps), and
+sequences that a later observation followed close.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from gsaoi_watch.daemon.events import Event, FrameArrived
 from gsaoi_watch.daemon.sequences import State, frame_kind, label, sequence_key
 from gsaoi_watch.data.descriptors import FrameInfo
 from gsaoi_watch.logs import log_name
+from gsaoi_watch.reduction.standardize import check_frame
 
 if TYPE_CHECKING:
     from gsaoi_watch.daemon.engine import Engine
@@ -73,6 +77,10 @@ def ingest(engine: Engine, arrived: FrameArrived) -> None:
         _record_frame(engine, path, info, digest, "ignored", None)
         log.info("frame=%s ignored: %s (%s)", name, kind,
                  info.observation_class() or info.observation_type())
+        return
+    problem = check_frame(info)
+    if problem is not None:  # deterministic: no reduction of it could ever succeed
+        quarantine(engine, path, f"cannot be reduced: {problem}")
         return
     _join(engine, path, info, digest)
 

@@ -64,7 +64,7 @@ def test_frames_landing_while_the_database_is_locked_are_kept_then_ingested(nigh
         assert db.Frame.select().count() == 2  # nothing written while locked
         assert night.engine.boundary.waiting
         summary = night.engine.summary()
-        assert summary.startswith("database unavailable since ") and "events waiting" in summary
+        assert summary.startswith("database busy since ") and "events waiting" in summary
         waits = [r.getMessage() for r in caplog.records if "database unavailable" in r.message]
         assert waits, caplog.text
         # the real wait is said, not the old fixed "10 s"
@@ -208,3 +208,31 @@ def test_a_late_lamp_on_frame_remakes_the_flat_from_both_lamps_and_rereduces(nig
     assert all(Path(c.spec["flat"]).name == FLAT for c in redone)
     assert night.seq("standard").state == night.seq("science").state == "REDUCING"
     assert db.Product.select().where(db.Product.kind == "processed_flat").count() == 1
+
+
+def test_a_failing_disk_is_retried_with_backoff_and_nothing_is_lost(night, monkeypatch,
+                                                                      caplog):
+    import peewee as pw
+
+    record = ingest._record_frame
+    failures = {"left": 2}
+
+    def flaky(engine, path, info, digest, state, seq):
+        if failures["left"]:
+            failures["left"] -= 1
+            raise pw.OperationalError("disk I/O error")
+        record(engine, path, info, digest, state, seq)
+
+    monkeypatch.setattr(ingest, "_record_frame", flaky)
+    with caplog.at_level(logging.INFO):
+        night.arrive(*SCI[:3])
+        assert db.Frame.select().count() == 0 and night.engine.boundary.waiting
+        assert night.engine.summary().startswith("database unavailable since ")
+        assert "disk I/O error" in night.engine.summary()
+        _until(lambda: not night.engine.boundary.waiting, lambda: night.engine.step(0.05))
+        night.drain()
+    assert failures["left"] == 0
+    assert sorted(Path(f.path).name for f in db.Frame.select()) == sorted(SCI[:3])
+    assert night.seq("science").frames.count() == 3 and night.seq("science").state == "OPEN"
+    assert "database available again" in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

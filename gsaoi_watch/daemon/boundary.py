@@ -128,10 +128,15 @@ class Boundary:
         return max(0.0, self.retry_at - time.monotonic()) if self.pending else None
 
     def status(self) -> str | None:
-        """``database busy since 23:40:02 UTC (3 events waiting): ...``, or None."""
+        """``database busy since 2017-05-05 23:40:02 UTC (3 events waiting, ...): ...``.
+
+        "busy" for a lock another process holds, "unavailable" for any other problem; None
+        while the database is usable.
+        """
         if self.busy_since is None:
             return None
-        return (f"database unavailable since {self.busy_since:%Y-%m-%d %H:%M:%S} UTC "
+        what = "busy" if "locked" in (self.problem or "") else "unavailable"
+        return (f"database {what} since {self.busy_since:%Y-%m-%d %H:%M:%S} UTC "
                 f"({len(self.pending)} events waiting, {self.tries} tries): {self.problem}")
 
     def _keep(self, event: Any) -> None:

@@ -17,7 +17,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from gsaoi_watch.calibration import daemons, db
 from gsaoi_watch.config import Config
-from gsaoi_watch.daemon.boundary import first_line
+from gsaoi_watch.daemon.boundary import MAX_BACKOFF, first_line
 from gsaoi_watch.daemon.engine import BUSY_WAIT, Engine
 from gsaoi_watch.daemon.events import EngineEvent, Heartbeat, Rescan, Stop, Tick
 from gsaoi_watch.daemon.watcher import make_observer
@@ -70,7 +70,7 @@ def run_service(config: Config, *, stop_event: threading.Event | None = None,
     Path(config.paths.output_dir).mkdir(parents=True, exist_ok=True)
     db.open_database(config.database.url, create=True, lock_timeout=BUSY_WAIT)
     try:
-        me = daemons.register_daemon(config.service.heartbeat_seconds)
+        me = _register(config, stop_event)
     except BaseException:
         db.close_database()
         raise
@@ -127,12 +127,17 @@ def run_service(config: Config, *, stop_event: threading.Event | None = None,
                 engine.handle(event)
             engine.step(timeout=0)
             if idle_exit is not None and not (engine.futures or engine.preparing
-                                              or engine.gate.pending):
+                                              or engine.gate.pending
+                                              or engine.boundary.waiting):
                 idle_exit -= 0.2
                 if idle_exit <= 0:
                     break
     finally:
         sd_notify("STOPPING=1")
+        if engine.boundary.waiting:
+            log.warning("stopping with %d event(s) still waiting for the database: frames "
+                        "and jobs they concern are taken up again at the next start",
+                        len(engine.boundary.pending))
         log.info("stopping: %s", engine.summary())
         scheduler.shutdown(wait=False)
         observer.stop()
@@ -147,6 +152,27 @@ def run_service(config: Config, *, stop_event: threading.Event | None = None,
             signal.signal(sig, handler)
     return status["code"]
 
+
+
+def _register(config: Config, stop_event: threading.Event | None) -> int:
+    """Register as the database's daemon; a busy database is waited for, with backoff.
+
+    Raises
+    ------
+    DaemonRunningError
+        Another daemon is alive on this database.
+    """
+    backoff = 1.0
+    while True:
+        try:
+            return daemons.register_daemon(config.service.heartbeat_seconds)
+        except Exception as exc:
+            if not db.unavailable(exc) or (stop_event is not None and stop_event.is_set()):
+                raise
+            log.warning("cannot register as the database's daemon (%s): next try in %.0f s",
+                        first_line(exc), backoff)
+            time.sleep(backoff)
+            backoff = min(MAX_BACKOFF, backoff * 2)
 
 
 class _Beat:

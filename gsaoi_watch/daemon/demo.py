@@ -88,8 +88,7 @@ def _feed(stage: Path, raw: Path, cadence: float, stop: threading.Event,
                 result["error"] = "frames were not all ingested in time"
                 return
             stop.wait(0.5)
-        with db.writing():  # the operator's close --all at the end of the night
-            db.Command.create(verb="close", argument="--all")
+        _close_all(stop)  # the operator's close --all at the end of the night
         while not stop.is_set() and not _finished(len(names)):
             if time.monotonic() > deadline:
                 result["error"] = f"the night was not reduced within {timeout:.0f} s"
@@ -100,6 +99,18 @@ def _feed(stage: Path, raw: Path, cadence: float, stop: threading.Event,
         result["error"] = f"demo feeder failed: {exc}"
     finally:
         stop.set()
+
+
+def _close_all(stop: threading.Event) -> None:
+    """Queue ``close --all`` for the daemon; a database busy with its work is waited for."""
+    while True:
+        try:
+            with db.writing():
+                db.Command.create(verb="close", argument="--all")
+            return
+        except db.DatabaseBusy:
+            if stop.wait(0.5):
+                return
 
 
 def demo_summary(config: Config) -> list[str]:

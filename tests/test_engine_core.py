@@ -236,3 +236,25 @@ def test_a_failing_disk_is_retried_with_backoff_and_nothing_is_lost(night, monke
     assert night.seq("science").frames.count() == 3 and night.seq("science").state == "OPEN"
     assert "database available again" in caplog.text
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_a_removed_database_file_keeps_the_events_until_it_is_back(night, caplog):
+    path = night.dir / "gw.db"
+    night.arrive(SCI[0])
+    backup = night.dir / "backup.db"
+    src = sqlite3.connect(path)
+    dst = sqlite3.connect(backup)
+    src.backup(dst)
+    src.close()
+    dst.close()
+    path.unlink()
+    with caplog.at_level(logging.INFO):
+        night.arrive(*SCI[1:3])
+        assert night.engine.boundary.waiting and not path.exists()  # no empty file made
+        assert "database file removed" in night.engine.summary()
+        backup.rename(path)  # the operator puts it back
+        _until(lambda: not night.engine.boundary.waiting, lambda: night.engine.step(0.05))
+        night.drain()
+    assert "was replaced: using the file now at its path" in caplog.text
+    assert sorted(Path(f.path).name for f in db.Frame.select()) == sorted(SCI[:3])
+    assert night.seq("science").frames.count() == 3

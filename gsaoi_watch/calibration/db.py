@@ -24,10 +24,10 @@ from playhouse.migrate import SchemaMigrator, migrate
 from gsaoi_watch.errors import GsaoiWatchError
 
 __all__ = [
-    'Command', 'Daemon', 'DatabaseBusy', 'DatabaseError', 'Frame', 'Job', 'Product',
-    'ProductCalibration',
+    'Command', 'Daemon', 'DatabaseBusy', 'DatabaseError', 'DatabaseUnavailable', 'Frame',
+    'Job', 'Product', 'ProductCalibration',
     'SCHEMA_VERSION', 'SchemaInfo', 'Sequence', 'checksum', 'close_database', 'database',
-    'open_database', 'unavailable', 'writing',
+    'check_file', 'open_database', 'unavailable', 'writing',
 ]
 
 log = logging.getLogger(__name__)
@@ -41,12 +41,19 @@ LOCK_TIMEOUT = 10.0
 
 database = pw.DatabaseProxy()
 
+#: (device, inode) of the SQLite file the models are bound to, recorded when it is opened.
+_opened_file: tuple[int, int] | None = None
+
 
 class DatabaseError(GsaoiWatchError):
     """The calibration database cannot be used (corrupt, locked, wrong schema)."""
 
 
-class DatabaseBusy(DatabaseError):
+class DatabaseUnavailable(DatabaseError):
+    """The database cannot be used now (its file removed, replaced by a non-database)."""
+
+
+class DatabaseBusy(DatabaseUnavailable):
     """Another writer held the lock past the busy wait; ``waited`` is the real wait (s)."""
 
     def __init__(self, message: str, waited: float) -> None:
@@ -64,10 +71,11 @@ _UNAVAILABLE = ("locked", "busy", "disk i/o", "unable to open", "readonly", "rea
 def unavailable(exc: BaseException) -> bool:
     """Whether ``exc`` says the database is unavailable (retry later), not a bug or bad data.
 
-    A :class:`DatabaseBusy`, or a peewee/sqlite3 operational error about a lock, a missing
-    or unreadable file, an I/O error or a full disk.  Integrity errors are not.
+    A :class:`DatabaseUnavailable` (:class:`DatabaseBusy` included), or a peewee/sqlite3
+    operational error about a lock, a missing or unreadable file, an I/O error or a full
+    disk.  Integrity errors are not.
     """
-    if isinstance(exc, DatabaseBusy):
+    if isinstance(exc, DatabaseUnavailable):
         return True
     if isinstance(exc, (pw.IntegrityError, pw.ProgrammingError)):
         return False
@@ -279,6 +287,7 @@ def open_database(target: str | os.PathLike[str], *, create: bool = False,
             "journal_mode": "wal", "foreign_keys": 1, "synchronous": "normal",
             "busy_timeout": int(lock_timeout * 1000)})
     database.initialize(db)
+    _remember_file(db)
     t0 = time.monotonic()
     try:
         db.connect(reuse_if_open=True)
@@ -305,6 +314,55 @@ def open_database(target: str | os.PathLike[str], *, create: bool = False,
         raise DatabaseError(f"{target}: cannot use the calibration database ({text}); "
                             "it was left untouched") from None
     return db
+
+
+def _remember_file(db: pw.Database) -> None:
+    global _opened_file
+    _opened_file = None
+    if isinstance(db, pw.SqliteDatabase):
+        with contextlib.suppress(OSError):
+            st = os.stat(db.database)
+            _opened_file = (st.st_dev, st.st_ino)
+
+
+def check_file() -> None:
+    """Check that the SQLite file the models use is still the one opened.
+
+    A removed file would swallow every write unseen (SQLite writes on into the deleted
+    file): it is :class:`DatabaseUnavailable` until a file is back at its path.  A file put
+    back (restored from a backup) is opened in its place if it is a calibration database.
+
+    Raises
+    ------
+    DatabaseUnavailable
+        The file is gone, or what is at its path is not a calibration database.
+    """
+    global _opened_file
+    obj = database.obj
+    if _opened_file is None or not isinstance(obj, pw.SqliteDatabase):
+        return
+    path = obj.database
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise DatabaseUnavailable(f"{path}: database file removed "
+                                  f"({exc.strerror or exc})") from None
+    if (st.st_dev, st.st_ino) == _opened_file:
+        return
+    obj.close()
+    obj.connect()
+    try:
+        ok = "schema_info" in set(obj.get_tables())
+    except pw.DatabaseError as exc:
+        ok, why = False, str(exc)
+    else:
+        why = "no gsaoi_watch tables"
+    if not ok:
+        obj.close()
+        raise DatabaseUnavailable(f"{path}: the file put in place of the database is not a "
+                                  f"calibration database ({why})")
+    _opened_file = (st.st_dev, st.st_ino)
+    log.warning("database %s was replaced: using the file now at its path", path)
 
 
 def _check_version(db, target):
@@ -369,11 +427,13 @@ def writing() -> Iterator[None]:
     On SQLite the outermost one is ``BEGIN IMMEDIATE``: the write lock is taken at the
     start, so a transaction that reads then writes never fails half-way with SQLITE_BUSY;
     the wait for the lock is bounded by the busy timeout.  A lock held past it becomes a
-    :class:`DatabaseBusy` that says how long was really waited.
+    :class:`DatabaseBusy` that says how long was really waited; a database file removed
+    meanwhile, a :class:`DatabaseUnavailable` (:func:`check_file`).
     """
     kwargs = {}
     if database.obj is not None and database.transaction_depth() == 0 and \
             isinstance(database.obj, pw.SqliteDatabase):
+        check_file()
         kwargs["lock_type"] = "IMMEDIATE"
     ctx = database.atomic(**kwargs)
     t0 = time.monotonic()

@@ -135,7 +135,7 @@ class Boundary:
         """
         if self.busy_since is None:
             return None
-        what = "busy" if "locked" in (self.problem or "") else "unavailable"
+        what = "busy" if "locked by another" in (self.problem or "") else "unavailable"
         return (f"database {what} since {self.busy_since:%Y-%m-%d %H:%M:%S} UTC "
                 f"({len(self.pending)} events waiting, {self.tries} tries): {self.problem}")
 
@@ -215,8 +215,8 @@ def _run(fn: Callable[[], None]) -> None:
 
 def _reconnect_if_needed(exc: BaseException) -> None:
     """After an error other than a lock, open the connection again at the next try."""
-    if isinstance(exc, db.DatabaseBusy) or "locked" in str(exc):
-        return
+    if isinstance(exc, db.DatabaseUnavailable) or "locked" in str(exc):
+        return  # a lock, or a file gone (a new connection would create an empty one)
     try:
         db.database.close()
     except Exception:  # noqa: BLE001 -- closing a broken connection may fail

@@ -167,6 +167,7 @@ class Job(_Model):
     started = pw.DateTimeField(null=True)
     finished = pw.DateTimeField(null=True)
     error = pw.TextField(null=True)
+    sequence_id: int | None  # the foreign key's column (peewee adds it)
     products: pw.ModelSelect[Product]  # backref
 
 

@@ -258,3 +258,25 @@ def test_a_removed_database_file_keeps_the_events_until_it_is_back(night, caplog
     assert "was replaced: using the file now at its path" in caplog.text
     assert sorted(Path(f.path).name for f in db.Frame.select()) == sorted(SCI[:3])
     assert night.seq("science").frames.count() == 3
+
+
+def test_an_outcome_that_cannot_be_recorded_fails_its_job_and_sequence_only(night, caplog):
+    flats_done(night)
+    night.arrive(*STD)
+    night.tick(IDLE)
+    night.arrive(*SCI[:-1])
+    night.tick(IDLE)
+    call = next(c for c in night.fake.calls if c.fn is run_job
+                and c.spec["recipe"] == "images" and Path(c.spec["paths"][0]).name == SCI[0])
+    result = night._result(call.spec, None)
+    result["products"].append((str(night.out / "gone_skyCorrected.fits"), "sky_corrected"))
+    with caplog.at_level(logging.INFO):
+        call.future.set_result(result)
+        night.drain()
+    job = db.Job.get(db.Job.id == max(j.id for j in night.seq("science").jobs))
+    assert job.state == "FAILED" and job.error.startswith("outcome not recorded: ")
+    assert night.seq("science").state == "FAILED"
+    assert not db.Product.select().where(db.Product.kind == "sky_corrected").exists()
+    assert night.seq("standard").state == "REDUCING"  # untouched: its job is still running
+    night.finish("images")  # and it ends as usual
+    assert night.seq("standard").state == "DONE"

@@ -193,7 +193,11 @@ class Engine:
             event = None
         if event is not None:
             self.handle(event)
-        ready, rejected = self.gate.poll()
+        try:
+            ready, rejected = self.gate.poll()
+        except Exception as exc:  # noqa: BLE001 -- the loop goes on; files are offered again
+            log.error("arrival gate: %s", first_line(exc))
+            return
         for path, problem in rejected:
             self.handle(FrameRejected(path, problem))
         for path, info in ready:

@@ -191,7 +191,8 @@ class Boundary:
         else:
             self.backoff = min(MAX_BACKOFF, self.backoff * 2)
         self.retry_at = time.monotonic() + self.backoff
-        log.warning("database unavailable (%s): %d event(s) kept, next try in %.0f s",
+        log.warning("database %s (%s): %d event(s) kept, next try in %.0f s",
+                    "busy" if "locked by another" in self.problem else "unavailable",
                     self.problem, len(self.pending), self.backoff)
         _reconnect_if_needed(exc)
 

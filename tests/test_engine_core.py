@@ -280,3 +280,22 @@ def test_an_outcome_that_cannot_be_recorded_fails_its_job_and_sequence_only(nigh
     assert night.seq("standard").state == "REDUCING"  # untouched: its job is still running
     night.finish("images")  # and it ends as usual
     assert night.seq("standard").state == "DONE"
+
+
+def test_a_kill_between_state_change_and_job_row_leaves_neither(night, monkeypatch):
+    flats_done(night)
+    night.arrive(*SCI[:3])
+
+    def killed(job):  # the process dies after the state change, before the job is submitted
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(night.engine, "start_job", killed)
+    with pytest.raises(KeyboardInterrupt):
+        night.tick(IDLE)
+    assert night.seq("science").state == "OPEN"  # the whole event rolled back
+    assert not db.Job.select().where(db.Job.recipe == "images").exists()
+    monkeypatch.undo()
+    night.start()
+    night.tick()  # the restarted daemon: the same tick closes it again, job and all
+    assert night.seq("science").state == "REDUCING"
+    assert night.jobs() == [("images", SCI[:3])]

@@ -151,8 +151,10 @@ class Boundary:
         try:
             with db.writing():
                 self._dispatch(event)
-        except Exception as exc:  # noqa: BLE001 -- the boundary: nothing escapes the loop
+        except BaseException as exc:  # the boundary: nothing but an interrupt escapes it
             self._effects = []
+            if not isinstance(exc, Exception):  # KeyboardInterrupt, SystemExit: rolled back
+                raise
             if db.unavailable(exc):
                 self._unavailable(event, exc)
                 return False
@@ -169,8 +171,10 @@ class Boundary:
         try:
             with db.writing():
                 self._failed(event, exc)
-        except Exception as exc2:  # noqa: BLE001 -- recording the failure failed too
+        except BaseException as exc2:  # recording the failure failed too
             self._effects = []
+            if not isinstance(exc2, Exception):
+                raise
             if db.unavailable(exc2):
                 self._unavailable(event, exc2)
                 return

@@ -41,8 +41,8 @@ LOCK_TIMEOUT = 10.0
 
 database = pw.DatabaseProxy()
 
-#: (device, inode) of the SQLite file the models are bound to, recorded when it is opened.
-_opened_file: tuple[int, int] | None = None
+#: (absolute path, device, inode) of the SQLite file the models are bound to, when opened.
+_opened_file: tuple[str, int, int] | None = None
 
 
 class DatabaseError(GsaoiWatchError):
@@ -322,8 +322,9 @@ def _remember_file(db: pw.Database) -> None:
     _opened_file = None
     if isinstance(db, pw.SqliteDatabase):
         with contextlib.suppress(OSError):
-            st = os.stat(db.database)
-            _opened_file = (st.st_dev, st.st_ino)
+            path = os.path.abspath(db.database)
+            st = os.stat(path)
+            _opened_file = (path, st.st_dev, st.st_ino)
 
 
 def check_file() -> None:
@@ -342,13 +343,13 @@ def check_file() -> None:
     obj = database.obj
     if _opened_file is None or not isinstance(obj, pw.SqliteDatabase):
         return
-    path = obj.database
+    path = _opened_file[0]
     try:
         st = os.stat(path)
     except OSError as exc:
         raise DatabaseUnavailable(f"{path}: database file removed "
                                   f"({exc.strerror or exc})") from None
-    if (st.st_dev, st.st_ino) == _opened_file:
+    if (path, st.st_dev, st.st_ino) == _opened_file:
         return
     obj.close()
     obj.connect()
@@ -362,7 +363,7 @@ def check_file() -> None:
         obj.close()
         raise DatabaseUnavailable(f"{path}: the file put in place of the database is not a "
                                   f"calibration database ({why})")
-    _opened_file = (st.st_dev, st.st_ino)
+    _opened_file = (path, st.st_dev, st.st_ino)
     log.warning("database %s was replaced: using the file now at its path", path)
 
 

@@ -299,3 +299,22 @@ def test_a_kill_between_state_change_and_job_row_leaves_neither(night, monkeypat
     night.tick()  # the restarted daemon: the same tick closes it again, job and all
     assert night.seq("science").state == "REDUCING"
     assert night.jobs() == [("images", SCI[:3])]
+
+
+def test_recover_reruns_each_interrupted_job_on_its_own(night):
+    flats_done(night)
+    night.arrive(*STD)
+    night.tick(IDLE)
+    night.arrive(*SCI[:-1])
+    night.tick(IDLE)
+    std_job = db.Job.get(db.Job.sequence == night.seq("standard").id)
+    with db.writing():  # a row an older version left unreadable
+        db.Job.update(parameters="{").where(db.Job.id == std_job.id).execute()
+    night.start()
+    night.engine.recover()  # as after a restart: both jobs were RUNNING
+    assert night.jobs() == [("images", SCI[:-1])]
+    assert db.Job.get_by_id(std_job.id).state == "FAILED"
+    assert db.Job.get_by_id(std_job.id).error.startswith("not re-run: ")
+    assert night.seq("standard").state == "FAILED"
+    sci_job = db.Job.get(db.Job.sequence == night.seq("science").id)
+    assert (sci_job.state, sci_job.tries) == ("RUNNING", 2)

@@ -26,6 +26,7 @@ with backoff (:meth:`Engine.summary` says so, and the heartbeat with it).
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import logging
 import multiprocessing
@@ -148,17 +149,16 @@ class Engine:
         raw directory is scanned.
         """
         for job in list(db.Job.select().where(db.Job.state.in_(("RUNNING", "SUBMITTED")))):
-            seq = job.sequence
-            if job.tries >= self.config.jobs.max_tries:
-                self.job_state(job, "FAILED", error="interrupted too often")
-                log.error("job=%d %s given up: interrupted %d times", job.id, job.recipe,
-                          job.tries)
-                if seq is not None and job.recipe != "stack":
-                    self.emit(seq.id, Event.JOB_GAVE_UP, job_id=job.id)
-                continue
-            log.info("job=%d %s interrupted by a restart: running it again (try %d of %d)",
-                     job.id, job.recipe, job.tries + 1, self.config.jobs.max_tries)
-            self.start_job(job)
+            try:  # each job on its own: one that cannot be re-run does not stop the others
+                self.boundary.savepoint(functools.partial(self._rerun, job))
+            except Exception as exc:
+                if db.unavailable(exc):
+                    raise
+                self.job_state(job, "FAILED", error=f"not re-run: {first_line(exc)}")
+                log.error("job=%d %s could not be re-run after a restart: %s", job.id,
+                          job.recipe, first_line(exc))
+                if job.sequence_id is not None:
+                    self._sequence_failed(job.sequence_id, Event.INTERRUPTED, exc)
         for seq in list(db.Sequence.select().where(db.Sequence.state.in_(
                 (State.REDUCING, State.COMPLETE))).order_by(db.Sequence.id)):
             if seq.state == State.REDUCING and live_job(seq) is not None:
@@ -170,6 +170,20 @@ class Engine:
                         label(seq), seq.state)
             self.emit(seq.id, Event.INTERRUPTED)
         self.rescan()
+
+    def _rerun(self, job: db.Job) -> None:
+        """Run an interrupted job again, or give it up once it was interrupted too often."""
+        seq = job.sequence
+        if job.tries >= self.config.jobs.max_tries:
+            self.job_state(job, "FAILED", error="interrupted too often")
+            log.error("job=%d %s given up: interrupted %d times", job.id, job.recipe,
+                      job.tries)
+            if seq is not None and job.recipe != "stack":
+                self.emit(seq.id, Event.JOB_GAVE_UP, job_id=job.id)
+            return
+        log.info("job=%d %s interrupted by a restart: running it again (try %d of %d)",
+                 job.id, job.recipe, job.tries + 1, self.config.jobs.max_tries)
+        self.start_job(job)
 
     def rescan(self) -> None:
         """Offer every candidate file in the raw directory that is not in the ledger yet."""

@@ -318,3 +318,25 @@ def test_recover_reruns_each_interrupted_job_on_its_own(night):
     assert night.seq("standard").state == "FAILED"
     sci_job = db.Job.get(db.Job.sequence == night.seq("science").id)
     assert (sci_job.state, sci_job.tries) == ("RUNNING", 2)
+
+
+def test_a_submit_that_fails_ends_the_job_through_its_failure(night, monkeypatch):
+    flats_done(night)
+    night.arrive(*SCI[:3])
+    night.start()
+    submit = night.fake.submit
+    broken = {"left": 1}
+
+    def once_broken(fn, *args, **kwargs):
+        if fn is run_job and broken["left"]:
+            broken["left"] -= 1
+            raise RuntimeError("the process pool is not usable anymore")
+        return submit(fn, *args, **kwargs)
+
+    monkeypatch.setattr(night.fake, "submit", once_broken)
+    night.tick(IDLE)
+    night.drain()  # the failed submit comes back as the job's failure: tried again
+    assert night.jobs() == [("images", SCI[:3])]
+    job = db.Job.get(db.Job.recipe == "images")
+    assert (job.state, job.tries) == ("RUNNING", 2)
+    assert night.seq("science").state == "REDUCING"

@@ -340,9 +340,18 @@ class Engine:
         self.after_commit(lambda: self._submit_job(job_id, spec))
 
     def _submit_job(self, job_id: int, spec: dict[str, Any]) -> None:
+        """Submit a job (after its commit); a submit that fails ends the job with that error.
+
+        The failure comes back as its :class:`~gsaoi_watch.daemon.events.JobFinished`, so
+        the job row is never left RUNNING with nothing running it.
+        """
         if self.stopping:
             return
-        future = self.executor.submit(run_job, spec)
+        try:
+            future = self.executor.submit(run_job, spec)
+        except Exception as exc:  # noqa: BLE001 -- e.g. a broken pool: the job's failure
+            future = Future()
+            future.set_exception(exc)
         self.futures[job_id] = future
 
         def finished(f: Future[Any]) -> None:  # in the worker pool's thread: only enqueue

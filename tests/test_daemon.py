@@ -330,7 +330,7 @@ def test_quicklook_without_flat_then_redone_and_a_late_frame_reopens(stage, daem
     log = daemon.log.read_text()
     assert "science NGC5128 Kshort 60s: WAITING→REDUCING (flat wait expired)" in log
     assert "(quick-look, no flat)" in log
-    assert "science NGC5128 Kshort 60s: DONE→REOPENED (late frame)" in log
+    assert "science NGC5128 Kshort 60s: DONE→REOPENED (late frame after reduction)" in log
 
 
 def test_demo_reduces_the_night_live(tmp_path):
@@ -346,6 +346,9 @@ def test_demo_reduces_the_night_live(tmp_path):
     assert re.search(r"processed_flat +1 +S20170505S0030_flat.fits", proc.stdout), said
     assert re.search(r"sky_corrected +13 ", proc.stdout), said
     assert "quarantined" not in proc.stdout, said
+    logged = (work / "gsaoi-watch.log").read_text()  # the log file the README tails
+    assert "science NGC5128 Kshort 60s: REDUCING→DONE" in logged
+    assert "gsaoi_watch starting" in logged
     # a second run replaces the earlier demo; a foreign directory is refused
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "keep.txt").write_text("mine")

@@ -40,7 +40,7 @@ def test_states_and_events_keep_the_strings_of_existing_databases_and_logs():
     assert [s.value for s in State] == ["OPEN", "REOPENED", "COMPLETE", "WAITING", "REDUCING",
                                         "DONE", "QUICKLOOK", "FAILED"]
     assert str(State.DONE) == "DONE" and f"{State.DONE}" == "DONE"
-    logged = {"frame": "late frame", "new_observation": "new observation", "idle_timeout": "idle",
+    logged = {"new_observation": "new observation", "idle_timeout": "idle",
               "operator_close": "closed by operator", "calibration_ready": "calibration ready",
               "calibration_missing": "waiting for a flat", "wait_expired": "flat wait expired",
               "job_done": "reduced", "job_done_quicklook": "quick-look reduced",
@@ -50,9 +50,18 @@ def test_states_and_events_keep_the_strings_of_existing_databases_and_logs():
         assert reason("science", Event(event)) == text
     assert reason("flat_on", Event.CALIBRATION_MISSING) == "waiting for the lamp-off frames"
     assert reason("flat_off", Event.CALIBRATION_MISSING) == "waiting for the lamp-on frames"
-    # a job that ends while frames arrived logs as it always did: reduced, then late frame
+    # a job that ends while frames arrived: reduced, then re-opened for those frames
     assert reason("science", Event.JOB_DONE_STALE) == "reduced"
-    assert reason("science", Event.REOPEN) == "late frame"
+    assert reason("science", Event.REOPEN) == "frames arrived while reducing"
+
+
+def test_a_frame_has_the_reason_of_the_state_it_arrives_in():
+    said = {state: reason("science", Event.FRAME, state) for state in State}
+    assert said[State.OPEN] == "frame arrived"
+    assert said[State.DONE] == "late frame after reduction"
+    assert said[State.WAITING] == "late frame while waiting"
+    assert said[State.REDUCING] == "frame arrived while reducing"
+    assert len(set(said.values())) == len(State)  # every state its own words
 
 
 def test_every_state_is_reachable_and_can_end():

@@ -339,7 +339,7 @@ def _recalibrated(n):
     assert Path(images[0].spec["flat"]).name == REMADE
 
 
-@case(S.DONE, E.RECALIBRATE, final=S.REDUCING, jobs=[("flat", ON), ("images", SCI[:-1])],
+@case(S.DONE, E.RECALIBRATE, final=S.REDUCING, jobs=[("flat", ON + OFF), ("images", SCI[:-1])],
       check=_recalibrated)
 def _(n):
     # the master flat is re-made under another name: what used the old one is redone
@@ -349,9 +349,40 @@ def _(n):
     n.finish("images")
     n.start()
     n.arrive(ON[-1])       # a late lamp-on frame re-opens the lamp-on sequence
-    n.tick(IDLE)           # complete; its lamp-off partner is done: it waits
-    n.tick(FLAT_WAIT)      # and is made alone
+    n.tick(IDLE)           # complete; its lamp-off partner is done: both remade together
     n.finish("flat", name=REMADE)
+
+
+@case(S.DONE, E.PARTNER_SUBMITTED, kind="flat_off", final=S.REDUCING,
+      jobs=[("flat", ON + OFF)])
+def _(n):
+    flats_done(n, on=ON[:-1])
+    n.start()
+    n.arrive(ON[-1])       # a late lamp-on frame: the lamp-off frames are taken along
+    n.tick(IDLE)
+
+
+def _stranded(n):
+    assert n.seq("science").reason == "interrupted by a restart"
+
+
+@case(S.REDUCING, E.INTERRUPTED, jobs=[("images", SCI[:-1])], check=_stranded)
+def _(n):
+    # a sequence REDUCING with no job (a crash between two rows of an older version)
+    flats_done(n)
+    n.arrive(*SCI[:-1])
+    n.force("science", "REDUCING")
+    n.start()
+    n.engine.recover()
+
+
+@case(S.COMPLETE, E.INTERRUPTED, final=S.REDUCING, jobs=[("images", SCI[:-1])])
+def _(n):
+    flats_done(n)
+    n.arrive(*SCI[:-1])
+    n.force("science", "COMPLETE")
+    n.start()
+    n.engine.recover()
 
 
 @case(S.QUICKLOOK, E.CALIBRATION_READY, jobs=[("flat", OFF + ON), ("images", SCI[:-1])],

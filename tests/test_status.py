@@ -161,6 +161,13 @@ def test_every_state_has_its_real_reason(database):
     assert text["h"].startswith("re-opened by a frame after it was complete")
 
 
+def test_a_sequence_failed_by_the_engine_gives_that_error(database):
+    seq = _sequence("x", "FAILED", reason="error on idle_timeout: header unreadable")
+    db.Job.create(sequence=seq, recipe="images", state="DONE", tries=1)  # an earlier run
+    text = describe_sequence(db.Sequence.get_by_id(seq.id), Config(), db._now())
+    assert text == "failed: error on idle_timeout: header unreadable"
+
+
 def test_a_schema_2_database_is_upgraded(tmp_path):
     path = tmp_path / "old.db"
     db.open_database(path, create=True)

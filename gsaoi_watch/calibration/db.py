@@ -13,6 +13,7 @@ import datetime as dt
 import hashlib
 import logging
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,9 +24,10 @@ from playhouse.migrate import SchemaMigrator, migrate
 from gsaoi_watch.errors import GsaoiWatchError
 
 __all__ = [
-    'Command', 'Daemon', 'DatabaseError', 'Frame', 'Job', 'Product', 'ProductCalibration',
+    'Command', 'Daemon', 'DatabaseBusy', 'DatabaseError', 'DatabaseUnavailable', 'Frame',
+    'Job', 'Product', 'ProductCalibration',
     'SCHEMA_VERSION', 'SchemaInfo', 'Sequence', 'checksum', 'close_database', 'database',
-    'open_database', 'writing',
+    'check_file', 'open_database', 'unavailable', 'writing',
 ]
 
 log = logging.getLogger(__name__)
@@ -39,9 +41,49 @@ LOCK_TIMEOUT = 10.0
 
 database = pw.DatabaseProxy()
 
+#: (absolute path, device, inode) of the SQLite file the models are bound to, when opened.
+_opened_file: tuple[str, int, int] | None = None
+
 
 class DatabaseError(GsaoiWatchError):
     """The calibration database cannot be used (corrupt, locked, wrong schema)."""
+
+
+class DatabaseUnavailable(DatabaseError):
+    """The database cannot be used now (its file removed, replaced by a non-database)."""
+
+
+class DatabaseBusy(DatabaseUnavailable):
+    """Another writer held the lock past the busy wait; ``waited`` is the real wait (s)."""
+
+    def __init__(self, message: str, waited: float) -> None:
+        super().__init__(message)
+        self.waited = waited
+
+
+#: Words of SQLite errors that say the database cannot be used now, not that a query is
+#: wrong: locked or busy, the file gone or unreadable, the disk failing or full.
+_UNAVAILABLE = ("locked", "busy", "disk i/o", "unable to open", "readonly", "read-only",
+                "no such table", "disk is full", "database or disk is full",
+                "not a database", "malformed", "cannot operate on a closed database")
+
+
+def unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database is unavailable (retry later), not a bug or bad data.
+
+    A :class:`DatabaseUnavailable` (:class:`DatabaseBusy` included), or a peewee/sqlite3
+    operational error about a lock, a missing or unreadable file, an I/O error or a full
+    disk.  Integrity errors are not.
+    """
+    if isinstance(exc, DatabaseUnavailable):
+        return True
+    if isinstance(exc, (pw.IntegrityError, pw.ProgrammingError)):
+        return False
+    if isinstance(exc, (pw.OperationalError, pw.DatabaseError, pw.InterfaceError)) or \
+            type(exc).__module__ == "sqlite3":
+        text = str(exc).lower()
+        return any(word in text for word in _UNAVAILABLE)
+    return False
 
 
 def _now():
@@ -126,6 +168,7 @@ class Job(_Model):
     started = pw.DateTimeField(null=True)
     finished = pw.DateTimeField(null=True)
     error = pw.TextField(null=True)
+    sequence_id: int | None  # the foreign key's column (peewee adds it)
     products: pw.ModelSelect[Product]  # backref
 
 
@@ -204,7 +247,8 @@ def _create_file(path: Path) -> None:
         pass
 
 
-def open_database(target: str | os.PathLike[str], *, create: bool = False) -> pw.Database:
+def open_database(target: str | os.PathLike[str], *, create: bool = False,
+                  lock_timeout: float | None = None) -> pw.Database:
     """Open (and with ``create``, initialise) the database at a path or URL.
 
     Parameters
@@ -213,6 +257,10 @@ def open_database(target: str | os.PathLike[str], *, create: bool = False) -> pw
         A file path (SQLite) or a database URL.
     create : bool
         Create the file and tables if missing; otherwise a missing database is an error.
+    lock_timeout : float, optional
+        SQLite's busy wait (seconds) for a lock another process holds, before
+        :class:`DatabaseBusy` (default :data:`LOCK_TIMEOUT`; the daemon waits briefly, then
+        retries with backoff).
 
     Returns
     -------
@@ -225,6 +273,7 @@ def open_database(target: str | os.PathLike[str], *, create: bool = False) -> pw
         Missing (without ``create``), not a database (corrupt), locked, or a newer schema.
     """
     target = str(target)
+    lock_timeout = LOCK_TIMEOUT if lock_timeout is None else lock_timeout
     if _is_url(target):
         db = url_connect(target)
     else:
@@ -236,10 +285,12 @@ def open_database(target: str | os.PathLike[str], *, create: bool = False) -> pw
             path.parent.mkdir(parents=True, exist_ok=True)
         if not path.exists():
             _create_file(path)
-        db = pw.SqliteDatabase(str(path), timeout=LOCK_TIMEOUT, pragmas={
+        db = pw.SqliteDatabase(str(path), timeout=lock_timeout, pragmas={
             "journal_mode": "wal", "foreign_keys": 1, "synchronous": "normal",
-            "busy_timeout": int(LOCK_TIMEOUT * 1000)})
+            "busy_timeout": int(lock_timeout * 1000)})
     database.initialize(db)
+    _remember_file(db)
+    t0 = time.monotonic()
     try:
         db.connect(reuse_if_open=True)
         existing = set(db.get_tables())
@@ -259,11 +310,62 @@ def open_database(target: str | os.PathLike[str], *, create: bool = False) -> pw
         db.close()
         text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if "locked" in text:
-            raise DatabaseError(f"{target}: database is locked by another writer "
-                                f"(waited {LOCK_TIMEOUT:.0f} s)") from None
+            raise DatabaseBusy(f"{target}: database is locked by another writer "
+                               f"(waited {time.monotonic() - t0:.1f} s)",
+                               time.monotonic() - t0) from None
         raise DatabaseError(f"{target}: cannot use the calibration database ({text}); "
                             "it was left untouched") from None
     return db
+
+
+def _remember_file(db: pw.Database) -> None:
+    global _opened_file
+    _opened_file = None
+    if isinstance(db, pw.SqliteDatabase):
+        with contextlib.suppress(OSError):
+            path = os.path.abspath(db.database)
+            st = os.stat(path)
+            _opened_file = (path, st.st_dev, st.st_ino)
+
+
+def check_file() -> None:
+    """Check that the SQLite file the models use is still the one opened.
+
+    A removed file would swallow every write unseen (SQLite writes on into the deleted
+    file): it is :class:`DatabaseUnavailable` until a file is back at its path.  A file put
+    back (restored from a backup) is opened in its place if it is a calibration database.
+
+    Raises
+    ------
+    DatabaseUnavailable
+        The file is gone, or what is at its path is not a calibration database.
+    """
+    global _opened_file
+    obj = database.obj
+    if _opened_file is None or not isinstance(obj, pw.SqliteDatabase):
+        return
+    path = _opened_file[0]
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise DatabaseUnavailable(f"{path}: database file removed "
+                                  f"({exc.strerror or exc})") from None
+    if (path, st.st_dev, st.st_ino) == _opened_file:
+        return
+    obj.close()
+    obj.connect()
+    try:
+        ok = "schema_info" in set(obj.get_tables())
+    except pw.DatabaseError as exc:
+        ok, why = False, str(exc)
+    else:
+        why = "no gsaoi_watch tables"
+    if not ok:
+        obj.close()
+        raise DatabaseUnavailable(f"{path}: the file put in place of the database is not a "
+                                  f"calibration database ({why})")
+    _opened_file = (path, st.st_dev, st.st_ino)
+    log.warning("database %s was replaced: using the file now at its path", path)
 
 
 def _check_version(db, target):
@@ -331,15 +433,41 @@ _UPGRADES = [lambda db: db.create_tables(MODELS), _add_product_qa, _add_daemon_t
 
 @contextlib.contextmanager
 def writing() -> Iterator[None]:
-    """One atomic write transaction; a lock held too long becomes a clear DatabaseError."""
+    """One atomic write transaction; nested, a savepoint inside the enclosing one.
+
+    On SQLite the outermost one is ``BEGIN IMMEDIATE``: the write lock is taken at the
+    start, so a transaction that reads then writes never fails half-way with SQLITE_BUSY;
+    the wait for the lock is bounded by the busy timeout.  A lock held past it becomes a
+    :class:`DatabaseBusy` that says how long was really waited; a database file removed
+    meanwhile, a :class:`DatabaseUnavailable` (:func:`check_file`).
+    """
+    kwargs = {}
+    if database.obj is not None and database.transaction_depth() == 0 and \
+            isinstance(database.obj, pw.SqliteDatabase):
+        check_file()
+        kwargs["lock_type"] = "IMMEDIATE"
+    ctx = database.atomic(**kwargs)
+    t0 = time.monotonic()
     try:
-        with database.atomic():
-            yield
+        ctx.__enter__()
     except pw.OperationalError as exc:
-        if "locked" in str(exc):
-            raise DatabaseError(f"{getattr(database.obj, 'database', 'database')}: locked by "
-                                f"another writer (waited {LOCK_TIMEOUT:.0f} s)") from None
+        raise _busy(exc, time.monotonic() - t0) from None
+    try:
+        yield
+    except BaseException as exc:
+        ctx.__exit__(type(exc), exc, exc.__traceback__)
         raise
+    try:
+        ctx.__exit__(None, None, None)
+    except pw.OperationalError as exc:
+        raise _busy(exc, time.monotonic() - t0) from None
+
+
+def _busy(exc: pw.OperationalError, waited: float) -> Exception:
+    if "locked" in str(exc) or "busy" in str(exc):
+        return DatabaseBusy(f"{getattr(database.obj, 'database', 'database')}: locked by "
+                            f"another writer (waited {waited:.1f} s)", waited)
+    return exc
 
 
 def close_database() -> None:

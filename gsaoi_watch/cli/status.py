@@ -96,6 +96,8 @@ def describe_sequence(seq: db.Sequence, config: Config, now: dt.datetime) -> str
         return ("reduced for quick-look without a flat; reduced again when a flat is "
                 "registered")
     if state == "FAILED":
+        if seq.reason and seq.reason.startswith("error on "):  # the engine's, not a job's
+            return "failed: " + log_name(seq.reason)
         return "failed: " + (_job_text(job, now) if job is not None else seq.reason or "?")
     return seq.reason or state
 

@@ -7,7 +7,10 @@ that caused the transition (the frame that arrived, the job that finished and it
 An executor that changes another sequence (the partner flat taken along, dependents
 released, users of a retired calibration re-reduced) does so by raising that sequence's
 event through :meth:`~gsaoi_watch.daemon.engine.Engine.emit`, never by writing its state.
-Job rows are created here, in the same handler as the state change that asks for them.
+Job rows are created here, in the same transaction as the state change that asks for them;
+what cannot be rolled back (a job or the per-frame steps submitted, a retired file deleted)
+runs once that transaction has committed (:meth:`~gsaoi_watch.daemon.engine.Engine.
+after_commit`).
 """
 
 from __future__ import annotations
@@ -25,17 +28,24 @@ from gsaoi_watch.daemon.prepared import prepare_ahead
 from gsaoi_watch.daemon.sequences import Action, State, label
 from gsaoi_watch.data.descriptors import FrameInfo
 from gsaoi_watch.data.fitsio import read_frame_info
+from gsaoi_watch.logs import log_name
 
 if TYPE_CHECKING:
     from gsaoi_watch.daemon.engine import Engine
 
-__all__ = ["EXECUTORS", "Executor", "calibration_ready", "member_paths", "partner"]
+__all__ = ["EXECUTORS", "LIVE_JOB_STATES", "Executor", "calibration_ready", "live_job",
+           "member_paths", "partner"]
 
 log = logging.getLogger(__name__)
 
 #: Frame states of the members a reduction takes.
 MEMBER_STATES = ("ingested", "used", "unusable")
 FLAT_KINDS = ("flat_on", "flat_off", "flat")
+#: Job states of a job that is still going to end (and give its sequences their event).
+LIVE_JOB_STATES = ("SUBMITTED", "RUNNING", "RETRY")
+#: States of a lamp flat's partner whose frames a flat job takes along: complete, waiting,
+#: or already reduced (a late frame of either lamp re-makes the flat from all frames).
+PARTNER_STATES = (State.COMPLETE, State.WAITING, State.REDUCING, State.DONE)
 
 Executor = Callable[["Engine", db.Sequence, SequenceEvent], None]
 
@@ -63,6 +73,15 @@ def partner(seq: db.Sequence) -> db.Sequence | None:
     return found
 
 
+def live_job(seq: db.Sequence) -> db.Job | None:
+    """A job that will still end for ``seq``: its own, or a flat job that took it along."""
+    for job in db.Job.select().where(db.Job.state.in_(LIVE_JOB_STATES)):
+        if job.sequence_id == seq.id or seq.id in json.loads(job.parameters).get(
+                "sequences", []):
+            return job
+    return None
+
+
 def _first_info(seq: db.Sequence) -> FrameInfo:
     frame = seq.frames.order_by(db.Frame.ut_datetime).first()
     return read_frame_info(frame.path)
@@ -72,14 +91,16 @@ def calibration_ready(seq: db.Sequence) -> bool:
     """Whether what the reduction of ``seq`` needs exists.
 
     A lamp-on or lamp-off flat below 1.4 um needs nothing; above, its partner must be
-    complete (or waiting).  Standards and science need a processed flat.
+    complete, waiting or already reduced (a late frame re-makes the on - off flat from the
+    frames of both).  Standards and science need a processed flat.
     """
     if seq.kind in ("flat_on", "flat_off"):
         wave = _first_info(seq).effective_wavelength()
         if wave is not None and wave < 1.4:
             return True
         other = partner(seq)
-        return other is not None and other.state in (State.COMPLETE, State.WAITING)
+        return other is not None and other.state in (State.COMPLETE, State.WAITING,
+                                                     State.DONE)
     if seq.kind == "flat":
         return True
     return queries.best_calibration(_first_info(seq)) is not None
@@ -98,6 +119,7 @@ def member_paths(seq: db.Sequence) -> list[str]:
 def _submit(engine: Engine, seq: db.Sequence, *, quicklook: bool = False) -> None:
     """Create the reduction job of ``seq`` and start it; a flat takes its partner along."""
     info = _first_info(seq)
+    taken = False
     bpm = queries.best_calibration(info, "processed_bpm")
     spec: dict[str, Any] = {"output_dir": str(engine.output_dir),
                             "bpm": bpm.path if bpm else None, "params": {},
@@ -106,10 +128,10 @@ def _submit(engine: Engine, seq: db.Sequence, *, quicklook: bool = False) -> Non
     if seq.kind.startswith("flat"):
         paths = member_paths(seq)
         other = partner(seq)
-        if other is not None and other.state in (State.COMPLETE, State.WAITING,
-                                                 State.REDUCING):
+        if other is not None and other.state in PARTNER_STATES:
             paths += member_paths(other)
             spec["sequences"].append(other.id)
+            taken = other.state != State.REDUCING  # else it rides on this job already
         spec.update(recipe="flat", paths=paths, flat=None, pictures=pictures)
     else:
         flat = None if quicklook else queries.best_calibration(info)
@@ -122,7 +144,8 @@ def _submit(engine: Engine, seq: db.Sequence, *, quicklook: bool = False) -> Non
         db.Sequence.update(quicklook=quicklook).where(db.Sequence.id == seq.id).execute()
     engine.start_job(job)
     for other_id in spec["sequences"][1:]:  # the partner flat rides on this job
-        engine.emit(other_id, Event.PARTNER_SUBMITTED)
+        if taken:
+            engine.emit(other_id, Event.PARTNER_SUBMITTED)
 
 
 def _set(seq: db.Sequence, **fields: Any) -> None:
@@ -152,9 +175,16 @@ def add_frame(engine: Engine, seq: db.Sequence, event: SequenceEvent) -> None:
     bpm = queries.best_calibration(frame.info, "processed_bpm")
     spec = {"path": frame.path, "cache_dir": str(engine.cache_dir),
             "flat": flat.path if flat else None, "bpm": bpm.path if bpm else None}
+    engine.after_commit(lambda: _prepare(engine, spec))
+
+
+def _prepare(engine: Engine, spec: dict[str, Any]) -> None:
+    """Submit the per-frame steps of one frame (after the commit of its arrival)."""
+    if engine.stopping:
+        return
     future = engine.executor.submit(prepare_ahead, spec)
-    engine.preparing[frame.path] = future
-    path = frame.path
+    path = spec["path"]
+    engine.preparing[path] = future
 
     def finished(f: Future[Any]) -> None:  # in the worker pool's thread: only enqueue
         engine.events.put(PreparedFinished(path, f))
@@ -241,12 +271,16 @@ def retire_superseded(engine: Engine, seq: db.Sequence, event: SequenceEvent) ->
 
     A sequence re-reduced with more frames can give products other names (a flat is named
     after its first lamp-on frame): the old files and rows go, and sequences reduced with
-    a retired calibration get recalibrate.  Run for each sequence of a job (a flat's two);
-    the first run retires everything, the others find nothing left.
+    a retired calibration get recalibrate.  A calibration re-made under the same name (a
+    late flat frame) has the same row: what was reduced with its old content gets
+    recalibrate too.  Run for each sequence of a job (a flat's two); the job's own sequence
+    does it, the others find nothing left.  Files are deleted once the change is committed.
     """
     if event.job_id is None or event.result is None:
         return
     job = db.Job.get_by_id(event.job_id)
+    if job.sequence_id is not None and seq.id != job.sequence_id:
+        return
     ids = set(json.loads(job.parameters).get("sequences", []))
     fresh = {str(Path(p).resolve()) for p, _ in event.result["products"]}
     redo: set[int] = set()
@@ -256,18 +290,37 @@ def retire_superseded(engine: Engine, seq: db.Sequence, event: SequenceEvent) ->
         for product in list(old.products):
             if product.path in fresh:
                 continue
-            for use in product.used_by:
-                src = use.product.job
-                if src is not None and src.sequence is not None:
-                    redo.add(src.sequence.id)
+            redo |= _users(product)
             with db.writing():
                 product.delete_instance(recursive=True)
-            Path(product.path).unlink(missing_ok=True)
+            _delete_later(engine, Path(product.path))
             if product.kind == "processed_flat":  # and its copy beside the products
-                (engine.output_dir / product.filename).unlink(missing_ok=True)
-            log.info("product=%s retired: superseded by job=%d", product.filename, job.id)
+                _delete_later(engine, engine.output_dir / product.filename)
+            log.info("product=%s retired: superseded by job=%d", log_name(product.filename),
+                     job.id)
+    for product in list(job.products.where(db.Product.is_calibration == True)):  # noqa: E712
+        users = _users(product)  # reduced with the content this job has just replaced
+        if users - ids:
+            log.info("product=%s re-made by job=%d: %d sequence(s) reduced with it again",
+                     log_name(product.filename), job.id, len(users - ids))
+        redo |= users
     for seq_id in sorted(redo - ids):
-        engine.emit(seq_id, Event.RECALIBRATE)
+        if db.Sequence.get_by_id(seq_id).state in (State.DONE, State.QUICKLOOK):
+            engine.emit(seq_id, Event.RECALIBRATE)
+
+
+def _users(product: db.Product) -> set[int]:
+    """The sequences whose products were made with ``product``."""
+    found: set[int] = set()
+    for use in product.used_by:
+        src = use.product.job
+        if src is not None and src.sequence is not None:
+            found.add(src.sequence.id)
+    return found
+
+
+def _delete_later(engine: Engine, path: Path) -> None:
+    engine.after_commit(lambda: path.unlink(missing_ok=True))
 
 
 @_executes(Action.SUBMIT_STACK)

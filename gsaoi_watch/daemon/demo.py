@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import logging.handlers
 import os
 import shutil
 import threading
@@ -21,6 +22,7 @@ from typing import Any
 
 from gsaoi_watch.calibration import db
 from gsaoi_watch.config import Config
+from gsaoi_watch.logs import LOG_FORMAT
 
 __all__ = ['demo_config', 'run_demo']
 
@@ -86,8 +88,7 @@ def _feed(stage: Path, raw: Path, cadence: float, stop: threading.Event,
                 result["error"] = "frames were not all ingested in time"
                 return
             stop.wait(0.5)
-        with db.writing():  # the operator's close --all at the end of the night
-            db.Command.create(verb="close", argument="--all")
+        _close_all(stop)  # the operator's close --all at the end of the night
         while not stop.is_set() and not _finished(len(names)):
             if time.monotonic() > deadline:
                 result["error"] = f"the night was not reduced within {timeout:.0f} s"
@@ -98,6 +99,18 @@ def _feed(stage: Path, raw: Path, cadence: float, stop: threading.Event,
         result["error"] = f"demo feeder failed: {exc}"
     finally:
         stop.set()
+
+
+def _close_all(stop: threading.Event) -> None:
+    """Queue ``close --all`` for the daemon; a database busy with its work is waited for."""
+    while True:
+        try:
+            with db.writing():
+                db.Command.create(verb="close", argument="--all")
+            return
+        except db.DatabaseBusy:
+            if stop.wait(0.5):
+                return
 
 
 def demo_summary(config: Config) -> list[str]:
@@ -162,6 +175,7 @@ def run_demo(workdir: str | os.PathLike[str], *, size: int = 256, seed: int = 20
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / MARKER).touch()
     config = demo_config(workdir)
+    _log_to_file(config.paths.log_file)
     if workers:
         config = config.replace("jobs", workers=int(workers))
     stage = workdir / "stage"
@@ -186,6 +200,25 @@ def run_demo(workdir: str | os.PathLike[str], *, size: int = 256, seed: int = 20
     if feeder.is_alive():
         feeder.join(timeout=5)
     return result
+
+
+def _log_to_file(log_file: str) -> None:
+    """Add the demo's log file (``gsaoi-watch.log`` in its directory) to the root handlers.
+
+    Made once the work directory is ready (a previous demo's, log included, is removed
+    first); an earlier demo's file handler in this process is replaced.  It records what
+    the root logger's level lets through (INFO from the command line).
+    """
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        if getattr(h, "_gsaoi_demo", False):
+            root.removeHandler(h)
+            h.close()
+    handler = logging.handlers.WatchedFileHandler(log_file, encoding="utf-8",
+                                                  errors="backslashreplace")
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler._gsaoi_demo = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
 
 
 def _wait_for_db(config: Config, stop: threading.Event) -> None:

@@ -12,18 +12,21 @@ events for the same or other sequences; those pass through :meth:`Engine.handle`
 depth first.  Frames arriving are handled by :mod:`gsaoi_watch.daemon.ingest`, finished jobs
 by :mod:`gsaoi_watch.daemon.outcomes`.
 
-:meth:`Engine.handle` is where an error boundary belongs: one call handles one event, a
-state change and the job row it asks for are written inside the same call, and an event
-raised while handling another is a nested call (a savepoint inside the outer transaction).
-Which sequence an event concerns is in the event: ``SequenceEvent.sequence_id``, the job's
-``sequences`` for :class:`~gsaoi_watch.daemon.events.JobFinished`; a
-:class:`~gsaoi_watch.daemon.events.Tick` itself concerns none (each sequence it closes or
-releases is its own nested event).
+:meth:`Engine.handle` is the error boundary (:mod:`gsaoi_watch.daemon.boundary`): an event
+handled from the queue is one database transaction (``BEGIN IMMEDIATE``), and the events it
+raises are handled inside it, each sequence's in a savepoint, so a state change and the job
+row it asks for are written together or not at all.  Jobs are submitted, files deleted and
+state changes logged only once the transaction has committed.  An exception while handling
+one sequence's event marks that sequence FAILED with the reason (one ERROR line); one while
+handling a frame quarantines that frame; the loop goes on.  A database that cannot be used
+(locked past the busy wait, gone, failing) keeps the event and those after it, tried again
+with backoff (:meth:`Engine.summary` says so, and the heartbeat with it).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import logging
 import multiprocessing
@@ -37,7 +40,8 @@ from typing import Any, Protocol
 from gsaoi_watch.calibration import db
 from gsaoi_watch.config import Config
 from gsaoi_watch.daemon import ingest, outcomes
-from gsaoi_watch.daemon.actions import EXECUTORS
+from gsaoi_watch.daemon.actions import EXECUTORS, live_job
+from gsaoi_watch.daemon.boundary import Boundary, first_line
 from gsaoi_watch.daemon.events import (
     EngineEvent,
     Event,
@@ -48,6 +52,7 @@ from gsaoi_watch.daemon.events import (
     JobFinished,
     OperatorCommand,
     PreparedFinished,
+    Recover,
     Rescan,
     SequenceEvent,
     Stop,
@@ -58,11 +63,20 @@ from gsaoi_watch.daemon.jobs import run_job
 from gsaoi_watch.daemon.pool import SupervisedPool
 from gsaoi_watch.daemon.sequences import State, advance, label, reason
 from gsaoi_watch.daemon.watcher import ArrivalGate, scan_directory
-from gsaoi_watch.logs import WorkerLogging, start_worker_logging, worker_log_initializer
+from gsaoi_watch.logs import (
+    WorkerLogging,
+    log_name,
+    start_worker_logging,
+    worker_log_initializer,
+)
 
-__all__ = ["Engine", "JobExecutor"]
+__all__ = ["BUSY_WAIT", "Engine", "JobExecutor"]
 
 log = logging.getLogger(__name__)
+
+#: How long the daemon waits for another process's database lock before it keeps the event
+#: and retries with backoff (seconds; SQLite's busy timeout on the daemon's connection).
+BUSY_WAIT = 2.0
 
 #: States an operator's ``close`` acts on.
 CLOSABLE = (State.OPEN, State.REOPENED, State.FAILED)
@@ -132,25 +146,60 @@ class Engine:
             OperatorCommand: self._on_command,
             JobFinished: lambda e: outcomes.job_finished(self, e),
             PreparedFinished: lambda e: outcomes.prepared_finished(self, e),
-            SequenceEvent: self._on_sequence_event,
+            SequenceEvent: self._guarded_sequence_event,
+            Recover: self._on_recover,
         }
+        self.boundary = Boundary(self._dispatch, self._failed, now,
+                                 coalesce=(Tick, Rescan, Recover))
 
     # --- lifecycle -------------------------------------------------------------------------
     def recover(self) -> None:
-        """After a restart: re-run interrupted jobs (bounded tries), then catch up on files."""
+        """After a restart: re-run interrupted jobs, repair stranded sequences, catch up."""
+        self.handle(Recover())
+
+    def _on_recover(self, event: Recover) -> None:
+        """Recover in one transaction: interrupted jobs, stranded sequences, missed files.
+
+        Interrupted jobs run again (bounded tries); sequences found REDUCING or COMPLETE
+        without a live job get ``interrupted`` (submitted again through the table); then the
+        raw directory is scanned.
+        """
         for job in list(db.Job.select().where(db.Job.state.in_(("RUNNING", "SUBMITTED")))):
-            seq = job.sequence
-            if job.tries >= self.config.jobs.max_tries:
-                self.job_state(job, "FAILED", error="interrupted too often")
-                log.error("job=%d %s given up: interrupted %d times", job.id, job.recipe,
-                          job.tries)
-                if seq is not None and job.recipe != "stack":
-                    self.emit(seq.id, Event.JOB_GAVE_UP, job_id=job.id)
+            try:  # each job on its own: one that cannot be re-run does not stop the others
+                self.boundary.savepoint(functools.partial(self._rerun, job))
+            except Exception as exc:
+                if db.unavailable(exc):
+                    raise
+                self.job_state(job, "FAILED", error=f"not re-run: {first_line(exc)}")
+                log.error("job=%d %s could not be re-run after a restart: %s", job.id,
+                          job.recipe, first_line(exc))
+                if job.sequence_id is not None:
+                    self._sequence_failed(job.sequence_id, Event.INTERRUPTED, exc)
+        for seq in list(db.Sequence.select().where(db.Sequence.state.in_(
+                (State.REDUCING, State.COMPLETE))).order_by(db.Sequence.id)):
+            if seq.state == State.REDUCING and live_job(seq) is not None:
                 continue
-            log.info("job=%d %s interrupted by a restart: running it again (try %d of %d)",
-                     job.id, job.recipe, job.tries + 1, self.config.jobs.max_tries)
-            self.start_job(job)
+            seq = db.Sequence.get_by_id(seq.id)  # an earlier repair may have taken it along
+            if seq.state == State.REDUCING and live_job(seq) is not None:
+                continue
+            log.warning("seq=%s: found %s without a job after a restart: submitted again",
+                        label(seq), seq.state)
+            self.emit(seq.id, Event.INTERRUPTED)
         self.rescan()
+
+    def _rerun(self, job: db.Job) -> None:
+        """Run an interrupted job again, or give it up once it was interrupted too often."""
+        seq = job.sequence
+        if job.tries >= self.config.jobs.max_tries:
+            self.job_state(job, "FAILED", error="interrupted too often")
+            log.error("job=%d %s given up: interrupted %d times", job.id, job.recipe,
+                      job.tries)
+            if seq is not None and job.recipe != "stack":
+                self.emit(seq.id, Event.JOB_GAVE_UP, job_id=job.id)
+            return
+        log.info("job=%d %s interrupted by a restart: running it again (try %d of %d)",
+                 job.id, job.recipe, job.tries + 1, self.config.jobs.max_tries)
+        self.start_job(job)
 
     def rescan(self) -> None:
         """Offer every candidate file in the raw directory that is not in the ledger yet."""
@@ -160,14 +209,25 @@ class Engine:
                 self.gate.notice(path, closed=True)
 
     def step(self, timeout: float = 0.2) -> None:
-        """Handle at most one queued event, then let the arrival gate release frames."""
+        """Handle at most one queued event, then let the arrival gate release frames.
+
+        Events kept while the database was unavailable are tried first, once their backoff
+        has passed.
+        """
+        self.boundary.retry()
+        wait = self.boundary.next_try_in()
         try:
-            event: EngineEvent | None = self.events.get(timeout=timeout)
+            event: EngineEvent | None = self.events.get(
+                timeout=timeout if wait is None else min(timeout, wait))
         except queue.Empty:
             event = None
         if event is not None:
             self.handle(event)
-        ready, rejected = self.gate.poll()
+        try:
+            ready, rejected = self.gate.poll()
+        except Exception as exc:  # noqa: BLE001 -- the loop goes on; files are offered again
+            log.error("arrival gate: %s", first_line(exc))
+            return
         for path, problem in rejected:
             self.handle(FrameRejected(path, problem))
         for path, info in ready:
@@ -176,18 +236,60 @@ class Engine:
     def handle(self, event: EngineEvent) -> None:
         """Handle one event: the single door of every event, queued or raised by another.
 
-        An event of a type the engine does not know is a logged error, never dropped
-        silently.
+        From the queue, the event is one transaction through the error boundary (kept for
+        later if the database cannot be used); raised while handling another, it is handled
+        inside that one's transaction.  Events that need no database (a file noticed, stop,
+        heartbeat) are handled at once even while others wait for the database.  An event of
+        a type the engine does not know is a logged error, never dropped silently.
         """
-        handler = self._handlers.get(type(event))
-        if handler is None:
+        if type(event) not in self._handlers:
             log.error("unknown event %r: not handled", event)
             return
-        handler(event)
+        if self.boundary.inside:
+            self._dispatch(event)
+        elif isinstance(event, (FileNoticed, Stop, Heartbeat)):
+            self._dispatch(event)
+        else:
+            self.boundary.submit(event)
+
+    def _dispatch(self, event: EngineEvent) -> None:
+        self._handlers[type(event)](event)
+
+    def _failed(self, event: EngineEvent, exc: BaseException) -> None:
+        """Record the reason an event could not be handled (in a transaction of its own)."""
+        text = first_line(exc)
+        if isinstance(event, FrameArrived):
+            ingest.quarantine(self, event.path, f"could not be ingested: {text}")
+        elif isinstance(event, SequenceEvent):
+            self._sequence_failed(event.sequence_id, event.event, exc)
+        elif isinstance(event, JobFinished):
+            job = db.Job.get_or_none(db.Job.id == event.job_id)
+            if job is not None:
+                self.job_state(job, "FAILED", error=f"outcome not recorded: {text}")
+                for seq_id in json.loads(job.parameters).get("sequences", []):
+                    self._sequence_failed(seq_id, Event.JOB_DONE, exc)
+            log.error("job=%d: its outcome could not be recorded: %s", event.job_id, text)
+        else:
+            log.error("%s not handled: %s", type(event).__name__, text)
+
+    def _sequence_failed(self, sequence_id: int, event: Event, exc: BaseException) -> None:
+        """Mark one sequence FAILED with the reason; the rest of the night goes on."""
+        seq = db.Sequence.get_or_none(db.Sequence.id == sequence_id)
+        why = f"error on {event}: {first_line(exc)}"
+        if seq is None:
+            log.error("seq id %d: %s", sequence_id, why)
+            return
+        db.Sequence.update(state=State.FAILED.value, reason=why[:250]).where(
+            db.Sequence.id == seq.id).execute()
+        log.error("seq=%s: %s→FAILED (%s)", label(seq), seq.state, why)
 
     def emit(self, sequence_id: int, event: Event, **context: Any) -> None:
         """Apply ``event`` to a sequence now (``context``: see :class:`SequenceEvent`)."""
         self.handle(SequenceEvent(sequence_id, event, **context))
+
+    def after_commit(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` once the current event's transaction has committed (dropped if not)."""
+        self.boundary.after_commit(fn)
 
     def run(self, *, idle_exit: float | None = None) -> None:
         """Loop until a stop event (or, with ``idle_exit`` seconds, until nothing is left)."""
@@ -196,7 +298,8 @@ class Engine:
             self.step()
             if idle_exit is not None:
                 busy = (self.futures or self.preparing or self.gate.pending
-                        or self.retries.due_at or not self.events.empty())
+                        or self.retries.due_at or not self.events.empty()
+                        or self.boundary.waiting)
                 if busy:
                     quiet_since = time.monotonic()
                 elif time.monotonic() - quiet_since > idle_exit:
@@ -211,38 +314,64 @@ class Engine:
             self.relay = None
 
     def summary(self) -> str:
-        """A one-line status: sequences by state, jobs running, products made."""
-        states: dict[str, int] = {}
-        for seq in db.Sequence.select(db.Sequence.state):
-            states[seq.state] = states.get(seq.state, 0) + 1
-        running = db.Job.select().where(db.Job.state == "RUNNING").count()
+        """A one-line status: sequences by state, jobs running, products made.
+
+        Prefixed with ``database unavailable since ...`` while events wait for it; if the
+        database cannot even be read, that alone.
+        """
+        busy = self.boundary.status()
+        try:
+            states: dict[str, int] = {}
+            for seq in db.Sequence.select(db.Sequence.state):
+                states[seq.state] = states.get(seq.state, 0) + 1
+            running = db.Job.select().where(db.Job.state == "RUNNING").count()
+            products = db.Product.select().count()
+        except Exception as exc:  # noqa: BLE001 -- the status line must always be given
+            if busy is None:
+                busy = f"database unreadable: {first_line(exc)}"
+            return f"{busy}; frames: {self.counts['frames']}"
         seqs = ", ".join(f"{n} {s}" for s, n in sorted(states.items())) or "none"
-        return (f"sequences: {seqs}; jobs running: {running}; frames: "
+        line = (f"sequences: {seqs}; jobs running: {running}; frames: "
                 f"{self.counts['frames']}; quarantined: {self.counts['quarantined']}; "
-                f"products: {db.Product.select().count()}")
+                f"products: {products}")
+        return f"{busy}; {line}" if busy else line
 
     # --- jobs ------------------------------------------------------------------------------
     def start_job(self, job: db.Job, *, count_try: bool = True) -> None:
-        """Mark a job RUNNING and submit it; its end comes back as an event.
+        """Mark a job RUNNING; submit it once that is committed.
 
         With ``count_try`` (default) the run is one more try; a run after a worker's death
-        or a transient failure is not (:mod:`gsaoi_watch.daemon.failures`).
+        or a transient failure is not (:mod:`gsaoi_watch.daemon.failures`).  Its end comes
+        back as a :class:`~gsaoi_watch.daemon.events.JobFinished` event.
         """
         spec = json.loads(job.parameters)
         tries = job.tries + 1 if count_try else max(job.tries, 1)
-        if count_try:  # a fresh run: a transient wait before it is over
-            self.retries.forget(job.id)
         with db.writing():
             db.Job.update(state="RUNNING", tries=tries, started=self.now(),
                           error=None).where(db.Job.id == job.id).execute()
-        log.info("job=%d %s %s started (%d frames, try %d%s)", job.id, job.recipe,
-                 label(job.sequence) if job.sequence else "", len(spec["paths"]), tries,
-                 "" if count_try else ", again")
+        name = label(job.sequence) if job.sequence else ""
+        job_id, recipe = job.id, job.recipe
+        again = "" if count_try else ", again"
+        if count_try:  # a fresh run: a transient wait before it is over
+            self.after_commit(lambda: self.retries.forget(job_id))
+        self.after_commit(lambda: log.info("job=%d %s %s started (%d frames, try %d%s)", job_id,
+                                           recipe, name, len(spec["paths"]), tries, again))
+        self.after_commit(lambda: self._submit_job(job_id, spec))
+
+    def _submit_job(self, job_id: int, spec: dict[str, Any]) -> None:
+        """Submit a job (after its commit); a submit that fails ends the job with that error.
+
+        The failure comes back as its :class:`~gsaoi_watch.daemon.events.JobFinished`, so
+        the job row is never left RUNNING with nothing running it.
+        """
         if self.stopping:
             return
-        future = self.executor.submit(run_job, spec)
-        self.futures[job.id] = future
-        job_id = job.id
+        try:
+            future = self.executor.submit(run_job, spec)
+        except Exception as exc:  # noqa: BLE001 -- e.g. a broken pool: the job's failure
+            future = Future()
+            future.set_exception(exc)
+        self.futures[job_id] = future
 
         def finished(f: Future[Any]) -> None:  # in the worker pool's thread: only enqueue
             self.events.put(JobFinished(job_id, f))
@@ -273,19 +402,28 @@ class Engine:
                         & (db.Sequence.last_frame_ut > seq.last_frame_ut)).exists():
                 self.emit(seq.id, Event.NEW_OBSERVATION)
 
+    def _guarded_sequence_event(self, event: SequenceEvent) -> None:
+        """One sequence's event in a savepoint: an exception marks only that sequence."""
+        try:
+            self.boundary.savepoint(lambda: self._on_sequence_event(event))
+        except Exception as exc:
+            if db.unavailable(exc):
+                raise
+            self._sequence_failed(event.sequence_id, event.event, exc)
+
     def _on_sequence_event(self, event: SequenceEvent) -> None:
         """One row of the table: the state and reason in one update, a log line, the actions."""
         seq = db.Sequence.get_by_id(event.sequence_id)
         t = advance(seq.state, event.event)
         if t is None:
             return
-        why = reason(seq.kind, event.event)
+        why = reason(seq.kind, event.event, seq.state)
         with db.writing():
             db.Sequence.update(state=t.next_state.value, reason=why).where(
                 db.Sequence.id == seq.id).execute()
         if t.next_state != seq.state:
-            log.info("seq=%s: %s→%s (%s) %d frames", label(seq), seq.state, t.next_state,
-                     why, seq.frames.count())
+            line = (label(seq), seq.state, t.next_state.value, why, seq.frames.count())
+            self.after_commit(lambda: log.info("seq=%s: %s→%s (%s) %d frames", *line))
         seq = db.Sequence.get_by_id(seq.id)
         for action in t.actions:
             EXECUTORS[action](self, seq, event)
@@ -323,7 +461,8 @@ class Engine:
                 n += 1
         with db.writing():
             db.Command.update(done=self.now()).where(db.Command.id == cmd.id).execute()
-        log.info("command %s %s: %d sequence(s) closed", cmd.verb, cmd.argument or "", n)
+        log.info("command %s %s: %d sequence(s) closed", log_name(cmd.verb),
+                 log_name(cmd.argument or ""), n)
 
     def _on_stop(self, event: Stop) -> None:
         self.stopping = True

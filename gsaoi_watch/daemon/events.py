@@ -21,8 +21,8 @@ from typing import Any
 from gsaoi_watch.data.descriptors import FrameInfo
 
 __all__ = ["EngineEvent", "Event", "FileNoticed", "FrameArrived", "FrameRejected", "Heartbeat",
-           "JobFinished", "OperatorCommand", "PreparedFinished", "Rescan", "SequenceEvent",
-           "Stop", "Tick"]
+           "JobFinished", "OperatorCommand", "PreparedFinished", "Recover", "Rescan",
+           "SequenceEvent", "Stop", "Tick"]
 
 
 class Event(enum.StrEnum):
@@ -45,6 +45,7 @@ class Event(enum.StrEnum):
     JOB_GAVE_UP = "job_gave_up"          # no tries left
     REOPEN = "reopen"                    # reduced, but frames arrived meanwhile: reduce again
     RECALIBRATE = "recalibrate"          # the calibration it was reduced with was retired
+    INTERRUPTED = "interrupted"          # found after a restart with no job: reduce again
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,11 @@ class Rescan:
 @dataclass(frozen=True)
 class Heartbeat:
     """The service's watchdog beat (handled by the service loop, not the engine)."""
+
+
+@dataclass(frozen=True)
+class Recover:
+    """After a restart: re-run interrupted jobs, repair sequences left without a job."""
 
 
 @dataclass(frozen=True)
@@ -141,4 +147,4 @@ class SequenceEvent:
 
 #: Everything the engine's queue may carry.
 EngineEvent = (FileNoticed | FrameArrived | FrameRejected | Tick | Rescan | Heartbeat | Stop
-               | OperatorCommand | JobFinished | PreparedFinished | SequenceEvent)
+               | OperatorCommand | JobFinished | PreparedFinished | SequenceEvent | Recover)

@@ -4,9 +4,12 @@ A rejected file becomes a quarantined row (one warning line).  A complete frame 
 against the ledger (same checksum: nothing to do; same data label under another name: a
 duplicate, quarantined), then recorded: a static BPM is registered as a calibration, kinds
 that are not reduced are recorded as ignored, and anything else joins the sequence its
-headers name (created OPEN if new).  The sequence then gets ``first_frame`` or ``frame``
-through the transition table (whose ``add_frame`` records the sequence's new last frame
-and starts the per-frame steps), and sequences that a later observation followed close.
+headers name (created OPEN if new); a frame lacking what its reduction needs (EXPTIME,
+DATE-OBS, filters, a known read mode: :func:`~gsaoi_watch.reduction.standardize.check_frame`)
+is quarantined with that reason instead of failing its sequence's job again and again.
+The sequence then gets ``first_frame`` or ``frame`` through the transition table (whose
+``add_frame`` records the sequence's new last frame and starts the per-frame steps), and
+sequences that a later observation followed close.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from gsaoi_watch.daemon.events import Event, FrameArrived
 from gsaoi_watch.daemon.sequences import State, frame_kind, label, sequence_key
 from gsaoi_watch.data.descriptors import FrameInfo
 from gsaoi_watch.logs import log_name
+from gsaoi_watch.reduction.standardize import check_frame
 
 if TYPE_CHECKING:
     from gsaoi_watch.daemon.engine import Engine
@@ -60,14 +64,14 @@ def quarantine(engine: Engine, path: str, problem: str) -> None:
             db.Frame.update(state="quarantined", error=problem,
                             updated=engine.now()).where(db.Frame.id == row.id).execute()
     engine.counts["quarantined"] += 1
-    log.warning("frame=%s quarantined: %s", log_name(Path(path).name), problem)
+    log.warning("frame=%s quarantined: %s", log_name(Path(path).name), log_name(problem))
 
 
 def ingest(engine: Engine, arrived: FrameArrived) -> None:
     """Ledger row, then sequence membership and the sequence's event, for an arrived frame."""
     path = str(Path(arrived.path).resolve())
     info = arrived.info
-    name = Path(path).name
+    name = log_name(Path(path).name)
     digest = db.checksum(path)
     existing = db.Frame.get_or_none(db.Frame.path == path)
     if existing is not None and existing.checksum == digest:
@@ -89,6 +93,10 @@ def ingest(engine: Engine, arrived: FrameArrived) -> None:
         log.info("frame=%s ignored: %s (%s)", name, kind,
                  info.observation_class() or info.observation_type())
         return
+    problem = check_frame(info)
+    if problem is not None:  # deterministic: no reduction of it could ever succeed
+        quarantine(engine, path, f"cannot be reduced: {problem}")
+        return
     _join(engine, path, info, digest)
 
 
@@ -104,7 +112,8 @@ def _join(engine: Engine, path: str, info: FrameInfo, digest: str) -> None:
             updated=now, last_frame_ut=info.ut_datetime()))
     _record_frame(engine, path, info, digest, "ingested", seq)
     engine.counts["frames"] += 1
-    log.info("frame=%s → seq=%s (%d frames)", Path(path).name, label(seq), seq.frames.count())
+    log.info("frame=%s → seq=%s (%d frames)", log_name(Path(path).name), label(seq),
+             seq.frames.count())
     if created:
         log.info("seq=%s: new sequence OPEN", label(seq))
     engine.emit(seq.id, Event.FIRST_FRAME if created else Event.FRAME,

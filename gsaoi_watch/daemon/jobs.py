@@ -16,6 +16,7 @@ from typing import Any
 from gsaoi_watch.daemon.prepared import fetch
 from gsaoi_watch.data.fitsio import copy_product, load_bpm, load_frame, write_frame
 from gsaoi_watch.instrument.standards import find_standard
+from gsaoi_watch.logs import log_name
 from gsaoi_watch.pipeline.recipes import make_processed_flat, reduce_images
 from gsaoi_watch.pipeline.stack_files import run_stack_job
 from gsaoi_watch.quicklook.pictures import write_picture
@@ -104,7 +105,7 @@ def _measure(frame: Frame, measured: list[dict[str, Any]]) -> Frame:
                                  frame.phu.get("DEC"))
         result = frame_qa(frame, standard=standard)
     except Exception as exc:  # noqa: BLE001 -- QA is advisory: log it and carry on
-        log.warning("frame=%s QA failed: %s", frame.filename, exc)
+        log.warning("frame=%s QA failed: %s", log_name(frame.filename), log_name(exc))
         return frame
     measured.append({**result.to_dict(), "file": frame.filename, "log": qa_log_line(result)})
     return qa_header(frame, result)
@@ -115,7 +116,7 @@ def _picture(path: str | Path) -> None:
     try:
         write_picture(path)
     except Exception as exc:  # noqa: BLE001 -- pictures are advisory
-        log.warning("product=%s no picture: %s", Path(path).name, exc)
+        log.warning("product=%s no picture: %s", log_name(Path(path).name), log_name(exc))
 
 
 def run_stack(spec: dict[str, Any]) -> dict[str, Any]:

@@ -13,6 +13,7 @@ its tries, a deterministic error gives it up at once.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Mapping
@@ -25,12 +26,14 @@ from gsaoi_watch.daemon.failures import Failure, classify
 from gsaoi_watch.daemon.prepared import cache_path
 from gsaoi_watch.daemon.sequences import label
 from gsaoi_watch.data.fitsio import read_frame_info
+from gsaoi_watch.logs import log_name
 from gsaoi_watch.quicklook.summary import write_summary
 
 if TYPE_CHECKING:
     from gsaoi_watch.daemon.engine import Engine
 
-__all__ = ["job_finished", "prepared_finished", "refresh_summary", "start_due_retries"]
+__all__ = ["job_finished", "member_of", "prepared_finished", "refresh_summary",
+           "start_due_retries"]
 
 log = logging.getLogger(__name__)
 
@@ -150,9 +153,12 @@ def _record(engine: Engine, job: db.Job, spec: Mapping[str, Any],
     for path, kind in result["products"]:
         queries.register_product(path, read_frame_info(path), kind=kind,
                                  is_calibration=kind == "processed_flat", job=job, used=used)
+    skipped = set()
     for name, why in result["skipped"]:
-        log.warning("frame=%s not used: %s", Path(name).name, why)
-    skipped = {str(Path(n).resolve()) for n, _ in result["skipped"]}
+        path = member_of(name, spec["paths"])
+        if path is not None:
+            skipped.add(path)
+        log.warning("frame=%s not used: %s", log_name(Path(name).name), why)
     with db.writing():
         for path in spec["paths"]:
             db.Frame.update(state="used" if path not in skipped else "unusable").where(
@@ -164,7 +170,27 @@ def _record(engine: Engine, job: db.Job, spec: Mapping[str, Any],
     if spec["recipe"] != "images" or spec.get("flat"):
         # reduced with its flat: the prepared frames have served
         for path in spec["paths"]:
-            cache_path(engine.cache_dir, path).unlink(missing_ok=True)
+            engine.after_commit(functools.partial(
+                cache_path(engine.cache_dir, path).unlink, missing_ok=True))
+
+
+def member_of(name: str, paths: list[str]) -> str | None:
+    """The job's raw frame a reported file name stands for (full path, else file name).
+
+    Reductions report a skipped frame by its path or by its file name; a bare name is
+    never resolved against the working directory.
+    """
+    if name in paths:
+        return name
+    if Path(name).is_absolute():
+        resolved = str(Path(name).resolve())
+        if resolved in paths:
+            return resolved
+    base = Path(name).name
+    found = [p for p in paths if Path(p).name == base]
+    if not found:  # a product name reported for its raw frame (same stem, a suffix added)
+        found = [p for p in paths if base.startswith(Path(p).stem + "_")]
+    return found[0] if len(found) == 1 else None
 
 
 def _record_qa(measured: list[dict[str, Any]], products: list[tuple[str, str]]) -> None:
@@ -173,14 +199,14 @@ def _record_qa(measured: list[dict[str, Any]], products: list[tuple[str, str]]) 
         with db.writing():
             db.Product.update(qa=json.dumps(qa)).where(
                 db.Product.path == path_of.get(qa["file"])).execute()
-        log.info("qa %s", qa["log"])
+        log.info("qa %s", log_name(qa["log"]))
 
 
 def _stack_finished(engine: Engine, job: db.Job, result: Mapping[str, Any]) -> None:
     for path, kind in result["products"]:
         queries.register_product(path, None, kind=kind, is_calibration=False, job=job)
     for name, why in result["skipped"]:
-        log.warning("frame=%s left out of the stack: %s", Path(name).name, why)
+        log.warning("frame=%s left out of the stack: %s", log_name(Path(name).name), why)
     engine.job_state(job, "DONE")
     log.info("job=%d stack done in %.1f s → %s", job.id, result["seconds"], result["note"])
     refresh_summary(engine)
@@ -194,7 +220,7 @@ def prepared_finished(engine: Engine, event: PreparedFinished) -> None:
     if future.cancelled():
         return
     exc = future.exception()
-    name = Path(path).name
+    name = log_name(Path(path).name)
     if exc is not None:  # not fatal: the sequence job prepares the raw frame itself
         if classify(exc) is Failure.DETERMINISTIC:  # the job will meet it and report it
             log.info("frame=%s per-frame steps not done ahead (%s); left to the sequence "

@@ -24,6 +24,7 @@ from astropy.io import fits
 
 from gsaoi_watch.data.fitsio import load_bpm, load_frame, write_frame
 from gsaoi_watch.data.names import safe_name
+from gsaoi_watch.logs import log_name
 from gsaoi_watch.reduction.container import Frame
 from gsaoi_watch.reduction.flat import flat_correct
 from gsaoi_watch.reduction.recipes import preprocess
@@ -77,8 +78,8 @@ def fetch(raw_path: str | os.PathLike[str], cache_dir: str | os.PathLike[str], *
     try:
         frame = load_frame(path)
     except Exception as exc:  # noqa: BLE001 -- a damaged cache file is recomputed
-        log.warning("prepared frame %s unreadable (%s): preparing the raw frame", path.name,
-                    exc)
+        log.warning("prepared frame %s unreadable (%s): preparing the raw frame",
+                    log_name(path.name), log_name(exc))
         return None
     phu = frame.phu.copy()
     name = str(phu.get("PREPNAME", frame.filename))

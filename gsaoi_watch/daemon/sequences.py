@@ -26,12 +26,13 @@ from typing import TYPE_CHECKING
 
 from gsaoi_watch.daemon.events import Event
 from gsaoi_watch.data.descriptors import FrameInfo
+from gsaoi_watch.logs import log_name
 
 if TYPE_CHECKING:
     from gsaoi_watch.calibration.db import Sequence
 
-__all__ = ["ACTIONS", "EVENTS", "REASONS", "STATES", "TRANSITIONS", "Action", "Event",
-           "SequenceKey", "State", "Transition", "advance", "frame_kind", "label",
+__all__ = ["ACTIONS", "EVENTS", "FRAME_REASONS", "REASONS", "STATES", "TRANSITIONS", "Action",
+           "Event", "SequenceKey", "State", "Transition", "advance", "frame_kind", "label",
            "reason", "sequence_key"]
 
 log = logging.getLogger(__name__)
@@ -99,12 +100,14 @@ TRANSITIONS: dict[tuple[str, str], Transition] = {
     (S.COMPLETE, E.CALIBRATION_MISSING): _t(S.WAITING, A.START_WAIT),
     (S.COMPLETE, E.PARTNER_SUBMITTED): _t(S.REDUCING),
     (S.COMPLETE, E.FRAME): _t(S.REOPENED, A.ADD_FRAME),
+    (S.COMPLETE, E.INTERRUPTED): _t(S.COMPLETE, A.CHECK_CALIBRATION),
     (S.WAITING, E.CALIBRATION_READY): _t(S.REDUCING, A.CANCEL_WAIT, A.SUBMIT),
     (S.WAITING, E.PARTNER_SUBMITTED): _t(S.REDUCING, A.CANCEL_WAIT),
     (S.WAITING, E.WAIT_EXPIRED): _t(S.REDUCING, A.SUBMIT_QUICKLOOK),
     (S.WAITING, E.FRAME): _t(S.REOPENED, A.ADD_FRAME, A.CANCEL_WAIT),
     (S.WAITING, E.OPERATOR_CLOSE): _t(S.WAITING),
     (S.REDUCING, E.FRAME): _t(S.REDUCING, A.ADD_FRAME, A.MARK_STALE),
+    (S.REDUCING, E.INTERRUPTED): _t(S.REDUCING, A.SUBMIT),
     (S.REDUCING, E.JOB_DONE): _t(S.DONE, A.RETIRE_SUPERSEDED, A.RELEASE_DEPENDENTS,
                                  A.SUBMIT_STACK),
     (S.REDUCING, E.JOB_DONE_STALE): _t(S.DONE, A.RETIRE_SUPERSEDED, A.RELEASE_DEPENDENTS,
@@ -117,6 +120,7 @@ TRANSITIONS: dict[tuple[str, str], Transition] = {
     (S.DONE, E.REOPEN): _t(S.REOPENED),
     (S.DONE, E.OPERATOR_CLOSE): _t(S.DONE),
     (S.DONE, E.RECALIBRATE): _t(S.REDUCING, A.SUBMIT),
+    (S.DONE, E.PARTNER_SUBMITTED): _t(S.REDUCING),
     (S.QUICKLOOK, E.CALIBRATION_READY): _t(S.REDUCING, A.SUBMIT),
     (S.QUICKLOOK, E.FRAME): _t(S.REOPENED, A.ADD_FRAME),
     (S.QUICKLOOK, E.REOPEN): _t(S.REOPENED),
@@ -127,23 +131,36 @@ TRANSITIONS: dict[tuple[str, str], Transition] = {
 }
 
 #: The reason recorded (``sequence.reason``) and logged for a transition on each event;
-#: None leaves the column empty (a new sequence).
+#: None leaves the column empty (a new sequence).  A frame's reason depends on the state it
+#: arrives in: see :data:`FRAME_REASONS`.
 REASONS: dict[Event, str | None] = {
-    E.FIRST_FRAME: None, E.FRAME: "late frame", E.REOPEN: "late frame",
+    E.FIRST_FRAME: None, E.FRAME: "frame arrived", E.REOPEN: "frames arrived while reducing",
     E.NEW_OBSERVATION: "new observation", E.IDLE_TIMEOUT: "idle",
     E.OPERATOR_CLOSE: "closed by operator", E.CALIBRATION_READY: "calibration ready",
     E.PARTNER_SUBMITTED: "calibration ready", E.CALIBRATION_MISSING: "waiting for a flat",
     E.WAIT_EXPIRED: "flat wait expired", E.JOB_DONE: "reduced", E.JOB_DONE_STALE: "reduced",
     E.JOB_DONE_QUICKLOOK: "quick-look reduced", E.JOB_DONE_QUICKLOOK_STALE: "quick-look reduced",
     E.JOB_FAILED: "job failed, retrying", E.JOB_GAVE_UP: "job failed",
-    E.RECALIBRATE: "recalibrate",
+    E.RECALIBRATE: "recalibrate", E.INTERRUPTED: "interrupted by a restart",
+}
+
+#: The reason of a frame arriving, by the state it arrives in (else :data:`REASONS`).
+FRAME_REASONS: dict[State, str] = {
+    S.OPEN: "frame arrived", S.REOPENED: "late frame arrived",
+    S.COMPLETE: "late frame after completion", S.WAITING: "late frame while waiting",
+    S.REDUCING: "frame arrived while reducing", S.DONE: "late frame after reduction",
+    S.QUICKLOOK: "late frame after quick-look", S.FAILED: "frame arrived after failure",
 }
 
 
-def reason(kind: str, event: Event) -> str | None:
-    """The reason of a transition on ``event`` for a sequence of ``kind``."""
+def reason(kind: str, event: Event, state: str | None = None) -> str | None:
+    """The reason of a transition on ``event`` in ``state`` for a sequence of ``kind``."""
     if event == E.CALIBRATION_MISSING and kind in ("flat_on", "flat_off"):
         return "waiting for the lamp-{} frames".format("off" if kind == "flat_on" else "on")
+    if event == E.FRAME and state in FRAME_REASONS:
+        return FRAME_REASONS[State(state)]
+    if event == E.PARTNER_SUBMITTED and state == S.DONE:
+        return "re-made with the partner flat's new frames"
     return REASONS.get(event, str(event))
 
 
@@ -220,5 +237,5 @@ def sequence_key(info: FrameInfo) -> SequenceKey:
 
 def label(seq: Sequence) -> str:
     """How the log names a sequence: ``GS-2017A-Q-29-13 science NGC5128 Kshort 60s``."""
-    return (f"{seq.observation_id} {seq.kind} {seq.object} "
-            f"{(seq.filter_name or '').split('_')[0]} {seq.exposure_time:g}s")
+    return log_name(f"{seq.observation_id} {seq.kind} {seq.object} "
+                    f"{(seq.filter_name or '').split('_')[0]} {seq.exposure_time:g}s")

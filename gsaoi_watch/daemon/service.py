@@ -9,16 +9,19 @@ import os
 import signal
 import socket
 import threading
+import time
 from pathlib import Path
 from types import FrameType
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from gsaoi_watch.calibration import db
+from gsaoi_watch.calibration import daemons, db
 from gsaoi_watch.config import Config
-from gsaoi_watch.daemon.engine import Engine
+from gsaoi_watch.daemon.boundary import MAX_BACKOFF, first_line
+from gsaoi_watch.daemon.engine import BUSY_WAIT, Engine
 from gsaoi_watch.daemon.events import EngineEvent, Heartbeat, Rescan, Stop, Tick
 from gsaoi_watch.daemon.watcher import make_observer
+from gsaoi_watch.logs import log_name
 
 __all__ = ['run_service', 'sd_notify']
 
@@ -54,21 +57,30 @@ def run_service(config: Config, *, stop_event: threading.Event | None = None,
                 idle_exit: float | None = None, install_signals: bool = True) -> int:
     """Run the daemon until SIGTERM/SIGINT (or ``stop_event``); return the exit status.
 
-    Start-up: open the database, re-run interrupted jobs, scan the raw directory, start
-    the observer and the scheduler, then READY=1.  Shutdown: stop watching, abandon the
+    Start-up: open the database, register as its daemon (another daemon alive on it: a
+    :class:`~gsaoi_watch.calibration.daemons.DaemonRunningError`), re-run interrupted jobs,
+    scan the raw directory, start the observer and the scheduler, then READY=1.  Each
+    heartbeat: WATCHDOG=1, the status line (STATUS=, and the daemon's row), also while the
+    database is busy.  Shutdown: stop watching, abandon the
     running job (re-run after a restart), STOPPING=1, exit 0.  If the observer thread dies
     the service exits with status 1 so that systemd restarts it.
     """
     raw = Path(config.paths.raw_dir)
     raw.mkdir(parents=True, exist_ok=True)
     Path(config.paths.output_dir).mkdir(parents=True, exist_ok=True)
-    db.open_database(config.database.url, create=True)
+    db.open_database(config.database.url, create=True, lock_timeout=BUSY_WAIT)
+    try:
+        me = _register(config, stop_event)
+    except BaseException:
+        db.close_database()
+        raise
     engine = Engine(config)
     observer, polling = make_observer(raw, engine.events, polling=config.watch.polling,
                                       poll_interval=config.watch.poll_interval)
     scheduler = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1,
                                                   "misfire_grace_time": 30})
     status = {"code": 0}
+    beat = _Beat(me)
 
     scheduler.add_job(lambda: engine.events.put(Tick()), "interval",
                       seconds=config.sequences.tick_seconds, id="tick")
@@ -86,8 +98,8 @@ def run_service(config: Config, *, stop_event: threading.Event | None = None,
         for sig in (signal.SIGTERM, signal.SIGINT):
             previous[sig] = signal.signal(sig, stop)
     try:
-        log.info("gsaoi_watch starting: raw=%s output=%s database=%s (%s)", raw,
-                 config.paths.output_dir, config.database.url,
+        log.info("gsaoi_watch starting: raw=%s output=%s database=%s (%s)", log_name(raw),
+                 log_name(config.paths.output_dir), log_name(config.database.url),
                  "polling" if polling else "inotify")
         engine.recover()
         observer.start()
@@ -109,25 +121,90 @@ def run_service(config: Config, *, stop_event: threading.Event | None = None,
                     status["code"] = 1
                     break
                 sd_notify("WATCHDOG=1")
-                sd_notify(f"STATUS={engine.summary()}")
+                beat.send(engine)
                 continue
             if event is not None:
                 engine.handle(event)
             engine.step(timeout=0)
             if idle_exit is not None and not (engine.futures or engine.preparing
-                                              or engine.gate.pending or engine.retries.due_at):
+                                              or engine.gate.pending or engine.retries.due_at
+                                              or engine.boundary.waiting):
                 idle_exit -= 0.2
                 if idle_exit <= 0:
                     break
     finally:
         sd_notify("STOPPING=1")
+        if engine.boundary.waiting:
+            log.warning("stopping with %d event(s) still waiting for the database: frames "
+                        "and jobs they concern are taken up again at the next start",
+                        len(engine.boundary.pending))
         log.info("stopping: %s", engine.summary())
         scheduler.shutdown(wait=False)
         observer.stop()
         observer.join(timeout=5)
         engine.shutdown()
+        try:
+            daemons.unregister_daemon(beat.daemon_id)
+        except Exception as exc:  # noqa: BLE001 -- a busy database must not stop the stop
+            log.warning("daemon row not removed: %s", first_line(exc))
         db.close_database()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return status["code"]
 
+
+
+def _register(config: Config, stop_event: threading.Event | None) -> int:
+    """Register as the database's daemon; a busy database is waited for, with backoff.
+
+    Raises
+    ------
+    DaemonRunningError
+        Another daemon is alive on this database.
+    """
+    backoff = 1.0
+    while True:
+        try:
+            return daemons.register_daemon(config.service.heartbeat_seconds)
+        except Exception as exc:
+            if not db.unavailable(exc) or (stop_event is not None and stop_event.is_set()):
+                raise
+            log.warning("cannot register as the database's daemon (%s): next try in %.0f s",
+                        first_line(exc), backoff)
+            time.sleep(backoff)
+            backoff = min(MAX_BACKOFF, backoff * 2)
+
+
+class _Beat:
+    """The heartbeat's status line: STATUS= for systemd and the daemon's database row.
+
+    A database that cannot be written is reported (once per problem) and never stops the
+    heartbeat; while the engine waits for the database, the row is tried at most every
+    :data:`BUSY_BEAT` seconds (each try may wait the busy timeout).
+    """
+
+    BUSY_BEAT = 10.0
+
+    def __init__(self, daemon_id: int) -> None:
+        self.daemon_id = daemon_id
+        self.last_try = 0.0
+        self.problem: str | None = None
+
+    def send(self, engine: Engine) -> None:
+        note = engine.summary()
+        sd_notify(f"STATUS={note}")
+        if engine.boundary.waiting and time.monotonic() - self.last_try < self.BUSY_BEAT:
+            return
+        self.last_try = time.monotonic()
+        try:
+            if not daemons.heartbeat(self.daemon_id, note=note):
+                log.warning("heartbeat: this daemon's row is gone; registering again")
+                self.daemon_id = daemons.register_daemon(
+                    engine.config.service.heartbeat_seconds)
+        except Exception as exc:  # noqa: BLE001 -- the heartbeat goes on whatever happens
+            text = first_line(exc)
+            if text != self.problem:
+                log.warning("heartbeat not recorded in the database: %s", text)
+            self.problem = text
+            return
+        self.problem = None

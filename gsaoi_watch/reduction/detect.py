@@ -121,10 +121,14 @@ def detect_array(arr: Array, *, detect_thresh: float = 1.5, detect_minarea: int 
         np.zeros(sci.shape, bool)
     ny, nx = sci.shape
     box = int(max(16, min(back_size, ny // 4, nx // 4)))
+    # non-finite pixels masked here, not left to photutils (which warns that it clips them):
+    # this runs in threads, and warnings.catch_warnings is not thread-safe, so another
+    # thread leaving its block can restore an "error" filter while this one is inside
+    bkg_mask = mask | ~np.isfinite(sci)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            background = Background2D(sci, box, mask=mask, filter_size=back_filtersize,
+            background = Background2D(sci, box, mask=bkg_mask, filter_size=back_filtersize,
                                       bkg_estimator=MedianBackground(),
                                       interpolator=BkgZoomInterpolator(order=1)).background
         except ValueError:  # too few unmasked pixels per box (tiny or heavily masked array)

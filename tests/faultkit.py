@@ -129,7 +129,7 @@ def edit_header(src, dst, **cards):
 
 
 # --- /proc ----------------------------------------------------------------------------------
-def _stat(pid):
+def proc_stat(pid):
     """(state, ppid, utime + stime ticks) of a process, or None if it is gone."""
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
@@ -141,7 +141,7 @@ def _stat(pid):
 
 def alive(pid) -> bool:
     """True if the process exists and is not a zombie."""
-    st = _stat(pid)
+    st = proc_stat(pid)
     return st is not None and st[0] not in ("Z", "X")
 
 
@@ -159,7 +159,7 @@ def descendants(pid) -> list[int]:
     parent_of = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
-            st = _stat(int(entry))
+            st = proc_stat(int(entry))
             if st is not None and st[0] not in ("Z", "X"):
                 parent_of[int(entry)] = st[1]
     found, frontier = [], [pid]
@@ -173,11 +173,11 @@ def descendants(pid) -> list[int]:
 
 def busiest(pids, *, window=0.5) -> tuple[int | None, int]:
     """The process among ``pids`` that used the most CPU over ``window`` s, and its ticks."""
-    before = {p: (_stat(p) or ("X", 0, 0))[2] for p in pids}
+    before = {p: (proc_stat(p) or ("X", 0, 0))[2] for p in pids}
     time.sleep(window)
     best, ticks = None, -1
     for p in pids:
-        st = _stat(p)
+        st = proc_stat(p)
         if st is None:
             continue
         if st[2] - before[p] > ticks:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pool_tasks
 import pytest
+from faultkit import alive, descendants
 
 from gsaoi_watch.daemon.pool import SupervisedPool, WorkerCrashed, describe_exit
 from gsaoi_watch.errors import ReductionError
@@ -25,14 +26,6 @@ def wait_until(predicate, timeout, what):
             return
         time.sleep(0.05)
     pytest.fail(f"timed out after {timeout} s waiting for {what}")
-
-
-def alive(pid):
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return text[text.rindex(")") + 2] not in "ZX"
 
 
 def read_pid(path, timeout=60):
@@ -79,27 +72,6 @@ def test_describe_exit():
     assert describe_exit(None) == "unknown"
 
 
-def family(pid):
-    """Every living descendant of ``pid`` (children, grandchildren ...), from /proc."""
-    parent_of = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                text = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            fields = text[text.rindex(")") + 2:].split()
-            if fields[0] not in "ZX":
-                parent_of[int(entry)] = int(fields[1])
-    found, frontier = [], [pid]
-    while frontier:
-        p = frontier.pop()
-        kids = [c for c, pp in parent_of.items() if pp == p]
-        found += kids
-        frontier += kids
-    return found
-
-
 OWNER = textwrap.dedent("""
     import sys, time
     sys.path[:0] = [{tests!r}, {repo!r}]
@@ -121,7 +93,7 @@ def test_workers_and_their_forked_children_die_with_the_pool_owner(tmp_path):
     try:
         workers = [read_pid(Path(pid_file + str(i)), 120) for i in range(2)]
         grandchildren = [read_pid(Path(pid_file + str(i) + ".child"), 60) for i in range(2)]
-        everyone = family(owner.pid)
+        everyone = descendants(owner.pid)
         assert set(workers + grandchildren) <= set(everyone)
         os.kill(owner.pid, signal.SIGKILL)  # the owner alone, not its process group
         owner.wait(timeout=30)

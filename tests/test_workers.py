@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from faultkit import alive, descendants, proc_stat
 
 from gsaoi_watch.sim import simulate_night
 
@@ -52,32 +53,6 @@ def flats(tmp_path_factory):
     out = tmp_path_factory.mktemp("worker_flats")
     simulate_night(out, seed=5, size=512, workers=1, only=["flats", "bpm"])
     return out
-
-
-def _stat(pid):
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = text[text.rindex(")") + 2:].split()
-    return fields[0], int(fields[1]), int(fields[11]) + int(fields[12])
-
-
-def alive(pid):
-    st = _stat(pid)
-    return st is not None and st[0] not in "ZX"
-
-
-def descendants(pid):
-    parent_of = {int(e): st[1] for e in os.listdir("/proc") if e.isdigit()
-                 and (st := _stat(int(e))) is not None and st[0] not in "ZX"}
-    found, frontier = [], [pid]
-    while frontier:
-        p = frontier.pop()
-        kids = [c for c, pp in parent_of.items() if pp == p]
-        found += kids
-        frontier += kids
-    return found
 
 
 class Daemon:
@@ -139,10 +114,10 @@ class Daemon:
         while time.monotonic() < deadline:
             # the pool's workers are children of the forkserver, not of the daemon
             pids = [p for p in descendants(self.proc.pid)
-                    if (_stat(p) or ("X", 0, 0))[1] != self.proc.pid]
-            before = {p: (_stat(p) or ("X", 0, 0))[2] for p in pids}
+                    if (proc_stat(p) or ("X", 0, 0))[1] != self.proc.pid]
+            before = {p: (proc_stat(p) or ("X", 0, 0))[2] for p in pids}
             time.sleep(0.3)
-            used = {p: (_stat(p) or ("X", 0, 0))[2] - before[p] for p in pids}
+            used = {p: (proc_stat(p) or ("X", 0, 0))[2] - before[p] for p in pids}
             if used and max(used.values()) > 0:
                 return max(used, key=used.get)
         pytest.fail("no busy worker process")

@@ -8,6 +8,7 @@ it therefore do not depend on how the package is laid out inside.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -126,6 +127,27 @@ def edit_header(src, dst, **cards):
                     hdul[0].header[key] = value
             hdul.writeto(dst, overwrite=True, output_verify="silentfix")
     return Path(dst)
+
+
+# --- file systems ---------------------------------------------------------------------------
+@contextlib.contextmanager
+def tmpfs(mnt, size, *, mode=None):
+    """Mount a tmpfs of ``size`` (e.g. ``"8m"``) at ``mnt`` (root only); unmount after.
+
+    Skips the test, with the reason, where mounting is not permitted.
+    """
+    mnt = Path(mnt)
+    mnt.mkdir(parents=True, exist_ok=True)
+    options = f"size={size}" + (f",mode={mode}" if mode else "")
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mnt)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {proc.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        if subprocess.run(["umount", str(mnt)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
 # --- /proc ----------------------------------------------------------------------------------

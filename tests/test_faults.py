@@ -194,16 +194,8 @@ def test_c_kill_9_of_the_daemon_mid_job_then_restart(night512, tmp_path, daemons
 @pytest.fixture
 def small_fs(tmp_path):
     """A 64 MB tmpfs mounted for the test (root only), unmounted at teardown."""
-    mnt = tmp_path / "reduced"
-    mnt.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m,mode=0755", "tmpfs",
-                           str(mnt)], capture_output=True, text=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs ({proc.stderr.strip()}) and gsaoi_watch has no "
-                    "injected-ENOSPC hook")
-    yield mnt
-    if subprocess.run(["umount", str(mnt)], capture_output=True).returncode != 0:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+    with fk.tmpfs(tmp_path / "reduced", "64m", mode="0755") as mnt:
+        yield mnt
 
 
 def fill(directory) -> Path:

@@ -5,11 +5,11 @@ writes; then through the engine: the job waits and resumes by itself (test_failu
 """
 
 import errno
-import subprocess
 
 import numpy as np
 import pytest
 from astropy.io import fits
+from faultkit import tmpfs
 
 from gsaoi_watch.data import fitsio
 from gsaoi_watch.data.fitsio import copy_product, write_frame
@@ -29,15 +29,8 @@ def frame(size=256):
 @pytest.fixture
 def tiny_fs(tmp_path):
     """A 1 MB tmpfs (root only), unmounted at teardown."""
-    mnt = tmp_path / "full"
-    mnt.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {proc.stderr.strip()}")
-    yield mnt
-    if subprocess.run(["umount", str(mnt)], capture_output=True).returncode != 0:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+    with tmpfs(tmp_path / "full", "1m") as mnt:
+        yield mnt
 
 
 def assert_no_space(info, target):

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from faultkit import alive, descendants, proc_stat
+from faultkit import alive, descendants, proc_stat, tmpfs
 
 from gsaoi_watch.sim import simulate_night
 
@@ -184,22 +184,15 @@ def small_flats(tmp_path_factory):
 @pytest.fixture
 def full_fs(tmp_path):
     """An 8 MB tmpfs (root only) filled up by a ballast file; unmounted at teardown."""
-    mnt = tmp_path / "reduced"
-    mnt.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {proc.stderr.strip()}")
-    ballast = mnt / "ballast.bin"
-    with open(ballast, "wb", buffering=0) as fh:
-        try:
-            while True:
-                fh.write(b"\0" * (1 << 20))
-        except OSError as exc:
-            assert exc.errno == errno.ENOSPC
-    yield mnt, ballast
-    if subprocess.run(["umount", str(mnt)], capture_output=True).returncode != 0:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+    with tmpfs(tmp_path / "reduced", "8m") as mnt:
+        ballast = mnt / "ballast.bin"
+        with open(ballast, "wb", buffering=0) as fh:
+            try:
+                while True:
+                    fh.write(b"\0" * (1 << 20))
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC
+        yield mnt, ballast
 
 
 def test_a_full_disk_is_waited_out_and_the_job_resumes_once_space_is_freed(

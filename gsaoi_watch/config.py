@@ -183,6 +183,7 @@ class JobsConfig(_Section):
     max_tries: int = field(default=3, metadata=_range(1, 100))
     max_crashes: int = field(default=3, metadata=_range(1, 100))
     prepare_ahead: bool = True
+    streaming: bool = True
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,7 @@ from gsaoi_watch.daemon.events import (
     Rescan,
     SequenceEvent,
     Stop,
+    StreamFinished,
     Tick,
 )
 from gsaoi_watch.daemon.failures import RetrySchedule
@@ -133,6 +134,8 @@ class Engine:
         self.futures: dict[int, Future[Any]] = {}
         self.cache_dir = self.output_dir / ".prepared"
         self.preparing: dict[str, Future[Any]] = {}
+        self.streaming: dict[int, Future[Any]] = {}  # sequence id -> its streaming step
+        self.stream_again: set[int] = set()  # frames landed while it ran: run it again
         self.stopping = False
         self.counts = {"frames": 0, "quarantined": 0, "products": 0}
         self._handlers: dict[type, Callable[[Any], None]] = {
@@ -146,6 +149,7 @@ class Engine:
             OperatorCommand: self._on_command,
             JobFinished: lambda e: outcomes.job_finished(self, e),
             PreparedFinished: lambda e: outcomes.prepared_finished(self, e),
+            StreamFinished: lambda e: outcomes.stream_finished(self, e),
             SequenceEvent: self._guarded_sequence_event,
             Recover: self._on_recover,
         }
@@ -297,7 +301,7 @@ class Engine:
         while not self.stopping:
             self.step()
             if idle_exit is not None:
-                busy = (self.futures or self.preparing or self.gate.pending
+                busy = (self.futures or self.preparing or self.streaming or self.gate.pending
                         or self.retries.due_at or not self.events.empty()
                         or self.boundary.waiting)
                 if busy:

@@ -22,6 +22,7 @@ from gsaoi_watch.data.descriptors import FrameInfo
 
 __all__ = ["EngineEvent", "Event", "FileNoticed", "FrameArrived", "FrameRejected", "Heartbeat",
            "JobFinished", "OperatorCommand", "PreparedFinished", "Recover", "Rescan",
+           "StreamFinished",
            "SequenceEvent", "Stop", "Tick"]
 
 
@@ -121,6 +122,14 @@ class PreparedFinished:
 
 
 @dataclass(frozen=True)
+class StreamFinished:
+    """The streaming step of a science sequence (pass-1 masks, provisional products) ended."""
+
+    sequence_id: int
+    future: Future[Any]
+
+
+@dataclass(frozen=True)
 class SequenceEvent:
     """One :class:`Event` for one sequence, applied through the transition table.
 
@@ -147,4 +156,5 @@ class SequenceEvent:
 
 #: Everything the engine's queue may carry.
 EngineEvent = (FileNoticed | FrameArrived | FrameRejected | Tick | Rescan | Heartbeat | Stop
-               | OperatorCommand | JobFinished | PreparedFinished | SequenceEvent | Recover)
+               | OperatorCommand | JobFinished | PreparedFinished | StreamFinished | SequenceEvent
+               | Recover)

@@ -13,8 +13,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gsaoi_watch.daemon.prepared import fetch
+from gsaoi_watch.daemon.prepared import CacheStore, fetch, load_objmasks
 from gsaoi_watch.data.fitsio import copy_product, load_bpm, load_frame, write_frame
+from gsaoi_watch.data.names import safe_name
 from gsaoi_watch.instrument.standards import find_standard
 from gsaoi_watch.logs import log_name
 from gsaoi_watch.pipeline.recipes import make_processed_flat, reduce_images
@@ -24,7 +25,7 @@ from gsaoi_watch.quicklook.qaformat import qa_header, qa_log_line
 from gsaoi_watch.reduction.container import Frame
 from gsaoi_watch.reduction.qa import frame_qa
 
-__all__ = ["run_job", "run_stack"]
+__all__ = ["measure_frame", "picture", "run_job", "run_stack"]
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
         # the copy the calibration manager serves, atomic (no half copy on a full disk)
         served = copy_product(path, out / "calibrations" / "processed_flat")
         if spec.get("pictures"):
-            _picture(path)
+            picture(path)
         return {"products": [(str(served), "processed_flat")], "qa": [],
                 "skipped": flat.meta.get("skipped", []),
                 "seconds": round(time.perf_counter() - t0, 1),
@@ -74,22 +75,26 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
     def store(frame: Frame) -> str:
         sky_corrected = "_skyCorrected" in frame.filename
         if sky_corrected and spec.get("qa"):
-            frame = _measure(frame, measured)
+            frame = measure_frame(frame, measured)
         p = write_frame(frame, out)
         written.append((str(p), "sky_corrected" if sky_corrected else "flat_corrected"))
         if sky_corrected and spec.get("pictures"):
-            _picture(p)
+            picture(p)
         return str(p)
 
-    prepared = None
-    if spec.get("cache_dir"):  # frames prepared while the sequence was observed
-        prepared = functools.partial(
-            fetch, cache_dir=spec["cache_dir"], flat=flat_frame, bpm_name=bpm_name,
-            flat_name=Path(spec["flat"]).name if spec.get("flat") else None)
-    res = reduce_images(spec["paths"], flat=flat_frame,
-                        flat_name=Path(spec["flat"]).name if spec.get("flat") else None,
-                        bpm=bpm, bpm_name=bpm_name, params=spec.get("params") or {},
-                        on_product=store, prepared=prepared)
+    flat_name = Path(spec["flat"]).name if spec.get("flat") else None
+    extra: dict[str, Any] = {}
+    if spec.get("cache_dir"):  # frames prepared (and pass-1 masks made) while observed
+        raw = {safe_name(Path(p).name): str(p) for p in spec["paths"]}
+        extra = {"prepared": functools.partial(fetch, cache_dir=spec["cache_dir"],
+                                               flat=flat_frame, bpm_name=bpm_name,
+                                               flat_name=flat_name),
+                 "store": CacheStore(raw, spec["cache_dir"], flat=flat_frame,
+                                     flat_name=flat_name, bpm_name=bpm_name),
+                 "objmasks": load_objmasks(spec["cache_dir"], raw)}
+    res = reduce_images(spec["paths"], flat=flat_frame, flat_name=flat_name, bpm=bpm,
+                        bpm_name=bpm_name, params=spec.get("params") or {},
+                        on_product=store, **extra)
     n_sky = len(res["sky_corrected"])
     return {"products": written, "skipped": res["skipped"], "qa": measured,
             "seconds": round(time.perf_counter() - t0, 1),
@@ -98,7 +103,7 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
             + f"; skyCorrect offset_sky={res['offset_sky']} ({res['sky_reason']})"}
 
 
-def _measure(frame: Frame, measured: list[dict[str, Any]]) -> Frame:
+def measure_frame(frame: Frame, measured: list[dict[str, Any]]) -> Frame:
     """Quick-look QA of a reduced frame into its header; never fails the reduction."""
     try:
         standard = find_standard(frame.phu.get("OBJECT"), frame.phu.get("RA"),
@@ -111,7 +116,7 @@ def _measure(frame: Frame, measured: list[dict[str, Any]]) -> Frame:
     return qa_header(frame, result)
 
 
-def _picture(path: str | Path) -> None:
+def picture(path: str | Path) -> None:
     """A PNG beside a product; a failure is logged, never fatal."""
     try:
         write_picture(path)
@@ -129,5 +134,5 @@ def run_stack(spec: dict[str, Any]) -> dict[str, Any]:
     result = run_stack_job(spec)
     if spec.get("pictures"):
         for path, _ in result["products"]:
-            _picture(path)
+            picture(path)
     return {**result, "qa": []}

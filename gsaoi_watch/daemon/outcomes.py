@@ -17,23 +17,26 @@ import functools
 import json
 import logging
 from collections.abc import Mapping
+from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gsaoi_watch.calibration import db, queries
-from gsaoi_watch.daemon.events import Event, JobFinished, PreparedFinished
+from gsaoi_watch.daemon.events import Event, JobFinished, PreparedFinished, StreamFinished
 from gsaoi_watch.daemon.failures import Failure, classify
-from gsaoi_watch.daemon.prepared import cache_path
+from gsaoi_watch.daemon.prepared import forget
 from gsaoi_watch.daemon.sequences import label
+from gsaoi_watch.daemon.streaming import provisional_path, stream_science
 from gsaoi_watch.data.fitsio import read_frame_info
 from gsaoi_watch.logs import log_name
+from gsaoi_watch.quicklook.pictures import picture_path
 from gsaoi_watch.quicklook.summary import write_summary
 
 if TYPE_CHECKING:
     from gsaoi_watch.daemon.engine import Engine
 
 __all__ = ["job_finished", "member_of", "prepared_finished", "refresh_summary",
-           "start_due_retries"]
+           "remove_provisional", "request_stream", "start_due_retries", "stream_finished"]
 
 log = logging.getLogger(__name__)
 
@@ -170,8 +173,9 @@ def _record(engine: Engine, job: db.Job, spec: Mapping[str, Any],
     if spec["recipe"] != "images" or spec.get("flat"):
         # reduced with its flat: the prepared frames have served
         for path in spec["paths"]:
-            engine.after_commit(functools.partial(
-                cache_path(engine.cache_dir, path).unlink, missing_ok=True))
+            engine.after_commit(functools.partial(forget, engine.cache_dir, path))
+    if spec["recipe"] == "images":
+        engine.after_commit(functools.partial(_retire_provisional, engine, spec))
 
 
 def member_of(name: str, paths: list[str]) -> str | None:
@@ -232,6 +236,102 @@ def prepared_finished(engine: Engine, event: PreparedFinished) -> None:
     res = future.result()
     log.info("frame=%s prepared in %.1f s (%s)", name, res["seconds"],
              f"flat {res['flat']}" if res["flat"] else "no flat yet")
+    frame = db.Frame.get_or_none(db.Frame.path == path)
+    if frame is not None and frame.sequence_id is not None:
+        request_stream(engine, frame.sequence_id)
+
+
+#: Sequence states in which frames are still landing (the streaming step runs).
+OBSERVING = ("OPEN", "REOPENED")
+
+
+def request_stream(engine: Engine, sequence_id: int) -> None:
+    """Run the streaming step of a science sequence now, or once the running one ends."""
+    seq = db.Sequence.get_or_none(db.Sequence.id == sequence_id)
+    if engine.stopping or seq is None or seq.kind != "science" or seq.state not in OBSERVING \
+            or not engine.config.jobs.streaming:
+        return
+    if sequence_id in engine.streaming:
+        engine.stream_again.add(sequence_id)
+        return
+    paths = [f.path for f in seq.frames.where(db.Frame.state == "ingested")
+             .order_by(db.Frame.ut_datetime)]
+    if len(paths) < 2:
+        return
+    info = read_frame_info(paths[0])
+    flat = queries.best_calibration(info)
+    bpm = queries.best_calibration(info, "processed_bpm")
+    spec = {"paths": paths, "cache_dir": str(engine.cache_dir),
+            "output_dir": str(engine.output_dir), "flat": flat.path if flat else None,
+            "bpm": bpm.path if bpm else None, "params": {},
+            "qa": engine.config.quicklook.qa, "pictures": engine.config.quicklook.pictures}
+    engine.after_commit(lambda: _submit_stream(engine, sequence_id, spec))
+
+
+def _submit_stream(engine: Engine, sequence_id: int, spec: dict[str, Any]) -> None:
+    if engine.stopping or sequence_id in engine.streaming:
+        return
+    future = engine.executor.submit(stream_science, spec)
+    engine.streaming[sequence_id] = future
+
+    def finished(f: Future[Any]) -> None:  # in the worker pool's thread: only enqueue
+        engine.events.put(StreamFinished(sequence_id, f))
+
+    future.add_done_callback(finished)
+
+
+def stream_finished(engine: Engine, event: StreamFinished) -> None:
+    """Log and register what the streaming step made; run it again if frames landed."""
+    sequence_id, future = event.sequence_id, event.future
+    if engine.streaming.get(sequence_id) is future:
+        del engine.streaming[sequence_id]
+    again = sequence_id in engine.stream_again
+    engine.stream_again.discard(sequence_id)
+    if future.cancelled():
+        return
+    exc = future.exception()
+    if exc is not None:  # not fatal: the final reduction does everything itself
+        log.warning("sequence=%d streaming step failed (%s); left to the final reduction",
+                    sequence_id, _first_line(exc))
+        return
+    res = future.result()
+    seq = db.Sequence.get_or_none(db.Sequence.id == sequence_id)
+    for name in res["masks"]:
+        log.info("frame=%s pass-1 object mask made (sky frame)", log_name(name))
+    final = seq is None or seq.state not in OBSERVING + ("COMPLETE", "WAITING")
+    for path, kind in res["products"]:
+        if final:  # the final products are (being) made: this one is not needed
+            remove_provisional(path)
+            continue
+        queries.register_product(path, read_frame_info(path), kind=kind, is_calibration=False)
+        log.info("product=%s PROVISIONAL (skies landed so far; the final replaces it)",
+                 log_name(Path(path).name))
+    if not final:
+        for qa in res["qa"]:
+            log.info("qa provisional %s", log_name(qa["log"]))
+    if again:
+        request_stream(engine, sequence_id)
+
+
+def remove_provisional(path: str | Path) -> None:
+    """Delete a provisional product, its picture and its database row."""
+    path = Path(path)
+    for p in (path, picture_path(path)):
+        p.unlink(missing_ok=True)
+    with db.writing():
+        db.Product.delete().where(db.Product.path == str(path.resolve())).execute()
+
+
+def _retire_provisional(engine: Engine, spec: Mapping[str, Any]) -> None:
+    """The final products of a science job are in: the provisional ones go."""
+    gone = 0
+    for raw in spec["paths"]:
+        path = provisional_path(engine.output_dir, Path(raw).name)
+        if path.exists():
+            remove_provisional(path)
+            gone += 1
+    if gone:
+        log.info("%d provisional product(s) replaced by the final ones", gone)
 
 
 def refresh_summary(engine: Engine) -> None:

@@ -16,10 +16,12 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import pickle
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from astropy.io import fits
 
 from gsaoi_watch.data.fitsio import load_bpm, load_frame, write_frame
@@ -28,8 +30,10 @@ from gsaoi_watch.logs import log_name
 from gsaoi_watch.reduction.container import Frame
 from gsaoi_watch.reduction.flat import flat_correct
 from gsaoi_watch.reduction.recipes import preprocess
+from gsaoi_watch.reduction.source import ALL_ARRAYS
 
-__all__ = ["cache_path", "fetch", "prepare_ahead", "store"]
+__all__ = ["STORED_KEY", "CacheStore", "cache_path", "fetch", "forget", "load_objmasks",
+           "prepare_ahead", "save_objmask", "store"]
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +61,13 @@ def store(frame: Frame, raw_path: str | os.PathLike[str],
 
 def fetch(raw_path: str | os.PathLike[str], cache_dir: str | os.PathLike[str], *,
           flat: Frame | None = None, flat_name: str | None = None,
-          bpm_name: str | None = None) -> Frame | None:
+          bpm_name: str | None = None, indices: tuple[int, ...] = ALL_ARRAYS,
+          require: str | None = None) -> Frame | None:
     """The cached prepared frame of ``raw_path``, flat-corrected with ``flat``, or None.
 
     Returns None (the caller prepares the raw frame) when there is no cached frame, or it
-    was made from another version of the raw file, with another BPM or with another flat.
+    was made from another version of the raw file, with another BPM or with another flat,
+    or (``require``) lacks that PHU keyword.  ``indices`` loads only those arrays.
     """
     path = cache_path(cache_dir, raw_path)
     try:
@@ -70,13 +76,13 @@ def fetch(raw_path: str | os.PathLike[str], cache_dir: str | os.PathLike[str], *
             return None
     except (OSError, ValueError):
         return None
-    if header.get("BPMUSED") != bpm_name:
+    if header.get("BPMUSED") != bpm_name or (require and require not in header):
         return None
     cached_flat = header.get("FLATIM")
     if cached_flat is not None and cached_flat != (flat_name if flat is not None else None):
         return None
     try:
-        frame = load_frame(path)
+        frame = load_frame(path, indices=indices)
     except Exception as exc:  # noqa: BLE001 -- a damaged cache file is recomputed
         log.warning("prepared frame %s unreadable (%s): preparing the raw frame",
                     log_name(path.name), log_name(exc))
@@ -127,3 +133,148 @@ def prepare_ahead(spec: dict[str, Any]) -> dict[str, Any]:
     out = store(frame, raw, spec["cache_dir"])
     return {"path": str(out), "seconds": round(time.perf_counter() - t0, 2),
             "flat": Path(flat_path).name if flat_path else None}
+
+
+#: PHU keyword of a cached frame that has been through the whole sequence's per-frame steps
+#: (addDQ's latency from the earlier frames included), which :class:`CacheStore` writes.
+STORED_KEY = "PREPSTOR"
+
+
+def _sidecar(cache_dir: str | os.PathLike[str], raw_path: str | os.PathLike[str],
+             what: str) -> Path:
+    name = Path(raw_path).name
+    stem = name[:-5] if name.endswith(".fits") else name
+    return Path(cache_dir) / safe_name(f"{stem}_{what}.pkl")
+
+
+def _write_pickle(path: Path, value: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            pickle.dump(value, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _read_pickle(path: Path, stamp: str) -> Any:
+    """The value stored with ``stamp`` (the raw file's), or None."""
+    try:
+        with open(path, "rb") as fh:
+            saved_stamp, value = pickle.load(fh)
+    except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError):
+        return None
+    return value if saved_stamp == stamp else None
+
+
+def save_objmask(cache_dir: str | os.PathLike[str], raw_path: str | os.PathLike[str],
+                 skies: list[str], masks: tuple[Any, ...]) -> None:
+    """Keep the pass-1 object masks of a sky frame (and the skies they were made with)."""
+    packed = tuple(None if m is None else (m.shape, np.packbits(np.asarray(m, bool)))
+                   for m in masks)
+    _write_pickle(_sidecar(cache_dir, raw_path, "objmask"),
+                  (_raw_stamp(raw_path), (list(skies), packed)))
+
+
+def load_objmasks(cache_dir: str | os.PathLike[str], raw_paths: dict[str, str]
+                  ) -> dict[str, tuple[list[str], tuple[Any, ...]]]:
+    """The pass-1 object masks kept for the frames ``raw_paths`` (name -> raw path)."""
+    out = {}
+    for name, raw in raw_paths.items():
+        try:
+            stamp = _raw_stamp(raw)
+        except OSError:
+            continue
+        value = _read_pickle(_sidecar(cache_dir, raw, "objmask"), stamp)
+        if value is None:
+            continue
+        skies, packed = value
+        masks = tuple(None if p is None else
+                      np.unpackbits(p[1], count=int(np.prod(p[0]))).reshape(p[0])
+                      .astype(np.uint8) for p in packed)
+        out[name] = (skies, masks)
+    return out
+
+
+def forget(cache_dir: str | os.PathLike[str], raw_path: str | os.PathLike[str]) -> None:
+    """Remove everything the cache holds for one raw frame."""
+    cache_path(cache_dir, raw_path).unlink(missing_ok=True)
+    for what in ("objmask", "latency"):
+        _sidecar(cache_dir, raw_path, what).unlink(missing_ok=True)
+
+
+class CacheStore:
+    """The prepared-frame cache as a :class:`~gsaoi_watch.reduction.source.FrameStore`.
+
+    A frame is held once it has been through the sequence's per-frame steps with the given
+    flat and BPM (:data:`STORED_KEY`); ``get`` reads only the arrays asked for, and the
+    latency record of each frame is kept beside it.
+
+    Parameters
+    ----------
+    raw_paths : dict
+        Frame name -> raw path, for the frames of one sequence.
+    cache_dir : path
+    flat : Frame or None
+        The processed flat the frames are (to be) corrected with.
+    flat_name, bpm_name : str or None
+    """
+
+    def __init__(self, raw_paths: dict[str, str], cache_dir: str | os.PathLike[str], *,
+                 flat: Frame | None = None, flat_name: str | None = None,
+                 bpm_name: str | None = None) -> None:
+        self.raw_paths, self.cache_dir = dict(raw_paths), Path(cache_dir)
+        self.flat, self.flat_name, self.bpm_name = flat, flat_name, bpm_name
+        self._held: set[str] = set()
+
+    def _fetch(self, name: str, indices: tuple[int, ...]) -> Frame | None:
+        return fetch(self.raw_paths[name], self.cache_dir, flat=self.flat,
+                     flat_name=self.flat_name, bpm_name=self.bpm_name, indices=indices,
+                     require=STORED_KEY)
+
+    def __contains__(self, name: object) -> bool:
+        if not isinstance(name, str) or name not in self.raw_paths:
+            return False
+        if name in self._held:
+            return True
+        path = cache_path(self.cache_dir, self.raw_paths[name])
+        try:
+            header = fits.getheader(path)
+            stamp = _raw_stamp(self.raw_paths[name])
+        except (OSError, ValueError):
+            return False
+        cached_flat = header.get("FLATIM")
+        ok = (header.get("PREPRAW") == stamp and STORED_KEY in header
+              and header.get("BPMUSED") == self.bpm_name
+              and (cached_flat is None or cached_flat == (self.flat_name if self.flat
+                                                           is not None else None)))
+        if ok:
+            self._held.add(name)
+        return ok
+
+    def put(self, name: str, frame: Frame) -> None:
+        """Write ``frame`` into the cache (atomically) as fully prepared."""
+        out = frame.with_()
+        out.phu[STORED_KEY] = (True, "Per-frame steps of the sequence done")
+        store(out, self.raw_paths[name], self.cache_dir)
+        self._held.add(name)
+
+    def get(self, name: str, indices: tuple[int, ...] = ALL_ARRAYS) -> Frame:
+        """Arrays ``indices`` of frame ``name`` (read from the cache)."""
+        frame = self._fetch(name, tuple(indices))
+        if frame is None:
+            raise KeyError(f"{name} is not in the prepared-frame cache")
+        return frame
+
+    def keep_record(self, name: str, record: Any) -> None:
+        """Keep frame ``name``'s latency record."""
+        raw = self.raw_paths[name]
+        _write_pickle(_sidecar(self.cache_dir, raw, "latency"), (_raw_stamp(raw), record))
+
+    def record(self, name: str) -> Any:
+        """Frame ``name``'s latency record, or None."""
+        raw = self.raw_paths[name]
+        try:
+            return _read_pickle(_sidecar(self.cache_dir, raw, "latency"), _raw_stamp(raw))
+        except OSError:
+            return None

@@ -25,7 +25,7 @@ from gsaoi_watch.reduction import recipes
 from gsaoi_watch.reduction.container import Frame
 from gsaoi_watch.reduction.source import ALL_ARRAYS
 
-__all__ = ["FileSource", "make_processed_flat", "reduce_images"]
+__all__ = ["FileSource", "make_processed_flat", "quiet_threads", "reduce_images"]
 
 PathLike = str | os.PathLike
 
@@ -76,7 +76,7 @@ def reduce_images(paths: Sequence[PathLike], *, workers: int = 2,
     if prepared is not None:
         def by_index(index: int) -> Frame | None:
             return prepared(source.paths[index])
-    with _quiet_threads(), ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+    with quiet_threads(), ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         return recipes.reduce_images(source, prepared=by_index, mapper=pool.map, **kwargs)
 
 
@@ -85,7 +85,7 @@ _EXPECTED_WARNINGS = (AstropyUserWarning, FITSFixedWarning, NoDetectionsWarning,
 
 
 @contextlib.contextmanager
-def _quiet_threads() -> Iterator[None]:
+def quiet_threads() -> Iterator[None]:
     """Silence, for the whole threaded run, the warnings the steps silence themselves.
 
     ``warnings.catch_warnings`` is not thread-safe: a thread leaving its block restores the

@@ -7,8 +7,8 @@ recipes on files are :mod:`gsaoi_watch.pipeline.recipes`.
 
 from __future__ import annotations
 
-import functools
 import logging
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -17,23 +17,16 @@ import numpy as np
 from gsaoi_watch.data.descriptors import FrameInfo
 from gsaoi_watch.errors import FrameError, ReductionError
 from gsaoi_watch.reduction.container import Array, Frame
-from gsaoi_watch.reduction.detect import detect_array
 from gsaoi_watch.reduction.flat import (
     flat_correct,
     make_lamp_flat,
     normalize_flat,
     threshold_flatfield,
 )
-from gsaoi_watch.reduction.sky import (
-    associate_sky,
-    combine_skies,
-    level_at,
-    mask_sky,
-    separate_sky,
-    sky_level,
-    subtract_sky,
-)
-from gsaoi_watch.reduction.source import FrameSource, Mapper
+from gsaoi_watch.reduction.latency import add_latency_to_dq, latency_mask
+from gsaoi_watch.reduction.science import SkyCorrector, SkyOptions, pass1_skies
+from gsaoi_watch.reduction.sky import associate_sky, separate_sky
+from gsaoi_watch.reduction.source import FrameSource, FrameStore, Mapper, MemoryStore
 from gsaoi_watch.reduction.standardize import (
     add_dq,
     add_var,
@@ -45,8 +38,10 @@ from gsaoi_watch.reduction.standardize import (
     required,
 )
 
-__all__ = ["PARAMETERS", "make_processed_flat", "merge_parameters", "plan_sky", "preprocess",
-           "reduce_images", "resolve_sky_options", "screen_inputs"]
+__all__ = ["PARAMETERS", "drop_unassociated", "fill_store", "make_processed_flat",
+           "merge_parameters",
+           "observation_times", "plan_sky", "preprocess", "quicklook_marker", "reduce_images",
+           "resolve_sky_options", "screen_inputs", "store_loader", "with_objmasks"]
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +137,7 @@ def make_processed_flat(source: FrameSource, *, bpm: Any = None, bpm_name: str |
 #: User-settable parameters per primitive, with their defaults (GSAOI sq values).
 #: ``None`` as skyCorrect's offset_sky/scale_sky means "decide from the data" (see reduce_images).
 PARAMETERS: dict[str, dict[str, Any]] = {
+    "addDQ": {"latency": True, "time": 900.0, "non_linear": True},
     "separateSky": {"frac_FOV": 0.9, "ref_obj": "", "ref_sky": ""},
     "associateSky": {"distance": 1.0, "time": 900.0, "min_skies": 3, "max_skies": 0},
     "skyCorrect": {"offset_sky": None, "scale_sky": None, "mask_objects": True,
@@ -203,116 +199,17 @@ def resolve_sky_options(plan: dict, params: dict) -> tuple[bool, bool, str]:
         sc["scale_sky"] is not None else "GSAOI default (offset_sky on)"
 
 
-class _SkyPasses:
-    """The two sky passes of :func:`reduce_images` over one observation's frames.
+def drop_unassociated(plan: dict, params: dict, skipped: Skipped, *,
+                      quiet: bool = False) -> None:
+    """Take object frames without any sky out of the plan (into ``skipped``).
 
-    Pass 1 (:meth:`sky_pass`): each sky frame is sky-subtracted with the other skies and
-    its objects are detected (an object mask per array).  Pass 2 (:meth:`object_pass`):
-    each object frame is sky-subtracted with its masked skies and its sources detected.
+    Raises ReductionError when no object frame is left; ``quiet`` logs nothing.
     """
-
-    def __init__(self, plan: dict, params: dict, offset: bool, scale: bool,
-                 when: dict[str, float], mapper: Mapper):
-        self.plan, self.offset, self.scale, self.when, self.map = plan, offset, scale, when, mapper
-        self.sc, det = params["skyCorrect"], params["detectSources"]
-        self.interp = self.sc["sky_interpolation"] == "time"
-        self.det_kw = dict(detect_thresh=det["detect_thresh"],
-                           detect_minarea=det["detect_minarea"], back_size=det["back_size"])
-        self.masked: dict = {}
-        self.stacks: dict = {}
-        self.remaining: dict = {}
-
-    def _subtract(self, arr: Array, sky: Array) -> tuple[Array, float]:
-        return subtract_sky(arr, sky, offset_sky=self.offset, scale_sky=self.scale)
-
-    def sky_pass(self, load: Callable[[str], Frame]) -> dict[str, Frame]:
-        """Load the sky frames and give each an object mask (pass 1); return them by name."""
-        plan, when = self.plan, self.when
-        skies = dict(zip(plan["skies"], self.map(load, plan["skies"])))
-        # each sky's level is measured once, not again in every other sky's model
-        keys = [(n, i) for n in plan["skies"] for i in range(4)]
-        unmasked = dict(zip(keys, self.map(
-            lambda k: mask_sky(skies[k[0]].arrays[k[1]], mask_objects=False), keys)))
-
-        def pass1(name: str, i: int) -> Array:
-            sl = plan["sky_skies"].get(name)
-            arr = skies[name].arrays[i]
-            if not sl:
-                return arr
-            sky, levels = combine_skies([unmasked[(k, i)] for k in sl])
-            if self.interp:  # the level interpolated in time, else the nearest sky's
-                shift = level_at(levels, [when[k] for k in sl], when[name]) - levels[0]
-                sky = sky.with_(sci=(sky.sci + np.float32(shift)).astype(np.float32))
-            sub, _ = self._subtract(arr, sky)
-            return arr.with_(objmask=detect_array(sub, catalog=False, **self.det_kw)[0].objmask)
-
-        for name in plan["skies"]:
-            arrays = tuple(self.map(functools.partial(pass1, name), range(4)))
-            skies[name] = skies[name].with_(arrays=arrays)
-        unmasked.clear()  # the frames are kept in skies; free the copies
-        self.masked = dict(zip(keys, self.map(
-            lambda k: mask_sky(skies[k[0]].arrays[k[1]], mask_objects=self.sc["mask_objects"],
-                               dilation=self.sc["dilation"]), keys)))
-        # one sky stack per *set* of skies: frames with the same skies in another order of
-        # nearness share it, since the median does not depend on the order and the level is
-        # set afterwards (the nearest sky's, or interpolated in time)
-        for o in plan["objects"]:
-            self.remaining[self._sky_set(o)] = self.remaining.get(self._sky_set(o), 0) + 1
-        return skies
-
-    def _sky_set(self, o: str) -> tuple[str, ...]:
-        return tuple(sorted(self.plan["obj_skies"][o]))
-
-    def _object_array(self, o: str, frame: Frame, i: int) -> tuple[Array, Any, float]:
-        key = self._sky_set(o)
-        if (key, i) not in self.stacks:
-            self.stacks[(key, i)] = combine_skies([self.masked[(k, i)] for k in key])
-        stacked, levels = self.stacks[(key, i)]  # at the level of the set's first sky
-        if self.interp:
-            target = level_at(levels, [self.when[k] for k in key], self.when[o])
-        else:  # DRAGONS: the level of the nearest sky
-            target = levels[key.index(self.plan["obj_skies"][o][0])]
-        sky = stacked
-        if target != levels[0]:
-            sky = stacked.with_(sci=(stacked.sci + np.float32(target - levels[0])).astype(
-                np.float32))
-        obj = frame.arrays[i].with_(objmask=None)
-        sub, factor = self._subtract(obj, sky)
-        header = sub.header.copy()  # the sky level taken off, for measureBG
-        level = sky_level(obj)
-        if np.isfinite(level):
-            header["SKYLEV"] = (round(level, 3), "Sky level before skyCorrect (e-)")
-        sub, cat = detect_array(sub.with_(header=header), **self.det_kw)
-        return sub, cat, factor
-
-    def object_pass(self, o: str, frame: Frame) -> Frame:
-        """Sky-subtract object frame ``o`` and detect its sources (pass 2): _skyCorrected."""
-        done = list(self.map(lambda i: self._object_array(o, frame, i), range(4)))
-        key = self._sky_set(o)
-        self.remaining[key] -= 1
-        if not self.remaining[key]:
-            for i in range(4):
-                self.stacks.pop((key, i), None)
-        out = frame.with_(arrays=tuple(d[0] for d in done))
-        out.meta["catalogs"] = [d[1] for d in done]
-        out.meta["sky_factors"] = [d[2] for d in done]
-        for k, s_name in enumerate(self.plan["obj_skies"][o], start=1):
-            out.phu[f"SKYIM{k:03d}"] = (s_name, "Sky frame used")
-        out.phu["SKYOFFST"] = (self.offset, "skyCorrect offset_sky")
-        out.phu["SKYSCALE"] = (self.scale, "skyCorrect scale_sky")
-        out.phu["SKYINTRP"] = (self.sc["sky_interpolation"], "Sky level interpolated in time")
-        out.phu["OBJFRAME"] = ("TRUE", "Object frame (separateSky)")
-        out = mark(out, "SEPSKY", "_skySeparated", "UT time stamp for separateSky")
-        out = mark(out, "ASSOCSKY", "_skyAssociated", "UT time stamp for associateSky")
-        return mark(out, "SUBSKY", "_skyCorrected", "UT time stamp for skyCorrect")
-
-
-def _drop_unassociated(plan: dict, params: dict, skipped: Skipped) -> None:
-    """Take object frames without any sky out of the plan (into ``skipped``)."""
     for o in [o for o in plan["objects"] if o not in plan["obj_skies"]]:
         skipped.append((o, "no sky frames could be associated (need matching frames more "
                            f"than {params['associateSky']['distance']}\" away)"))
-        log.warning("frame=%s skipped: %s", o, skipped[-1][1])
+        if not quiet:
+            log.warning("frame=%s skipped: %s", o, skipped[-1][1])
         plan["objects"].remove(o)
     if not plan["objects"]:
         raise ReductionError(_skip_text(skipped))
@@ -322,15 +219,18 @@ def reduce_images(source: FrameSource, *, flat: Frame | None, flat_name: str | N
                   bpm: Any = None, bpm_name: str | None = None, params: dict | None = None,
                   on_product: Callable[[Frame], Any] | None = None,
                   prepared: Callable[[int], Frame | None] | None = None,
-                  mapper: Mapper | None = None) -> dict:
+                  mapper: Mapper | None = None, store: FrameStore | None = None,
+                  objmasks: dict | None = None) -> dict:
     """DRAGONS ``reduce`` for GSAOI images up to the second sky pass and detectSources.
 
-    prepare ... addVAR and flatCorrect on every frame; separateSky and associateSky from the
-    headers; skyCorrect of the sky frames without object masks and detectSources on them
-    (pass 1, giving each sky an object mask); then each object frame in turn: skyCorrect
-    with the masked skies and detectSources (pass 2).  The sky frames stay in memory; the
-    object frames are streamed, one at a time, and handed to ``on_product`` as soon as they
-    are done.
+    prepare ... addVAR (with addDQ's latency: pixels saturated or non-linear in an earlier
+    frame within 900 s are flagged) and flatCorrect on every frame, in time order, into
+    ``store``; separateSky and associateSky from the headers; pass 1 (each sky frame
+    corrected with its nearest skies, its objects detected: see
+    :mod:`gsaoi_watch.reduction.science`); then each object frame in turn: skyCorrect with
+    the masked skies, the sky level following the night, and detectSources (pass 2).  The
+    frames live in ``store`` (memory, or files at the edge); only the arrays a step needs
+    are loaded.  Products are handed to ``on_product`` as soon as they are done.
 
     Parameters
     ----------
@@ -349,63 +249,164 @@ def reduce_images(source: FrameSource, *, flat: Frame | None, flat_name: str | N
         ``prepared(index)`` returns input ``index`` already prepared and flat-corrected
         with ``flat`` (done while the sequence was observed), or None to prepare it here.
     mapper : callable, optional
-        Runs the independent pieces of work (frames to load, the four arrays of a frame):
-        a function with the signature of the builtin ``map`` (the default), such as a
-        thread pool's ``map``.
+        Runs the independent pieces of work (frames to prepare, the four arrays of a
+        frame): a function with the signature of the builtin ``map`` (the default), such as
+        a thread pool's ``map``.
+    store : FrameStore, optional
+        Where the prepared frames are kept (default: in memory).  A store that already
+        holds a frame (same name, same raw stamp) is not filled again.
+    objmasks : dict, optional
+        Pass-1 object masks already made (name -> (sky list, four masks)), used where the
+        sky list is the one this reduction would use; the dict receives the ones made here.
 
     Returns
     -------
     dict
         ``sky_corrected`` and ``flat_corrected`` (Frames, or file names returned by
         ``on_product``), ``plan`` (see :func:`plan_sky`), ``offset_sky``, ``scale_sky``,
-        ``sky_reason``, ``skipped`` (file name, reason) for frames that could not be used.
+        ``sky_reason``, ``skipped`` (file name, reason) for frames that could not be used,
+        ``masks_made`` (names of the sky frames whose pass-1 mask was made here).
     """
     params = merge_parameters(params)
     usable, skipped = screen_inputs(source, same_filter=False)
     infos = [fi for _, fi in usable]
-    index_of = {i.filename or "": k for k, i in usable}
     if not infos:
         raise ReductionError(f"reduce: no usable input frames ({_skip_text(skipped)})")
     plan = plan_sky(infos, params)
-    _drop_unassociated(plan, params, skipped)
+    drop_unassociated(plan, params, skipped)
     offset, scale, why = resolve_sky_options(plan, params)
+    options = SkyOptions.from_params(params, offset, scale)
     log.info("skyCorrect: offset_sky=%s scale_sky=%s (%s)", offset, scale, why)
-    stamps = {i.filename or "": required(i.ut_datetime(), i, "DATE-OBS/UT") for i in infos}
-    t0 = min(stamps.values())
-    when = {name: (t - t0).total_seconds() for name, t in stamps.items()}
-    emit = on_product or (lambda frame: frame)
-
-    def load(name: str) -> Frame:
-        frame = prepared(index_of[name]) if prepared is not None else None
-        if frame is None:
-            frame = source.load(index_of[name])
-            frame.meta["bpm_name"] = bpm_name
-            frame = preprocess(frame, bpm=bpm)
-            if flat is not None:
-                return flat_correct(frame, flat, flat_name=flat_name)
-        if flat is None:  # quick-look: no flat yet
-            frame.phu["QUICKLK"] = ("no flat", "Reduced without a flat field (quick-look)")
-        return frame
-
-    passes = _SkyPasses(plan, params, offset, scale, when, mapper or map)
-    skies = passes.sky_pass(load)
+    when = observation_times(infos)
+    mapper = mapper or map
+    store = store if store is not None else MemoryStore()
+    index_of = {i.filename or "": k for k, i in usable}
+    names = sorted(set(plan["objects"]) | set(plan["skies"]), key=lambda n: (when[n], n))
+    fill_store(store, source, [index_of[n] for n in names], flat=flat, flat_name=flat_name,
+               bpm=bpm, bpm_name=bpm_name, params=params, prepared=prepared, mapper=mapper)
+    emit = quicklook_marker(flat, on_product or (lambda frame: frame))
+    objmasks = objmasks if objmasks is not None else {}
+    corrector = SkyCorrector(options, when, store_loader(store), objmasks=objmasks,
+                             mapper=mapper)
+    made = []
+    for s, sl in pass1_skies(plan, params["associateSky"]["min_skies"]).items():
+        known = objmasks.get(s)
+        if known is None or list(known[0]) != list(sl):
+            corrector.sky_mask(s, sl)
+            made.append(s)
+    uses = Counter(tuple(sorted(plan["obj_skies"][o])) for o in plan["objects"])
     sky_corrected = []
     for o in plan["objects"]:
-        frame = skies[o] if o in skies else load(o)
+        frame = store.get(o)
+        key = tuple(sorted(plan["obj_skies"][o]))
         if not any((a.dq == 0).any() for a in frame.arrays):
             skipped.append((o, "every pixel is flagged bad"))
             log.warning("frame=%s skipped: every pixel is flagged bad", o)
-            continue
-        sky_corrected.append(emit(passes.object_pass(o, frame)))
+        else:
+            sky_corrected.append(emit(corrector.correct(o, frame, plan["obj_skies"][o])))
+        uses[key] -= 1
+        if not uses[key]:
+            corrector.release(key)
     flat_corrected = []
     for name in plan["skies"]:
         if name in plan["objects"]:
             continue
-        out = skies.pop(name)
+        out = with_objmasks(store.get(name), objmasks.get(name))
         out.phu["SKYFRAME"] = ("TRUE", "Sky frame (separateSky)")
         flat_corrected.append(emit(out))
     return {"sky_corrected": sky_corrected, "flat_corrected": flat_corrected, "plan": plan,
-            "offset_sky": offset, "scale_sky": scale, "sky_reason": why, "skipped": skipped}
+            "offset_sky": offset, "scale_sky": scale, "sky_reason": why, "skipped": skipped,
+            "masks_made": made}
+
+
+def quicklook_marker(flat: Frame | None, emit: Callable[[Frame], Any]
+                     ) -> Callable[[Frame], Any]:
+    """``emit``, marking each product QUICKLK first when there is no flat."""
+    if flat is not None:
+        return emit
+
+    def marked(frame: Frame) -> Any:
+        frame.phu["QUICKLK"] = ("no flat", "Reduced without a flat field (quick-look)")
+        return emit(frame)
+    return marked
+
+
+def observation_times(infos: Sequence[FrameInfo]) -> dict[str, float]:
+    """Observation time of every frame, seconds from the first, by file name."""
+    stamps = {i.filename or "": required(i.ut_datetime(), i, "DATE-OBS/UT") for i in infos}
+    t0 = min(stamps.values())
+    return {name: (t - t0).total_seconds() for name, t in stamps.items()}
+
+
+def store_loader(store: FrameStore) -> Callable[[str, int], Array]:
+    """``load(name, i)``: array ``i`` of a frame in ``store``."""
+    def load(name: str, i: int) -> Array:
+        return store.get(name, (i,)).arrays[0]
+    return load
+
+
+def with_objmasks(frame: Frame, known: tuple[list[str], tuple[Any, ...]] | None) -> Frame:
+    """``frame`` with its pass-1 object masks (when it has them) on its arrays."""
+    if known is None:
+        return frame
+    return frame.with_(arrays=tuple(a if m is None else a.with_(objmask=np.asarray(m))
+                                    for a, m in zip(frame.arrays, known[1])))
+
+
+def fill_store(store: FrameStore, source: FrameSource, indices: Sequence[int], *,
+               flat: Frame | None, flat_name: str | None, bpm: Any, bpm_name: str | None,
+               params: dict, prepared: Callable[[int], Frame | None] | None = None,
+               mapper: Mapper = map, chunk: int = 2) -> None:
+    """Prepare the inputs ``indices`` (in time order) into ``store``, with addDQ's latency.
+
+    Frames the store does not hold yet are prepared ``chunk`` at a time (through
+    ``mapper``), so at most that many are in memory besides the store.  Latency: every pixel
+    that was saturated or non-linear in an earlier input within ``addDQ:time`` seconds is
+    flagged (DQ bit 8), as DRAGONS' addLatencyToDQ does; the record of each frame comes
+    from the store when it keeps them (``record``/``keep_record``), else from its DQ.
+    """
+    lat = params["addDQ"]
+    non_linear = bool(lat["non_linear"])
+    names = [source.info(i).filename or "" for i in indices]
+    held = [n in store for n in names]
+    keep = getattr(store, "keep_record", None)
+    recall = getattr(store, "record", None)
+
+    def load(index: int) -> Frame:
+        frame = prepared(index) if prepared is not None else None
+        if frame is None:
+            frame = source.load(index)
+            frame.meta["bpm_name"] = bpm_name
+            frame = preprocess(frame, bpm=bpm)
+            if flat is not None:
+                frame = flat_correct(frame, flat, flat_name=flat_name)
+        return frame
+
+    earlier: list[Any] = []
+    k = 0
+    while k < len(names):
+        if held[k]:
+            if not all(held[k + 1:]):  # a frame still to prepare may need its record
+                record = recall(names[k]) if recall is not None else None
+                if record is None:
+                    record = latency_mask(store.get(names[k]), non_linear=non_linear)
+                    if keep is not None:
+                        keep(names[k], record)
+                earlier.append(record)
+            k += 1
+            continue
+        todo = []
+        while k < len(names) and not held[k] and len(todo) < max(1, chunk):
+            todo.append(k)
+            k += 1
+        for pos, frame in zip(todo, mapper(load, [indices[p] for p in todo])):
+            record = latency_mask(frame, non_linear=non_linear)
+            if lat["latency"]:
+                frame = add_latency_to_dq(frame, earlier, time=float(lat["time"]))
+            earlier.append(record)
+            if keep is not None:
+                keep(names[pos], record)
+            store.put(names[pos], frame)
 
 
 def merge_parameters(user: dict | None = None) -> dict:

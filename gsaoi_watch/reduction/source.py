@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from gsaoi_watch.data.descriptors import FrameInfo
 from gsaoi_watch.reduction.container import Frame
 
-__all__ = ["ALL_ARRAYS", "FrameSource", "Mapper", "MemorySource"]
+__all__ = ["ALL_ARRAYS", "FrameSource", "FrameStore", "Mapper", "MemorySource", "MemoryStore"]
 
 #: A function with the signature of the builtin ``map``: fn(item) for every item, in order.
 Mapper = Callable[[Callable[[Any], Any], Iterable[Any]], Iterable[Any]]
@@ -62,6 +62,48 @@ class MemorySource:
     def load(self, index: int, indices: tuple[int, ...] = ALL_ARRAYS) -> Frame:
         """Frame ``index``, or the view of some of its arrays."""
         frame = self.frames[index]
+        if tuple(indices) == tuple(range(len(frame.arrays))):
+            return frame.with_()
+        return frame.with_(arrays=tuple(frame.arrays[i] for i in indices),
+                           meta={**frame.meta, "indices": tuple(indices)})
+
+
+class FrameStore(Protocol):
+    """Where a recipe keeps the frames it has prepared, by name, until it is done.
+
+    ``get`` may return copies (a store on files) or the frames themselves (in memory);
+    steps never modify what they are given either way.
+    """
+
+    def __contains__(self, name: object) -> bool:
+        """Whether frame ``name`` is held."""
+        ...
+
+    def put(self, name: str, frame: Frame) -> None:
+        """Keep ``frame`` as ``name``."""
+        ...
+
+    def get(self, name: str, indices: tuple[int, ...] = ALL_ARRAYS) -> Frame:
+        """Frame ``name`` with arrays ``indices``."""
+        ...
+
+
+class MemoryStore:
+    """A :class:`FrameStore` in memory (small frames, tests)."""
+
+    def __init__(self) -> None:
+        self.frames: dict[str, Frame] = {}
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.frames
+
+    def put(self, name: str, frame: Frame) -> None:
+        """Keep ``frame`` as ``name``."""
+        self.frames[name] = frame
+
+    def get(self, name: str, indices: tuple[int, ...] = ALL_ARRAYS) -> Frame:
+        """Frame ``name`` (a shallow copy), or a view of some of its arrays."""
+        frame = self.frames[name]
         if tuple(indices) == tuple(range(len(frame.arrays))):
             return frame.with_()
         return frame.with_(arrays=tuple(frame.arrays[i] for i in indices),

@@ -227,6 +227,17 @@ class Engine:
             event = None
         if event is not None:
             self.handle(event)
+        self.poll()
+
+    def poll(self) -> None:
+        """Retry the events kept for the database and let the arrival gate release frames.
+
+        What :meth:`step` does besides taking an event: the service's loop takes the events
+        itself (it answers the heartbeats, which the engine must never swallow: a heartbeat
+        taken here was lost, and three lost in a row made ``status`` and ``close`` call the
+        daemon gone).
+        """
+        self.boundary.retry()
         try:
             ready, rejected = self.gate.poll()
         except Exception as exc:  # noqa: BLE001 -- the loop goes on; files are offered again

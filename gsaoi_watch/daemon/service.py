@@ -125,9 +125,10 @@ def run_service(config: Config, *, stop_event: threading.Event | None = None,
                 continue
             if event is not None:
                 engine.handle(event)
-            engine.step(timeout=0)
+            engine.poll()
             if idle_exit is not None and not (engine.futures or engine.preparing
-                                              or engine.gate.pending or engine.retries.due_at
+                                              or engine.streaming or engine.gate.pending
+                                              or engine.retries.due_at
                                               or engine.boundary.waiting):
                 idle_exit -= 0.2
                 if idle_exit <= 0:

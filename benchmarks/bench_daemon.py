@@ -9,7 +9,10 @@ observing order, one frame every --cadence seconds and --gap more between observ
 ``close --all`` is issued (as the next observation starting would).  Printed:
 
 - ``last_science_to_products_s``: from the last science frame landing to the science job
-  done (every ``_skyCorrected`` frame written) -- the number the daemon is judged on;
+  done (every final ``_skyCorrected`` frame written) -- the number the daemon is judged on;
+- ``provisional_after_trigger_s``: for each provisional ``_skyCorrected`` frame, the time
+  from the landing of the frame that followed its target frame (the sky after it) to the
+  provisional product appearing in ``provisional/`` (``first_provisional_s``: the first);
 - per-job run times from the log, the whole night's wall time;
 - the daemon's CPU use while idle (30 s after the night, from /proc), and the peak memory
   (VmHWM) of the daemon and of its worker processes.
@@ -84,6 +87,18 @@ def _hwm_gb(pid):
     return 0.0
 
 
+def _wait(seconds, out, seen):
+    """Sleep ``seconds`` while noting when each provisional product appears."""
+    end = time.monotonic() + seconds
+    while True:
+        for p in (out / "provisional").glob("*_skyCorrected.fits"):
+            seen.setdefault(p.name, time.monotonic())
+        left = end - time.monotonic()
+        if left <= 0:
+            return
+        time.sleep(min(0.2, left))
+
+
 def _drop(src, raw):
     tmp = raw / f".{src.name}.tmp"
     shutil.copyfile(src, tmp)
@@ -126,8 +141,10 @@ def main():
             time.sleep(0.1)
         time.sleep(1.0)
         t0 = time.monotonic()
+        landed, seen = {}, {}
         for k, name in enumerate(order):
             _drop(stage / name, raw)
+            landed[name] = time.monotonic()
             if name == last_science:
                 t_last = time.monotonic()
                 t_last_wall = time.strftime("%H:%M:%S", time.localtime())
@@ -135,7 +152,7 @@ def main():
                                 str(cfg)], check=True, capture_output=True)
             if k + 1 < len(order):
                 change = obsid[name] != obsid[order[k + 1]]
-                time.sleep(args.cadence + (args.gap if change else 0.0))
+                _wait(args.cadence + (args.gap if change else 0.0), out, seen)
         t_science = None
         while True:
             rows = _query(db, "select s.kind, j.state from job j join sequence s on "
@@ -148,7 +165,7 @@ def main():
                 break
             if proc.poll() is not None:
                 raise SystemExit("the daemon exited early; see " + str(logf))
-            time.sleep(0.2)
+            _wait(0.2, out, seen)
         t_done = time.monotonic()
         pids = [proc.pid] + _descendants(proc.pid)
         cpu0 = sum(_cpu_seconds(p) for p in pids if Path(f"/proc/{p}").exists())
@@ -163,11 +180,20 @@ def main():
                        ": OPEN→COMPLETE" in line or " started " in line))]
         jobs = re.findall(r"job=\d+ (\w+) done in ([\d.]+) s", log)
         prepared = [float(x) for x in re.findall(r"prepared in ([\d.]+) s", log)]
+        science_names = [f["filename"] for f in truth["frames"] if f["kind"] == "science"]
+        after = {}
+        for name, t_seen in seen.items():
+            raw_name = name.replace("_skyCorrected", "")
+            k = science_names.index(raw_name)
+            if k + 1 < len(science_names):
+                after[raw_name] = round(t_seen - landed[science_names[k + 1]], 1)
         result = {
             "size": truth["size"], "frames": len(order), "cadence_s": args.cadence,
             "gap_s": args.gap,
             "workers": args.workers,
             "last_science_to_products_s": round(t_science - t_last, 1),
+            "provisional_after_trigger_s": dict(sorted(after.items())),
+            "first_provisional_s": next(iter(dict(sorted(after.items())).values()), None),
             "night_wall_s": round(t_done - t0, 1),
             "job_seconds": [(r, float(s)) for r, s in jobs],
             "prepared_frames": len(prepared),

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from gsaoi_watch.instrument.tables import ARRAYS
 from gsaoi_watch.instrument import distortion
+from gsaoi_watch.instrument.tables import ARRAYS
 from gsaoi_watch.sim import plan_night
 from gsaoi_watch.sim.render import _galaxy
 from gsaoi_watch.sim.scene import _moffat_alpha, _stamp_radius
@@ -78,7 +78,9 @@ def background_offsets(truth: dict, products: list) -> list[dict]:
         for i, a in enumerate(product.arrays):
             sigma = float(np.sqrt(np.median(a.var[a.dq == 0])))
             good = clean_sky_pixels(truth, ft, i, a.sci.shape, 0.02 * sigma) & (a.dq == 0)
+            n = int(good.sum())
             rows.append({"file": product.orig_filename, "array": i,
-                         "median": float(np.median(a.sci[good])), "sigma": sigma,
-                         "sky": ft["sky_rate"] * ft["exptime"], "n": int(good.sum())})
+                         "median": float(np.median(a.sci[good])) if n else float("nan"),
+                         "sigma": sigma,
+                         "sky": ft["sky_rate"] * ft["exptime"], "n": n})
     return rows

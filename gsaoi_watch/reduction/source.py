@@ -5,7 +5,11 @@ A recipe never opens a file: it asks a :class:`FrameSource` for the headers of i
 at a time if it wants.  The file-backed source lives at the edge
 (:class:`gsaoi_watch.pipeline.recipes.FileSource`); :class:`MemorySource` serves frames
 already in memory.  Work that may run in parallel goes through a :data:`Mapper` given by
-the caller (the builtin :func:`map` runs it here, one piece after the other).
+the caller (the builtin :func:`map` runs it here, one piece after the other).  Frames a
+recipe keeps between its passes go to a :class:`FrameStore` given by the caller: the
+:class:`MemoryStore` here keeps them as they are, the disk store at the edge
+(:class:`gsaoi_watch.pipeline.framestore.DiskStore`) writes their pixels to files and
+hands back read-only memory maps of them.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from typing import Any, Protocol
 from gsaoi_watch.data.descriptors import FrameInfo
 from gsaoi_watch.reduction.container import Frame
 
-__all__ = ["ALL_ARRAYS", "FrameSource", "Mapper", "MemorySource"]
+__all__ = ["ALL_ARRAYS", "FrameSource", "FrameStore", "Mapper", "MemorySource", "MemoryStore"]
 
 #: A function with the signature of the builtin ``map``: fn(item) for every item, in order.
 Mapper = Callable[[Callable[[Any], Any], Iterable[Any]], Iterable[Any]]
@@ -66,3 +70,78 @@ class MemorySource:
             return frame.with_()
         return frame.with_(arrays=tuple(frame.arrays[i] for i in indices),
                            meta={**frame.meta, "indices": tuple(indices)})
+
+
+class FrameStore(Protocol):
+    """Frames kept by name while a recipe runs (sky frames between its passes).
+
+    ``put`` may hand back another Frame than the one given, with the same values: a disk
+    store returns one whose pixel arrays are read-only memory maps of its files, so the
+    caller can let the frame it gave go.  Frames got back are never to be written into
+    (steps never modify pixels in place).
+    """
+
+    def put(self, name: str, frame: Frame) -> Frame:
+        """Keep ``frame`` as ``name`` (replacing what was there); return the frame kept."""
+        ...
+
+    def get(self, name: str) -> Frame:
+        """The frame kept as ``name`` (KeyError if there is none)."""
+        ...
+
+    def drop(self, name: str) -> None:
+        """Forget the frame kept as ``name`` (KeyError if there is none)."""
+        ...
+
+    def __contains__(self, name: object) -> bool:
+        """True if a frame is kept as ``name``."""
+        ...
+
+    def close(self) -> None:
+        """Forget every frame and free what the store holds."""
+        ...
+
+
+class MemoryStore:
+    """A :class:`FrameStore` in memory: a dict of frames, for small frames and tests.
+
+    ``get`` returns a shallow copy (the headers copied, the pixel arrays shared), as
+    :meth:`MemorySource.load` does; usable as a context manager (``close`` on exit).
+    """
+
+    def __init__(self) -> None:
+        self._frames: dict[str, Frame] = {}
+
+    def put(self, name: str, frame: Frame) -> Frame:
+        """Keep ``frame`` as ``name``; return it."""
+        self._frames[name] = frame
+        return frame
+
+    def get(self, name: str) -> Frame:
+        """A shallow copy of the frame kept as ``name``."""
+        return _shallow_copy(self._frames[name])
+
+    def drop(self, name: str) -> None:
+        """Forget the frame kept as ``name``."""
+        del self._frames[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._frames
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    def close(self) -> None:
+        """Forget every frame."""
+        self._frames.clear()
+
+    def __enter__(self) -> MemoryStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _shallow_copy(frame: Frame) -> Frame:
+    """``frame`` with its headers and meta copied and its pixel arrays shared."""
+    return frame.with_(arrays=tuple(a.with_(header=a.header.copy()) for a in frame.arrays))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +22,7 @@ from photutils.utils.exceptions import NoDetectionsWarning
 
 from gsaoi_watch.data.descriptors import FrameInfo
 from gsaoi_watch.data.fitsio import load_frame, read_frame_info
+from gsaoi_watch.pipeline.framestore import DiskStore
 from gsaoi_watch.reduction import recipes
 from gsaoi_watch.reduction.container import Frame
 from gsaoi_watch.reduction.source import ALL_ARRAYS
@@ -55,7 +57,7 @@ def make_processed_flat(paths: Sequence[PathLike], **kwargs: Any) -> Frame:
 
 def reduce_images(paths: Sequence[PathLike], *, workers: int = 2,
                   prepared: Callable[[PathLike], Frame | None] | None = None,
-                  **kwargs: Any) -> dict:
+                  store_dir: PathLike | None = None, **kwargs: Any) -> dict:
     """:func:`gsaoi_watch.reduction.recipes.reduce_images` on files.
 
     Parameters
@@ -67,16 +69,25 @@ def reduce_images(paths: Sequence[PathLike], *, workers: int = 2,
     prepared : callable, optional
         ``prepared(path)`` returns the frame of ``path`` already prepared and flat-corrected
         (done while the sequence was observed), or None to prepare it here.
+    store_dir : str or Path, optional
+        Where the prepared frames are kept while the recipe runs, as files read back as
+        memory maps (:class:`~gsaoi_watch.pipeline.framestore.DiskStore`, removed at the
+        end; default: the system's temporary directory), unless ``store`` is given.
     **kwargs
         The other keyword arguments of the recipe (``flat``, ``flat_name``, ``bpm``,
-        ``bpm_name``, ``params``, ``on_product``).
+        ``bpm_name``, ``params``, ``on_product``, ``store``, ``objmasks``).
     """
     source = FileSource(paths)
     by_index = None
     if prepared is not None:
         def by_index(index: int) -> Frame | None:
             return prepared(source.paths[index])
-    with quiet_threads(), ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+    with contextlib.ExitStack() as stack:
+        if kwargs.get("store") is None:
+            kwargs["store"] = stack.enter_context(
+                DiskStore(store_dir if store_dir is not None else tempfile.gettempdir()))
+        stack.enter_context(quiet_threads())
+        pool = stack.enter_context(ThreadPoolExecutor(max_workers=max(1, workers)))
         return recipes.reduce_images(source, prepared=by_index, mapper=pool.map, **kwargs)
 
 

@@ -18,6 +18,10 @@ __all__ = ["Array", "Frame"]
 class Array:
     """One GSAOI array (one extension) of a frame.
 
+    The pixel arrays may be read-only (memory maps of a frame store's files, see
+    :class:`~gsaoi_watch.reduction.source.FrameStore`): steps read them and make new ones,
+    and never write into the arrays they are given.
+
     Attributes
     ----------
     sci : ndarray of float32

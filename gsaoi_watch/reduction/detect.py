@@ -21,7 +21,8 @@ CATALOG_COLUMNS = ("number", "x", "y", "flux", "flux_err", "fwhm", "ellipticity"
 
 
 def source_table(data: np.ndarray, smooth: np.ndarray, labels: np.ndarray,
-                 error: np.ndarray | None = None) -> Table:
+                 error: np.ndarray | None = None, *,
+                 variance: np.ndarray | None = None) -> Table:
     """Measure every segment of a label image at once (vectorised over all sources).
 
     The same quantities, with the same definitions, as photutils' ``SourceCatalog`` given
@@ -41,6 +42,10 @@ def source_table(data: np.ndarray, smooth: np.ndarray, labels: np.ndarray,
         Segment labels (0 = no source).
     error : ndarray, optional
         1-sigma uncertainty per pixel.
+    variance : ndarray, optional
+        Variance per pixel, instead of ``error``: the uncertainty is then taken only at
+        the source pixels (sqrt of the variance, negative values as 0), not made for the
+        whole array.
 
     Returns
     -------
@@ -86,8 +91,14 @@ def source_table(data: np.ndarray, smooth: np.ndarray, labels: np.ndarray,
         above = d >= 0.5 * peak[ids]
         fwhm = np.where(peak > 0, 2.0 * np.sqrt(per_source(above.astype(np.float64)) / np.pi),
                         np.nan)
-        flux_err = (np.sqrt(per_source(error.ravel()[where].astype(np.float64) ** 2))
-                    if error is not None else np.full(n, np.nan))
+        if error is not None:
+            pixel_error = error.ravel()[where]
+        elif variance is not None:
+            pixel_error = np.sqrt(np.maximum(variance.ravel()[where], 0))
+        else:
+            pixel_error = None
+        flux_err = (np.sqrt(per_source(pixel_error.astype(np.float64) ** 2))
+                    if pixel_error is not None else np.full(n, np.nan))
     cols = {"number": present, "x": xc[present] + 1.0, "y": yc[present] + 1.0,
             "flux": per_source(d)[present], "flux_err": flux_err[present],
             "fwhm": fwhm[present], "ellipticity": ellipticity[present],
@@ -116,7 +127,7 @@ def detect_array(arr: Array, *, detect_thresh: float = 1.5, detect_minarea: int 
         ``flux`` and ``flux_err`` (electrons), ``fwhm`` (pixels, from the area above half
         maximum), ``ellipticity``, ``peak``, ``area``.
     """
-    sci = arr.sci.astype(np.float32)
+    sci = np.asarray(arr.sci, dtype=np.float32)  # read only: no copy of a float32 array
     mask = ((arr.dq & (FAIL_BITS | DQ["unilluminated"])) != 0) if arr.dq is not None else \
         np.zeros(sci.shape, bool)
     ny, nx = sci.shape
@@ -148,6 +159,5 @@ def detect_array(arr: Array, *, detect_thresh: float = 1.5, detect_minarea: int 
         return arr.with_(objmask=np.zeros(sci.shape, np.uint8)), empty
     if not catalog:
         return arr.with_(objmask=(segm.data > 0).astype(np.uint8)), None
-    error = np.sqrt(np.maximum(arr.var, 0)) if arr.var is not None else None
-    table = source_table(data, smooth, segm.data, error)
+    table = source_table(data, smooth, segm.data, variance=arr.var)
     return arr.with_(objmask=(segm.data > 0).astype(np.uint8)), table

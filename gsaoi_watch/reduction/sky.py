@@ -273,9 +273,14 @@ def mask_sky(sky: Array, *, mask_objects: bool = True,
         The sky with its objects flagged in DQ (so the stack ignores them) and its
         background level measured on the unflagged pixels.
     """
-    dq = sky.need("dq").copy()
+    dq = sky.need("dq")
     if mask_objects and sky.objmask is not None:
-        dq[dilate_mask(sky.objmask.astype(bool), dilation)] |= DQ["cosmic_ray"]
+        # a new DQ plane only where objects are flagged; otherwise the sky's own is shared
+        # (steps never write into their inputs): 8 MB less per full-size array held
+        objects = dilate_mask(sky.objmask != 0, dilation)
+        dq = np.array(dq)
+        np.bitwise_or(dq, np.uint16(DQ["cosmic_ray"]), out=dq, where=objects)
+        del objects
     a = sky.with_(dq=dq, objmask=None)
     return a, measure_background(a.sci, _usable(a))
 
@@ -361,6 +366,9 @@ def subtract_sky(obj: Array, sky: Array, *, offset_sky: bool = True,
         var = obj_var + sky_var
         if offset_sky:
             factor = measure_background(diff, good)
-            diff = diff - np.float32(factor)
-    return obj.with_(sci=diff.astype(np.float32), var=var.astype(np.float32),
+            np.subtract(diff, np.float32(factor), out=diff, casting="same_kind")
+    del good
+    # float32 already for float32 inputs: no copies (each is 16 MB at full size)
+    return obj.with_(sci=diff.astype(np.float32, copy=False),
+                     var=var.astype(np.float32, copy=False),
                      dq=obj.need("dq") | (sky_dq & DQ["no_data"])), float(factor)

@@ -5,7 +5,11 @@ A recipe never opens a file: it asks a :class:`FrameSource` for the headers of i
 at a time if it wants.  The file-backed source lives at the edge
 (:class:`gsaoi_watch.pipeline.recipes.FileSource`); :class:`MemorySource` serves frames
 already in memory.  Work that may run in parallel goes through a :data:`Mapper` given by
-the caller (the builtin :func:`map` runs it here, one piece after the other).
+the caller (the builtin :func:`map` runs it here, one piece after the other).  Frames a
+recipe keeps between its passes go to a :class:`FrameStore` given by the caller: the
+:class:`MemoryStore` here keeps them as they are, the disk store at the edge
+(:class:`gsaoi_watch.pipeline.framestore.DiskStore`) writes their pixels to files and
+hands back read-only memory maps of them.
 """
 
 from __future__ import annotations
@@ -69,42 +73,75 @@ class MemorySource:
 
 
 class FrameStore(Protocol):
-    """Where a recipe keeps the frames it has prepared, by name, until it is done.
+    """Frames kept by name while a recipe runs (the prepared frames between its passes).
 
-    ``get`` may return copies (a store on files) or the frames themselves (in memory);
-    steps never modify what they are given either way.
+    ``get`` may return copies (a store on files: read-only memory maps) or the frames
+    themselves (in memory); frames got back are never to be written into (steps never
+    modify pixels in place).  ``put`` may hand back another Frame than the one given, with
+    the same values (a disk store returns its memory maps), or None.  The stores here also
+    offer ``drop(name)`` and ``close()``.
     """
 
     def __contains__(self, name: object) -> bool:
-        """Whether frame ``name`` is held."""
+        """True if a frame is kept as ``name``."""
         ...
 
-    def put(self, name: str, frame: Frame) -> None:
-        """Keep ``frame`` as ``name``."""
+    def put(self, name: str, frame: Frame) -> Any:
+        """Keep ``frame`` as ``name`` (replacing what was there)."""
         ...
 
     def get(self, name: str, indices: tuple[int, ...] = ALL_ARRAYS) -> Frame:
-        """Frame ``name`` with arrays ``indices``."""
+        """The frame kept as ``name``, with arrays ``indices`` (KeyError if none)."""
         ...
 
 
 class MemoryStore:
-    """A :class:`FrameStore` in memory (small frames, tests)."""
+    """A :class:`FrameStore` in memory: a dict of frames, for small frames and tests.
+
+    ``get`` returns a shallow copy (the headers copied, the pixel arrays shared), as
+    :meth:`MemorySource.load` does; usable as a context manager (``close`` on exit).
+    """
 
     def __init__(self) -> None:
-        self.frames: dict[str, Frame] = {}
+        self._frames: dict[str, Frame] = {}
 
-    def __contains__(self, name: object) -> bool:
-        return name in self.frames
-
-    def put(self, name: str, frame: Frame) -> None:
-        """Keep ``frame`` as ``name``."""
-        self.frames[name] = frame
+    def put(self, name: str, frame: Frame) -> Frame:
+        """Keep ``frame`` as ``name``; return it."""
+        self._frames[name] = frame
+        return frame
 
     def get(self, name: str, indices: tuple[int, ...] = ALL_ARRAYS) -> Frame:
-        """Frame ``name`` (a shallow copy), or a view of some of its arrays."""
-        frame = self.frames[name]
-        if tuple(indices) == tuple(range(len(frame.arrays))):
-            return frame.with_()
-        return frame.with_(arrays=tuple(frame.arrays[i] for i in indices),
-                           meta={**frame.meta, "indices": tuple(indices)})
+        """A shallow copy of the frame kept as ``name`` (or of some of its arrays)."""
+        return _shallow_copy(self._frames[name], indices)
+
+    def drop(self, name: str) -> None:
+        """Forget the frame kept as ``name``."""
+        del self._frames[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._frames
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    def close(self) -> None:
+        """Forget every frame."""
+        self._frames.clear()
+
+    def __enter__(self) -> MemoryStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _shallow_copy(frame: Frame, indices: tuple[int, ...] = ALL_ARRAYS) -> Frame:
+    """``frame`` with its headers and meta copied and its pixel arrays shared.
+
+    ``indices`` other than all of its arrays keeps those (``meta['indices']`` says which).
+    """
+    if tuple(indices) == tuple(range(len(frame.arrays))):
+        return frame.with_(arrays=tuple(a.with_(header=a.header.copy()) for a in frame.arrays))
+    return frame.with_(arrays=tuple(frame.arrays[i].with_(header=frame.arrays[i].header.copy())
+                                    for i in indices),
+                       meta={**frame.meta, "indices": tuple(indices)})

@@ -24,6 +24,7 @@ from gsaoi_watch.reduction.flat import (
     normalize_flat,
     threshold_flatfield,
 )
+from gsaoi_watch.reduction.latency import apply_latency
 from gsaoi_watch.reduction.sky import (
     associate_sky,
     combine_skies,
@@ -109,10 +110,11 @@ def make_processed_flat(source: FrameSource, *, bpm: Any = None, bpm_name: str |
                         lower: float = 0.01, upper: float = 10.0) -> Frame:
     """DRAGONS ``makeProcessedFlat``: a normalised lamp-on minus lamp-off master flat.
 
-    Streams one array at a time through prepare ... addVAR and makeLampFlat, so only one
-    array of every input is in memory at once; then normalizeFlat (one median over all
-    arrays) and thresholdFlatfield.  The product is named after the first lamp-on frame
-    with the suffix ``_flat`` and carries PROCFLAT.
+    Streams one array at a time through prepare ... addVAR (with addDQ's latency: DQ bit 8
+    where an input that started less than 900 s earlier was saturated or non-linear) and
+    makeLampFlat, so only one array of every input is in memory at once; then
+    normalizeFlat (one median over all arrays) and thresholdFlatfield.  The product is
+    named after the first lamp-on frame with the suffix ``_flat`` and carries PROCFLAT.
     """
     usable, skipped = screen_inputs(source)
     if not usable:
@@ -124,7 +126,7 @@ def make_processed_flat(source: FrameSource, *, bpm: Any = None, bpm_name: str |
             frame = source.load(index, (i,))
             frame.meta["bpm_name"] = bpm_name
             frames.append(preprocess(frame, bpm=bpm))
-        stacked.append(make_lamp_flat(frames))
+        stacked.append(make_lamp_flat(apply_latency(frames)))
     first = stacked[0]
     flat = first.with_(arrays=tuple(s.arrays[0] for s in stacked),
                        meta={**first.meta, "indices": (0, 1, 2, 3)})

@@ -80,6 +80,7 @@ def background_offsets(truth: dict, products: list) -> list[dict]:
             good = clean_sky_pixels(truth, ft, i, a.sci.shape, 0.02 * sigma) & (a.dq == 0)
             n = int(good.sum())
             rows.append({"file": product.orig_filename, "array": i,
+                         "extrapolated": float(product.phu.get("SKYEXTRP", 0.0)),
                          "median": float(np.median(a.sci[good])) if n else float("nan"),
                          "sigma": sigma,
                          "sky": ft["sky_rate"] * ft["exptime"], "n": n})

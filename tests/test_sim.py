@@ -9,8 +9,10 @@ from astropy.wcs import WCS
 
 from gsaoi_watch.data.fitsio import read_frame_info
 from gsaoi_watch.instrument.tables import ARRAYS
-from gsaoi_watch.sim import BPM_NAME, simulate_night, truth_plane
+from gsaoi_watch.sim import BPM_NAME, simulate_night, truth_persistence, truth_plane
 from gsaoi_watch.sim.detector import invert_nonlinearity
+from gsaoi_watch.sim.persistence import PERSIST_RATE, PERSIST_TAU
+from gsaoi_watch.sim.plan import SkyModel, plan_night
 
 SIZE = 256
 SCIENCE_TAGS = {"GEMINI", "GSAOI", "IMAGE", "RAW", "SIDEREAL", "SOUTH", "UNPREPARED"}
@@ -103,7 +105,7 @@ def test_sky_level_and_drift_match_truth(night):
         # stars cover << 1 % of a sky frame; the median sits within 0.5 % of the truth
         assert measured == pytest.approx(expected, rel=5e-3)
     measured = [m for _, m, _ in sorted(levels)]
-    assert measured[-1] > measured[0] * 1.04  # the planted +8 % drift is there
+    assert measured[-1] > measured[0] * 1.04  # the planted +10 % drift is there
 
 
 def test_flat_pattern_matches_truth(night):
@@ -274,3 +276,91 @@ def test_roi_frames_reproduce_the_row_bug(night):
         good = (true_rows > 0.2) & (nominal > 0.2)
         assert (np.corrcoef(data[good], true_rows[good])[0, 1]
                 > np.corrcoef(data[good], nominal[good])[0, 1])
+
+
+def _sky_line_residuals(frames):
+    t = np.array([f["extra"]["sky_mid_s"] for f in frames])
+    rates = np.array([f["sky_rate"] for f in frames])
+    return rates / np.polyval(np.polyfit(t, rates, 1), t) - 1
+
+
+@pytest.mark.parametrize("seed", [7, 21, 33, 20170505])
+def test_sky_varies_on_minutes_not_on_a_line(seed):
+    night = plan_night(seed, SIZE)
+    model = night.params["sky_model"]
+    amplitude = model["amplitude"]
+    assert amplitude == 0.01 and len(model["periods"]) == 3
+    assert all(1200 <= p <= 4800 for p in model["periods"])  # rises and falls of 10-40 min
+    frames = [f.to_dict() for f in night.frames if f.kind in ("science", "standard")]
+    # each frame's rate is the model at mid-exposure (science: + drift and a 0.01 % jitter)
+    sky = SkyModel.from_dict(model)
+    p = night.params
+    for f in frames:
+        v = f["extra"]["sky_variation"]
+        assert abs(v) <= amplitude * (1 + 1e-9)
+        assert float(sky.variation(f["extra"]["sky_mid_s"])) == pytest.approx(v, abs=1e-12)
+        if f["kind"] == "standard":
+            assert f["sky_rate"] == pytest.approx(p["standard_sky_rate"] * (1 + v), rel=1e-12)
+        else:
+            trend = 1 + p["sky_drift"] * (f["extra"]["sky_mid_s"] - 30.0) / p["science_span_s"]
+            assert f["sky_rate"] == pytest.approx(p["sky_base_rate"] * trend * (1 + v),
+                                                  rel=6 * p["sky_jitter"])
+    # a straight line through the offset skies' rates misses by a few tenths of a per cent
+    skies = [f for f in frames if f["kind"] == "science" and f["is_sky"]]
+    resid = _sky_line_residuals(skies)
+    assert 0.0015 < np.max(np.abs(resid)) < 1.5 * amplitude
+    assert np.std(resid) > 2 * p["sky_jitter"]
+
+
+def test_sky_model_is_random_per_night():
+    a, b = (plan_night(s, SIZE).params["sky_model"] for s in (7, 8))
+    assert a["periods"] != b["periods"] and a["phases"] != b["phases"]
+    assert plan_night(7, SIZE).params["sky_model"] == a
+
+
+def test_persistence_of_earlier_bright_pixels(night):
+    out, truth = night
+    sci = frames_of(truth, "science")
+    first, sky = sci[0], sci[1]
+    assert sky["is_sky"] and not first["is_sky"]
+    assert sky["persistence"]["sources"] == [first["filename"]]
+    assert all(frames_of(truth, "flat_on")[k]["persistence"]["n_pixels"] == [0] * 4
+               for k in range(15))
+    n_checked = 0
+    for arr in sky["arrays"]:
+        ext = arr["index"] + 1
+        spec = ARRAYS[arr["index"]]
+        earlier = truth_persistence(out, first["filename"], ext)
+        planted = truth_persistence(out, sky["filename"], ext)
+        # the pixels the first frame left latent, and only those, carry persistence
+        assert np.array_equal(planted["persist"], earlier["latent"])
+        assert np.all(planted["from"] == 1)
+        if not len(planted["persist"]):
+            continue
+        # a filled pixel: 3 e-/s * 180 s * (exp(-34/180) - exp(-94/180)) ~ 127 e-
+        assert planted["charge"].max() == pytest.approx(
+            PERSIST_RATE * PERSIST_TAU * (np.exp(-34 / PERSIST_TAU) - np.exp(-94 / PERSIST_TAU)),
+            rel=1e-6)
+        # the sky frame is a different field: the pixels are ordinary sky, a little brighter
+        assert not np.isin(planted["persist"], planted["latent"]).any()
+        data = linearize(fits.getdata(out / sky["filename"], ext), spec).reshape(-1)
+        flat = truth_plane(out, "FLAT", ext).reshape(-1)
+        idx = planted["persist"]
+        ok = flat[idx] > 0.5
+        excess = data[idx][ok] - sky["sky_rate"] * sky["exptime"] * flat[idx][ok]
+        noise = np.sqrt(sky["sky_rate"] * sky["exptime"] + spec.read_noise[2] ** 2)
+        diff = np.median(excess - planted["charge"][ok])
+        assert abs(diff) < 4 * 1.25 * noise / np.sqrt(ok.sum())
+        assert np.median(excess) > 10 * noise / np.sqrt(ok.sum())
+        n_checked += 1
+    assert n_checked >= 2
+    # it decays: two frames on, the same first-frame pixels get less
+    third = sci[2]
+    for ext in range(1, 5):
+        p2 = truth_persistence(out, sky["filename"], ext)
+        p3 = truth_persistence(out, third["filename"], ext)
+        from_first = (p3["from"] & 1) != 0
+        common = np.isin(p3["persist"][from_first], p2["persist"])
+        assert common.all()
+        if common.any():
+            assert p3["charge"][from_first].max() < 0.7 * p2["charge"].max()

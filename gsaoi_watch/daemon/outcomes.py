@@ -254,8 +254,10 @@ def request_stream(engine: Engine, sequence_id: int) -> None:
     if sequence_id in engine.streaming:
         engine.stream_again.add(sequence_id)
         return
+    # the frames whose per-frame steps are done (one still being prepared waits for the
+    # next step: taking it now would prepare it twice)
     paths = [f.path for f in seq.frames.where(db.Frame.state == "ingested")
-             .order_by(db.Frame.ut_datetime)]
+             .order_by(db.Frame.ut_datetime) if f.path not in engine.preparing]
     if len(paths) < 2:
         return
     info = read_frame_info(paths[0])

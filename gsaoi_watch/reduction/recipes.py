@@ -23,7 +23,7 @@ from gsaoi_watch.reduction.flat import (
     normalize_flat,
     threshold_flatfield,
 )
-from gsaoi_watch.reduction.latency import add_latency_to_dq, latency_mask
+from gsaoi_watch.reduction.latency import add_latency_to_dq, apply_latency, latency_mask
 from gsaoi_watch.reduction.science import SkyCorrector, SkyOptions, pass1_skies
 from gsaoi_watch.reduction.sky import associate_sky, separate_sky
 from gsaoi_watch.reduction.source import FrameSource, FrameStore, Mapper, MemoryStore
@@ -104,10 +104,11 @@ def make_processed_flat(source: FrameSource, *, bpm: Any = None, bpm_name: str |
                         lower: float = 0.01, upper: float = 10.0) -> Frame:
     """DRAGONS ``makeProcessedFlat``: a normalised lamp-on minus lamp-off master flat.
 
-    Streams one array at a time through prepare ... addVAR and makeLampFlat, so only one
-    array of every input is in memory at once; then normalizeFlat (one median over all
-    arrays) and thresholdFlatfield.  The product is named after the first lamp-on frame
-    with the suffix ``_flat`` and carries PROCFLAT.
+    Streams one array at a time through prepare ... addVAR (with addDQ's latency: DQ bit 8
+    where an input that started less than 900 s earlier was saturated or non-linear) and
+    makeLampFlat, so only one array of every input is in memory at once; then
+    normalizeFlat (one median over all arrays) and thresholdFlatfield.  The product is
+    named after the first lamp-on frame with the suffix ``_flat`` and carries PROCFLAT.
     """
     usable, skipped = screen_inputs(source)
     if not usable:
@@ -119,7 +120,7 @@ def make_processed_flat(source: FrameSource, *, bpm: Any = None, bpm_name: str |
             frame = source.load(index, (i,))
             frame.meta["bpm_name"] = bpm_name
             frames.append(preprocess(frame, bpm=bpm))
-        stacked.append(make_lamp_flat(frames))
+        stacked.append(make_lamp_flat(apply_latency(frames)))
     first = stacked[0]
     flat = first.with_(arrays=tuple(s.arrays[0] for s in stacked),
                        meta={**first.meta, "indices": (0, 1, 2, 3)})
@@ -389,7 +390,7 @@ def fill_store(store: FrameStore, source: FrameSource, indices: Sequence[int], *
             if not all(held[k + 1:]):  # a frame still to prepare may need its record
                 record = recall(names[k]) if recall is not None else None
                 if record is None:
-                    record = latency_mask(store.get(names[k]), non_linear=non_linear)
+                    record = latency_mask(store.get(names[k]))
                     if keep is not None:
                         keep(names[k], record)
                 earlier.append(record)
@@ -400,9 +401,10 @@ def fill_store(store: FrameStore, source: FrameSource, indices: Sequence[int], *
             todo.append(k)
             k += 1
         for pos, frame in zip(todo, mapper(load, [indices[p] for p in todo])):
-            record = latency_mask(frame, non_linear=non_linear)
+            record = latency_mask(frame)
             if lat["latency"]:
-                frame = add_latency_to_dq(frame, earlier, time=float(lat["time"]))
+                frame = add_latency_to_dq(frame, earlier, time=float(lat["time"]),
+                                          non_linear=non_linear)
             earlier.append(record)
             if keep is not None:
                 keep(names[pos], record)

@@ -283,6 +283,10 @@ class SkyCorrector:
         phu["SKYSCALE"] = (self.opt.scale_sky, "skyCorrect scale_sky")
         phu["SKYINTRP"] = (self.opt.interpolation, "skyCorrect sky level: time/nearest/none")
         phu["OBJFRAME"] = ("TRUE", "Object frame (separateSky)")
+        times = [self.when[s] for s in skies]
+        beyond = max(min(times) - t, t - max(times), 0.0)
+        if self.opt.interpolation == "time":
+            phu["SKYEXTRP"] = (round(beyond, 1), "[s] sky level extrapolated beyond the skies")
         unmasked = [s for s in skies if s not in self.objmasks]
         phu["SKYNOMSK"] = (len(unmasked), "Skies stacked without an object mask")
         out = mark(out, "SEPSKY", "_skySeparated", "UT time stamp for separateSky")

@@ -2,11 +2,13 @@
 
 ``simulate_night(outdir)`` writes the DRAGONS tutorial night (15 lamp-on and 15 lamp-off
 Kshort dome flats, 4 ROI standard-star frames, 16 NGC 5128 science frames of which 7 are
-offset skies), a static bad-pixel mask, ``truth.json`` and ``truth/flat.npz``.
+offset skies), a static bad-pixel mask, ``truth.json``, ``truth/flat.npz`` and
+``truth/persistence.npz``.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import os
@@ -20,11 +22,19 @@ from astropy.io import fits
 from gsaoi_watch.instrument.tables import ARRAYS
 from gsaoi_watch.sim.detector import T_READ, make_detector
 from gsaoi_watch.sim.headers import roi_origin
+from gsaoi_watch.sim.persistence import (
+    LATENCY_WINDOW,
+    PERSIST_RATE,
+    PERSIST_TAU,
+    add_persistence,
+    latent_pixels,
+    persistence_charge,
+)
 from gsaoi_watch.sim.plan import FramePlan, Night, plan_night
 from gsaoi_watch.sim.render import make_catalogue, render_frame
 
 __all__ = ["BPM_NAME", "KINDS", "FramePlan", "Night", "plan_night", "simulate_night",
-           "truth_plane", "write_frame"]
+           "truth_persistence", "truth_plane", "write_frame"]
 
 log = logging.getLogger(__name__)
 
@@ -42,15 +52,168 @@ def _atomic_write(hdul, path):
     os.replace(tmp, path)
 
 
-def write_frame(plan, outdir, night_seed, size, params):
-    """Render one frame, write it atomically into ``outdir`` and return its truth entry."""
+def _render(plan, outdir, night_seed, size, params):
     t0 = time.perf_counter()
-    hdul, truth = render_frame(plan, night_seed, size, params)
+    hdul, truth, latent = render_frame(plan, night_seed, size, params)
     _atomic_write(hdul, Path(outdir) / plan.filename)
     entry = plan.to_dict()
     entry.update(truth)
     entry["render_seconds"] = round(time.perf_counter() - t0, 3)
-    return entry
+    return entry, latent
+
+
+def write_frame(plan, outdir, night_seed, size, params):
+    """Render one frame, write it atomically into ``outdir`` and return its truth entry.
+
+    The frame carries no persistence from earlier frames (simulate_night adds it).
+    """
+    return _render(plan, outdir, night_seed, size, params)[0]
+
+
+def _stem(filename):
+    return filename[:-5] if filename.endswith(".fits") else filename
+
+
+def _read_window(entry, size):
+    """(x0, y0, n): the array region a frame really read (ROI row shift included)."""
+    if not entry["roi"]:
+        return [(0, 0, size)] * 4
+    x0, y0 = roi_origin(size)
+    return [(x0, y0 + a["roi_row_shift"], size // 2) for a in entry["arrays"]]
+
+
+def _plant_persistence(entries, latents, outdir, size):
+    """Second, sequential pass: add earlier frames' persistence to each frame, in time order.
+
+    Frames are rendered in parallel without it; here each frame whose UT start is less than
+    LATENCY_WINDOW after an earlier frame's gets that frame's latent pixels' persistence
+    (gsaoi_watch.sim.persistence), in physical array pixels (ROI frames map through the
+    rows they really read).  The frame is rewritten and its own latent pixels recomputed
+    from the new ADU, so a pixel the persistence pushes over the non-linear level is latent
+    for the frames after it.  Returns the truth/persistence.npz planes.
+    """
+    outdir = Path(outdir)
+    order = sorted(range(len(entries)), key=lambda i: entries[i]["ut_start"])
+    start = {i: dt.datetime.fromisoformat(entries[i]["ut_start"]) for i in order}
+    planes: dict[str, np.ndarray] = {}
+    physical: dict[int, list] = {}  # frame -> per array (physical flat indices, fill)
+    done: list[int] = []
+    for i in order:
+        e = entries[i]
+        exposure = e["exptime"] * e["coadds"]
+        windows = _read_window(e, size)
+        window = [j for j in done
+                  if 0 < (start[i] - start[j]).total_seconds() < LATENCY_WINDOW]
+        hits = {}  # (source, array) -> (local flat indices, expected electrons)
+        for j in window:
+            t1 = (start[i] - start[j]).total_seconds() - entries[j]["exptime"] * \
+                entries[j]["coadds"]
+            for a, (x0, y0, n) in enumerate(windows):
+                pidx, fill = physical[j][a]
+                py, px = np.divmod(pidx, size)
+                inside = (px >= x0) & (px < x0 + n) & (py >= y0) & (py < y0 + n)
+                if inside.any():
+                    hits[(j, a)] = ((py[inside] - y0) * n + (px[inside] - x0),
+                                    persistence_charge(fill[inside], t1, t1 + exposure))
+        sources = [j for j in window if any((j, a) in hits for a in range(4))]
+        if len(sources) > 32:
+            raise RuntimeError(f"{e['filename']}: more than 32 frames leave persistence")
+        per_array: list[tuple | None] = []
+        for a in range(len(windows)):
+            parts = [(k, hits[(j, a)]) for k, j in enumerate(sources) if (j, a) in hits]
+            if not parts:
+                per_array.append(None)
+                continue
+            idx, inverse = np.unique(np.concatenate([p[1][0] for p in parts]),
+                                     return_inverse=True)
+            charge = np.bincount(inverse, weights=np.concatenate([p[1][1] for p in parts]),
+                                 minlength=len(idx))
+            origin = np.zeros(len(idx), dtype=np.uint32)
+            np.bitwise_or.at(origin, inverse, np.concatenate(
+                [np.full(len(p[1][0]), 1 << p[0], dtype=np.uint32) for p in parts]))
+            per_array.append((idx.astype(np.int32), charge, origin))
+        lat = latents[i]
+        if any(p is not None for p in per_array):
+            rng = np.random.default_rng([e["seed"], 9])
+            path = outdir / e["filename"]
+            with fits.open(path) as hdul:
+                hdul = fits.HDUList([h.copy() for h in hdul])
+            for a, planted in enumerate(per_array):
+                if planted is None:
+                    continue
+                spec = ARRAYS[a]
+                idx, charge, origin = planted
+                adu = np.array(hdul[a + 1].data, dtype=np.float32)
+                shape = adu.shape
+                saturated = np.zeros(adu.size, dtype=bool)
+                saturated[lat[a]["saturated"]] = True
+                adu, n_full = add_persistence(adu, idx, charge, saturated.reshape(shape),
+                                              spec=spec, lnrs=e["lnrs"], rng=rng)
+                hdul[a + 1].data = adu
+                e["arrays"][a]["n_saturated"] += n_full
+                # this frame's latent pixels from the new ADU; the fill of a pixel that
+                # became latent only now is its ADU over the well (raw charge / well)
+                new = np.flatnonzero(latent_pixels(adu, spec.non_linear_level))
+                old = lat[a]["latent"]
+                pos = np.minimum(np.searchsorted(old, new), max(len(old) - 1, 0))
+                known = (old[pos] == new) if len(old) else np.zeros(len(new), dtype=bool)
+                fill = np.clip(adu.reshape(-1)[new] / np.float32(spec.well), 0.0, 1.0)
+                fill[known] = lat[a]["fill"][pos[known]]
+                lat[a] = {**lat[a], "latent": new.astype(np.int32),
+                          "fill": fill.astype(np.float32)}
+                stem = _stem(e["filename"])
+                planes[f"{stem}_persist{a + 1}"] = idx
+                planes[f"{stem}_charge{a + 1}"] = charge.astype(np.float32)
+                planes[f"{stem}_from{a + 1}"] = origin
+            _atomic_write(hdul, path)
+        stem = _stem(e["filename"])
+        phys = []
+        for a, (x0, y0, n) in enumerate(windows):
+            ly, lx = np.divmod(lat[a]["latent"].astype(np.int64), n)
+            phys.append(((ly + y0) * size + lx + x0, lat[a]["fill"]))
+            if len(lat[a]["latent"]):
+                planes[f"{stem}_latent{a + 1}"] = lat[a]["latent"]
+        physical[i] = phys
+        e["persistence"] = {
+            "sources": [entries[j]["filename"] for j in sources],
+            "window": [entries[j]["filename"] for j in window],
+            "n_pixels": [0 if p is None else len(p[0]) for p in per_array],
+            "max_charge_e": round(max([float(p[1].max()) for p in per_array if p is not None],
+                                      default=0.0), 2),
+            "n_latent": [len(x["latent"]) for x in lat],
+        }
+        done.append(i)
+    return planes
+
+
+def _write_persistence_truth(planes, outdir):
+    tdir = Path(outdir) / "truth"
+    tdir.mkdir(exist_ok=True)
+    tmp = tdir / ".persistence.npz.tmp"
+    with open(tmp, "wb") as fh:
+        np.savez_compressed(fh, **planes)
+    os.replace(tmp, tdir / "persistence.npz")
+
+
+def truth_persistence(outdir, filename, ext):
+    """The planted persistence of one frame's extension ``ext`` (1-4).
+
+    Returns
+    -------
+    dict of ndarray
+        Flat indices into the extension's data as written (``y * nx + x``, 0-based; ROI
+        frames: the ROI array): ``latent`` (this frame's pixels that leave persistence:
+        what addDQ flags saturated or non-linear), ``persist`` (pixels given persistence
+        by earlier frames), ``charge`` (its expected electrons per ``persist`` pixel) and
+        ``from`` (per ``persist`` pixel, a bit mask: bit k = the k-th name of the frame's
+        truth entry ``persistence['sources']``, the earlier frames that left pixels in it;
+        ``persistence['window']`` lists every earlier frame less than 900 s before).
+    """
+    stem = _stem(Path(filename).name)
+    empty = {"latent": np.int32, "persist": np.int32, "charge": np.float32, "from": np.uint32}
+    with np.load(Path(outdir) / "truth" / "persistence.npz") as planes:
+        return {k: planes[f"{stem}_{k}{ext}"] if f"{stem}_{k}{ext}" in planes
+                else np.zeros(0, dtype=t) for k, t in empty.items()}
 
 
 def _write_bpm(det, outdir, size):
@@ -113,7 +276,10 @@ def _truth(night, det, frames, size):
                     "the pixel area (point-source response); gsaoi_watch.sim.truth_plane "
                     "reads them",
             "sky_rate": "e-/s per pixel at flat = 1; the sky in a frame is sky_rate * exptime "
-                        "* flat",
+                        "* flat; sky_rate is the sky model (params sky_model, "
+                        "gsaoi_watch.sim.plan.SkyModel) at mid-exposure (extra.sky_mid_s, "
+                        "seconds from sky_model.epoch; extra.sky_variation its relative "
+                        "variation there) times the sequence's level and drift",
             "star_flux": "e-/s after flat fielding: 10**(0.4*(ZP_array - mag - "
                          "k*(airmass-1))) with DRAGONS' nominal Kshort zero points",
             "noise": "Poisson (Gaussian approximation, all levels >~1000 e-), then the "
@@ -126,6 +292,15 @@ def _truth(night, det, frames, size):
                              "-1 for 2-3), while CCDSEC/DETSEC say roi_origin: the instrument's "
                              "row bug that DRAGONS' prepare fixes",
             "t_read": T_READ,
+            "persistence": "pixels an earlier frame (UT start < latency_window_s before) "
+                           "left latent (what addDQ flags saturated | non-linear there) get "
+                           "persist_rate_e_s * fill * exp(-t / persist_tau_s) e-/s, t from "
+                           "the end of that exposure, fill = its raw charge / well <= 1; "
+                           "per frame: truth entry 'persistence', planes in "
+                           "truth/persistence.npz (gsaoi_watch.sim.truth_persistence)",
+            "persist_rate_e_s": PERSIST_RATE,
+            "persist_tau_s": PERSIST_TAU,
+            "latency_window_s": LATENCY_WINDOW,
         },
         "bad_pixels": {
             "bpm_file": BPM_NAME,
@@ -177,16 +352,22 @@ def simulate_night(outdir, *, seed=20170505, size=2048, workers=None, only=None)
     workers = workers or os.cpu_count() or 1
     if workers > 1 and len(plans) > 1:
         with ProcessPoolExecutor(max_workers=min(workers, len(plans))) as pool:
-            futures = [pool.submit(write_frame, p, outdir, seed, size, night.params)
+            futures = [pool.submit(_render, p, outdir, seed, size, night.params)
                        for p in plans]
-            frames = [f.result() for f in futures]
+            rendered = [f.result() for f in futures]
     else:
-        frames = [write_frame(p, outdir, seed, size, night.params) for p in plans]
+        rendered = [_render(p, outdir, seed, size, night.params) for p in plans]
+    frames = [r[0] for r in rendered]
+    t1 = time.perf_counter()
+    planes = _plant_persistence(frames, [r[1] for r in rendered], outdir, size)
+    persistence_seconds = time.perf_counter() - t1
     if "bpm" in wanted:
         _write_bpm(det, outdir, size)
     _write_flat_truth(det, outdir)
+    _write_persistence_truth(planes, outdir)
     truth = _truth(night, det, frames, size)
     truth["elapsed_seconds"] = round(time.perf_counter() - t0, 2)
+    truth["persistence_seconds"] = round(persistence_seconds, 2)
     tmp = outdir / ".truth.json.tmp"
     tmp.write_text(json.dumps(truth, indent=1))
     os.replace(tmp, outdir / "truth.json")

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-__all__ = ["FramePlan", "Night", "plan_night"]
+__all__ = ["FramePlan", "Night", "SkyModel", "make_sky_model", "plan_night"]
 
 # Tutorial targets (DRAGONS GSAOI imaging tutorial, program GS-2017A-Q-29).
 NGC5128 = (201.365063, -43.019112)
@@ -66,6 +66,110 @@ def _name(date, number):
     return f"S{date:%Y%m%d}S{number:04d}.fits"
 
 
+@dataclass(frozen=True)
+class SkyModel:
+    """The night's Kshort sky: a slow drift in each sequence times short-term variations.
+
+    ``rate(t) = level * (1 + drift * (t - t_first) / span) * (1 + variation(t))`` e-/s per
+    pixel at flat = 1, with ``t`` the mid-exposure time of a frame in seconds from
+    ``epoch``; ``level``, ``drift``, ``t_first`` (the first frame's mid-exposure) and
+    ``span`` belong to the sequence: science 48 e-/s rising by 10 % over its 1410 s,
+    standard 48 e-/s x U(0.97, 1.03) without drift (night parameters ``sky_*`` and
+    ``standard_sky_rate``).
+
+    ``variation`` is one function for the whole night, a sum of sinusoids
+    ``sum_i amplitudes[i] * sin(2 pi t / periods[i] + phases[i])`` with periods drawn
+    uniformly in [20, 80] min (the sky rises or falls over 10-40 min), phases uniformly in
+    [0, 2 pi) and relative weights uniformly in [0.5, 1], all from the night seed.  The
+    weights are scaled so that the largest
+    ``|variation|`` over the observing windows (``windows``: the standard and the science
+    sequence, seconds from ``epoch``) is exactly ``amplitude`` (1 %).  It stands for the
+    minutes-long airglow and thermal changes of a real near-IR sky, which a straight line
+    in time does not follow: over the 23.5 min science sequence a line leaves residuals of
+    a few tenths of a per cent.
+
+    Attributes
+    ----------
+    epoch : str
+        ISO time of t = 0 (the start of the science sequence).
+    amplitude : float
+        Peak ``|variation|`` over ``windows``.
+    periods, phases, amplitudes : tuple of float
+        The sinusoids (seconds, radians, fraction of the rate).
+    windows : tuple of (float, float)
+        The time ranges the amplitude is normalised over.
+    """
+
+    epoch: str
+    amplitude: float
+    periods: tuple
+    phases: tuple
+    amplitudes: tuple
+    windows: tuple
+
+    def variation(self, t):
+        """Relative sky variation at ``t`` (seconds from ``epoch``; scalar or array)."""
+        t = np.asarray(t, dtype=float)
+        out = np.zeros_like(t)
+        for p, ph, a in zip(self.periods, self.phases, self.amplitudes):
+            out = out + a * np.sin(2 * np.pi * t / p + ph)
+        return out
+
+    def seconds(self, when):
+        """Seconds from ``epoch`` of a datetime."""
+        return (when - dt.datetime.fromisoformat(self.epoch)).total_seconds()
+
+    @classmethod
+    def from_dict(cls, d):
+        """The model of a truth file's ``params['sky_model']`` (inverse of :meth:`to_dict`)."""
+        return cls(d["epoch"], d["amplitude"], tuple(d["periods"]), tuple(d["phases"]),
+                   tuple(d["amplitudes"]), tuple(tuple(w) for w in d["windows"]))
+
+    def to_dict(self):
+        """Return a JSON-serialisable dict."""
+        d = asdict(self)
+        d["kind"] = "sum of sinusoids"
+        d["windows"] = [list(w) for w in self.windows]
+        for key in ("periods", "phases", "amplitudes"):
+            d[key] = list(d[key])
+        return d
+
+
+def make_sky_model(seed: int, epoch: dt.datetime, windows, *, n_terms: int = 3,
+                   amplitude: float = 0.01,
+                   period_range: tuple[float, float] = (1200.0, 4800.0)) -> SkyModel:
+    """Draw the night's sky variation from its seed (see :class:`SkyModel`).
+
+    Parameters
+    ----------
+    seed : int
+        Night seed (its own random stream, independent of the frame plan).
+    epoch : datetime.datetime
+        t = 0 of the model.
+    windows : sequence of (float, float)
+        Observing windows in seconds from ``epoch``; the peak ``|variation|`` over them is
+        ``amplitude``.
+    n_terms : int
+        Number of sinusoids.
+    amplitude : float
+        Peak relative variation.
+    period_range : (float, float)
+        Range of the periods in seconds (20-80 min: a rise or a fall takes 10-40 min).
+    """
+    rng = np.random.default_rng([seed, 5])
+    periods = rng.uniform(period_range[0], period_range[1], n_terms)
+    phases = rng.uniform(0.0, 2 * np.pi, n_terms)
+    weights = rng.uniform(0.5, 1.0, n_terms)
+    unit = SkyModel(epoch.isoformat(), amplitude, tuple(float(p) for p in periods),
+                    tuple(float(p) for p in phases), tuple(float(w) for w in weights),
+                    tuple((float(a), float(b)) for a, b in windows))
+    grid = np.concatenate([np.linspace(a, b, max(int((b - a) / 5.0), 2) + 1)
+                           for a, b in unit.windows])
+    peak = float(np.max(np.abs(unit.variation(grid))))
+    return SkyModel(unit.epoch, amplitude, unit.periods, unit.phases,
+                    tuple(float(w * amplitude / peak) for w in weights), unit.windows)
+
+
 def plan_night(seed: int = 20170505, size: int = 2048) -> Night:
     """Plan the tutorial night: flats, standard and an on-target/offset-sky science sequence.
 
@@ -93,24 +197,52 @@ def plan_night(seed: int = 20170505, size: int = 2048) -> Night:
     def seed_of(k):
         return int(rng.integers(0, 2**31 - 1)) + k
 
+    # The sky: a slow drift per sequence times the night's variation (SkyModel), evaluated
+    # at mid-exposure.  Standard: 4 x 30 s every 58 s; science: 16 x 60 s every 94 s.
+    t_std = dt.datetime(2017, 5, 4, 23, 48, 12)
+    std_exptime, std_cadence = 30.0, 30.0 + 28.0
+    t0 = dt.datetime(2017, 5, 5, 23, 5, 31)
+    pattern = "OSOSOSOSOSOSOSOO"
+    sci_exptime, cadence = 60.0, 60.0 + 34.0
+    span = cadence * (len(pattern) - 1)
+    std_start = (t_std - t0).total_seconds()
+    sky = make_sky_model(seed, t0, [(std_start, std_start + 3 * std_cadence + std_exptime),
+                                    (0.0, span + sci_exptime)])
+    sky_base_rate = 48.0  # e-/s/pixel, Kshort ~13.6 mag/arcsec^2 at 0.0197"/pix
+    sky_drift = 0.10      # +10 % linear drift over the science sequence (several sigma)
+    sky_jitter = 0.0001   # frame-to-frame rms on top (unresolved by any model, 0.005 sigma)
+    std_level = None  # the standard's sky level: 48 e-/s x U(0.97, 1.03), drawn below
+
+    def sky_at(start, exptime, level, drift=0.0):
+        # drift measured from the first science frame's mid-exposure (t = exptime / 2)
+        mid = sky.seconds(start) + exptime / 2
+        v = float(sky.variation(mid))
+        rate = level * (1.0 + drift * (mid - exptime / 2) / span) * (1.0 + v)
+        return rate, {"sky_mid_s": round(mid, 3), "sky_variation": v}
+
     # Standard star, previous UT date, central 1024^2 ROI, 4 dithers of a few arcsec.
     # The star is put on the bottom-left array (ext 2) with an offset of ~20" E and N.
-    t = dt.datetime(2017, 5, 4, 23, 48, 12)
+    t = t_std
     std_dithers = [(0.0, 0.0), (3.0, 3.0), (-3.0, 3.0), (3.0, -3.0)]
     base_p, base_q = 20.4, 20.6
     for k, (dp, dq) in enumerate(std_dithers):
+        fwhm, frame_seed = fwhm_ao * float(rng.uniform(0.95, 1.08)), seed_of(k)
+        # one level for the sequence; a draw per frame keeps the plan's random stream (the
+        # frames' seeds and conditions) what it was when each frame had its own level
+        level = sky_base_rate * float(rng.uniform(0.97, 1.03))
+        std_level = level if std_level is None else std_level
+        rate, sky_extra = sky_at(t, std_exptime, std_level)
         frames.append(FramePlan(
             filename=_name(t, 114 + k), kind="standard", is_sky=False, number=k + 1,
             obsid="GS-2017A-Q-29-9", program="GS-2017A-Q-29", obsclass="partnerCal",
-            object="9132", ut_start=t.isoformat(), exptime=30.0, lnrs=2, coadds=1,
+            object="9132", ut_start=t.isoformat(), exptime=std_exptime, lnrs=2, coadds=1,
             poff=base_p + dp, qoff=base_q + dq, pa=0.0,
             target_ra=STANDARD_9132[0], target_dec=STANDARD_9132[1],
             airmass=round(1.021 + 0.002 * k, 3), guided=True, roi=True,
-            fwhm_px=fwhm_ao * float(rng.uniform(0.95, 1.08)), seed=seed_of(k),
-            sky_rate=48.0 * float(rng.uniform(0.97, 1.03)),
+            fwhm_px=fwhm, seed=frame_seed, sky_rate=rate, extra=sky_extra,
             rotation_deg=float(rng.normal(0, 0.002)),
             plate_scale=1.0 + float(rng.normal(0, 2e-5))))
-        t += dt.timedelta(seconds=30.0 + 28.0)
+        t += dt.timedelta(seconds=std_cadence)
 
     # Dome flats: lamp on then lamp off, 15 s each, dayCal, AZEL_TOPO.
     for kind, first, obs, t in (("flat_on", 30, "GS-CAL20170505-3",
@@ -129,22 +261,15 @@ def plan_night(seed: int = 20170505, size: int = 2048) -> Night:
             t += dt.timedelta(seconds=15.0 + 26.0)
 
     # Science: 16 frames, 60 s.  Pattern: O S O S ... O S O O (9 on target, 7 sky).
-    pattern = "OSOSOSOSOSOSOSOO"
     on_dithers = [(0.0, 0.0), (4.0, 4.0), (-4.0, 4.0), (-4.0, -4.0), (4.0, -4.0),
                   (2.0, 0.0), (-2.0, 0.0), (0.0, 2.0), (0.0, -2.0)]
     sky_base = (-200.0, 260.0)  # far from the galaxy, > 75" from the field
     sky_dithers = [(0.0, 0.0), (5.0, 0.0), (0.0, 5.0), (-5.0, 0.0), (0.0, -5.0),
                    (5.0, 5.0), (-5.0, -5.0)]
-    t0 = dt.datetime(2017, 5, 5, 23, 5, 31)
-    cadence = 60.0 + 34.0
-    span = cadence * (len(pattern) - 1)
-    sky_base_rate = 48.0  # e-/s/pixel, Kshort ~13.6 mag/arcsec^2 at 0.0197"/pix
-    sky_drift = 0.08      # +8 % linear drift over the sequence (several sigma)
-    sky_jitter = 0.0005   # frame-to-frame rms on top of the drift (0.03 sigma)
     n_on = n_sky = 0
     for k, c in enumerate(pattern):
         t = t0 + dt.timedelta(seconds=cadence * k)
-        frac = cadence * k / span
+        rate, sky_extra = sky_at(t, sci_exptime, sky_base_rate, sky_drift)
         on = c == "O"
         if on:
             dp, dq = on_dithers[n_on]
@@ -156,14 +281,13 @@ def plan_night(seed: int = 20170505, size: int = 2048) -> Night:
         frames.append(FramePlan(
             filename=_name(t, 95 + k), kind="science", is_sky=not on, number=k + 1,
             obsid="GS-2017A-Q-29-13", program="GS-2017A-Q-29", obsclass="science",
-            object="NGC5128", ut_start=t.isoformat(), exptime=60.0, lnrs=2, coadds=1,
+            object="NGC5128", ut_start=t.isoformat(), exptime=sci_exptime, lnrs=2, coadds=1,
             poff=dp, qoff=dq, pa=0.0, target_ra=NGC5128[0], target_dec=NGC5128[1],
             airmass=round(1.041 + 0.0009 * k, 4), guided=on, roi=False,
             fwhm_px=(fwhm_ao * float(rng.uniform(0.92, 1.1))) if on
             else max(28.0 / f, 4.0) * float(rng.uniform(0.9, 1.15)),
             seed=seed_of(k),
-            sky_rate=sky_base_rate * (1.0 + sky_drift * frac)
-            * (1 + float(rng.normal(0, sky_jitter))),
+            sky_rate=rate * (1 + float(rng.normal(0, sky_jitter))), extra=sky_extra,
             rotation_deg=float(rng.normal(0, 0.002)),
             plate_scale=1.0 + float(rng.normal(0, 2e-5))))
 
@@ -173,6 +297,8 @@ def plan_night(seed: int = 20170505, size: int = 2048) -> Night:
         "sky_base_rate": sky_base_rate,
         "sky_drift": sky_drift,
         "sky_jitter": sky_jitter,
+        "sky_model": sky.to_dict(),
+        "standard_sky_rate": std_level,
         "cosmic_rate_per_cm2_per_min": 5.0,
         "pixel_pitch_um": 18.0,
         "galaxy": {

@@ -12,8 +12,9 @@ from scipy import ndimage
 from gsaoi_watch.instrument import distortion
 from gsaoi_watch.instrument.tables import ARRAYS, FULL_SIZE, NOMINAL_ZEROPOINTS, ROI_FIX_DATE
 from gsaoi_watch.sim import scene
-from gsaoi_watch.sim.detector import make_detector, read_out
+from gsaoi_watch.sim.detector import invert_nonlinearity, make_detector, read_out
 from gsaoi_watch.sim.headers import extension_header, primary_header, roi_origin
+from gsaoi_watch.sim.persistence import latent_pixels
 from gsaoi_watch.sim.plan import NGC5128, plan_night
 
 __all__ = ["make_catalogue", "render_frame", "roi_row_shift", "star_flux"]
@@ -149,6 +150,12 @@ def render_frame(plan, night_seed: int, size: int, params: dict):
         The raw frame (data-less primary + 4 float32 image extensions, ADU).
     truth : dict
         What was planted in this frame (pointing, sky, stars, saturation, cosmic rays).
+    latent : list of dict
+        Per array, flat indices into the array as written: ``latent`` (the pixels that
+        leave persistence, see :func:`gsaoi_watch.sim.persistence.latent_pixels`) with
+        ``fill`` (their raw charge over the well, at most 1) and ``saturated`` (the pixels
+        that reached the well).  Persistence from earlier frames is not in this frame yet
+        (simulate_night adds it afterwards).
     """
     det = make_detector(night_seed, size)
     rng = np.random.default_rng(plan.seed)
@@ -163,6 +170,7 @@ def render_frame(plan, night_seed: int, size: int, params: dict):
     x0, y_nominal = roi_origin(size) if plan.roi else (0, 0)
     n = size // 2 if plan.roi else size
     cr_hits = []
+    latent = []
     for spec in ARRAYS:
         y0 = y_nominal + roi_row_shift(plan, spec.index)
         sl = (slice(y0, y0 + n), slice(x0, x0 + n))
@@ -204,7 +212,14 @@ def render_frame(plan, night_seed: int, size: int, params: dict):
                                        coadds=plan.coadds)
         array_truth["n_saturated"] = int(saturated.sum())
         array_truth["n_reads_low"] = int(low.sum())
+        lat = np.flatnonzero(latent_pixels(adu, spec.non_linear_level))
+        raw_e = invert_nonlinearity(np.maximum(electrons.reshape(-1)[lat], 0.0),
+                                    spec.coeffs[plan.lnrs])
+        fill = np.minimum(raw_e / (spec.well * spec.gain), 1.0)
+        fill[saturated.reshape(-1)[lat]] = 1.0
+        latent.append({"latent": lat.astype(np.int32), "fill": fill.astype(np.float32),
+                       "saturated": np.flatnonzero(saturated).astype(np.int32)})
         truth["arrays"].append(array_truth)
         hdus.append(fits.ImageHDU(data=adu, header=extension_header(plan, spec, size=size)))
     truth["cosmic_rays"] = cr_hits
-    return fits.HDUList(hdus), truth
+    return fits.HDUList(hdus), truth, latent

@@ -7,10 +7,11 @@ The 16 science frames are reduced with the night's master flat and BPM as
 temporary directory).  ``--mode steps`` (the default) runs the real threaded reduction
 (2 workers) with a timer around each step and prints its total wall time and, per step, the
 number of calls and the summed time in the threads (which add up to more than the wall
-time when two threads work at once).  ``--mode cprofile`` runs the same recipe in one
-thread (cProfile sees only its own thread) and prints the steps' cumulative times and the
-top functions by internal time.  DIR (default /work/cache/night2048) is simulated first
-if it holds no night.
+time when two threads work at once), and the process's CPU time (``cpu_user``,
+``cpu_sys``: on a machine shared with other jobs the CPU time is the steadier number).
+``--mode cprofile`` runs the same recipe in one thread (cProfile sees only its own
+thread) and prints the steps' cumulative times and the top functions by internal time.
+DIR (default /work/cache/night2048) is simulated first if it holds no night.
 """
 
 import argparse
@@ -18,6 +19,7 @@ import cProfile
 import functools
 import json
 import pstats
+import resource
 import shutil
 import tempfile
 import threading
@@ -94,9 +96,13 @@ def run_steps(data, out):
     try:
         kw = _setup(data)
         t0 = time.perf_counter()
+        r0 = resource.getrusage(resource.RUSAGE_SELF)
         res = reduce_images(science_files(data), workers=2,
                             on_product=lambda f: str(fitsio.write_frame(f, out)), **kw)
         wall = time.perf_counter() - t0
+        r1 = resource.getrusage(resource.RUSAGE_SELF)
+        totals["cpu_user"] = [1, r1.ru_utime - r0.ru_utime]
+        totals["cpu_sys"] = [1, r1.ru_stime - r0.ru_stime]
     finally:
         for mod, fn_name, fn in patched:
             setattr(mod, fn_name, fn)

@@ -142,6 +142,10 @@ def test_block_background_edge_cases():
                                   _library_background(flat, np.zeros(flat.shape, bool), 32))
     with pytest.raises(ValueError):
         block_background(arr.sci, np.ones(arr.shape, bool), 64)
+    for data, box in ((arr.sci.copy(), 64), (arr.sci[:64].copy(), 64), (flat[:32, :32], 32)):
+        before = data.copy()  # one row or one box of boxes: the input is never changed
+        block_background(data, ~np.isfinite(data), box)
+        np.testing.assert_array_equal(data, before)
     no_filter = block_background(arr.sci, bad, 64, filter_size=1)
     np.testing.assert_allclose(no_filter, _library_background(arr.sci, bad, 64, 1),
                                rtol=RTOL, atol=RTOL * np.abs(no_filter).max())

@@ -49,25 +49,26 @@ def _sum_squares(x: np.ndarray) -> float:
 
 
 def _clip_sorted(v: np.ndarray, sigma: float, maxiters: int, *,
-                 float32_bounds: bool, regrow: bool) -> tuple[int, int]:
-    """Median-centred iterative sigma clipping of sorted finite float32 values ``v``.
+                 typed_bounds: bool, regrow: bool) -> tuple[int, int]:
+    """Median-centred iterative sigma clipping of sorted finite values ``v``.
 
     Every set the iterations keep is a range of values, hence a slice ``v[i0:i1]`` of the
     sorted values: its median is read off, its standard deviation comes from sums updated
     by the values clipped, and the next range from two binary searches, so an iteration
     costs a binary search and the clipped tails instead of a pass over the data.
 
-    ``float32_bounds`` and ``regrow`` select the semantics of the two astropy paths:
-    ``sigma_clip(axis=None)`` (the centre and std in float32 arithmetic, clipped values
-    stay out; ``float32_bounds=True, regrow=False``) or the C path along an axis that
-    Background2D uses (float64 bounds, and the last bounds applied to all the values;
-    ``float32_bounds=False, regrow=True``).  Both stop when an iteration clips nothing, or
-    clips everything (C path), or after ``maxiters`` iterations.
+    ``typed_bounds`` and ``regrow`` select the semantics of the two astropy paths:
+    ``sigma_clip(axis=None)`` (the centre, std and bounds in the data's type, float32 for
+    float32 data; clipped values stay out; ``typed_bounds=True, regrow=False``) or the C
+    path along an axis that Background2D uses (float64 bounds, and the last bounds applied
+    to all the values; ``typed_bounds=False, regrow=True``).  Both stop when an iteration
+    clips nothing, or clips everything (C path), or after ``maxiters`` iterations.
 
     Returns
     -------
     i0, i1 : int
-        The kept values are ``v[i0:i1]``.
+        The kept values are ``v[i0:i1]``.  With ``typed_bounds=False`` ``v`` must be
+        float32 (its float64 bounds are turned into float32 thresholds).
     """
     n = v.size
     if n == 0:
@@ -85,7 +86,7 @@ def _clip_sorted(v: np.ndarray, sigma: float, maxiters: int, *,
         half = i0 + count // 2
         mean = s1 / count
         var = max(s2 / count - mean * mean, 0.0)
-        if float32_bounds:  # numpy's median and std in the data's type (sigma_clip)
+        if typed_bounds:  # numpy's median and std in the data's type (sigma_clip)
             med = v[half] if count % 2 else (v[half - 1] + v[half]) / ftype(2)
             std = ftype(math.sqrt(var))
             lo_t, hi_t = med - std * ftype(sigma), med + std * ftype(sigma)
@@ -95,7 +96,7 @@ def _clip_sorted(v: np.ndarray, sigma: float, maxiters: int, *,
             lo_t, hi_t = _at_least(med64 - sigma * std64), _at_most(med64 + sigma * std64)
         j0 = max(i0, int(np.searchsorted(v, lo_t, "left")))
         j1 = max(min(i1, int(np.searchsorted(v, hi_t, "right"))), j0)
-        if j1 - j0 == count or (j1 == j0 and not float32_bounds):
+        if j1 - j0 == count or (j1 == j0 and not typed_bounds):
             break
         low, high = d[i0:j0], d[j1:i1]
         s1 -= float(low.sum()) + float(high.sum())
@@ -143,7 +144,7 @@ def clipped_stats(values: np.ndarray, *, sigma: float = 3.0,
     if flat.size == 0:
         return float("nan"), float("nan"), float("nan")
     v = np.sort(flat)
-    i0, i1 = _clip_sorted(v, sigma, maxiters, float32_bounds=True, regrow=False)
+    i0, i1 = _clip_sorted(v, sigma, maxiters, typed_bounds=True, regrow=False)
     if i1 <= i0:
         return float("nan"), float("nan"), float("nan")
     if i0 == 0 and i1 == v.size:
@@ -181,7 +182,7 @@ def block_background(data: np.ndarray, bad: np.ndarray, box: int, *, filter_size
     data : ndarray
         The image (float32).
     bad : ndarray of bool
-        Pixels not to use (non-finite pixels must be included).
+        Pixels not to use (non-finite pixels are never used either).
     box : int
         Box size in pixels.
 
@@ -213,7 +214,9 @@ def block_background(data: np.ndarray, bad: np.ndarray, box: int, *, filter_size
     mesh = np.full(nby * nbx, np.nan, np.float32)
     for k in range(nby * nbx):
         v = blocks[k, :n_finite[k]]
-        i0, i1 = _clip_sorted(v, sigma, maxiters, float32_bounds=False, regrow=True)
+        if v.size and (v[0] == -np.inf or v[-1] == np.inf):  # unmasked infinities: ignored
+            v = v[np.isfinite(v)]
+        i0, i1 = _clip_sorted(v, sigma, maxiters, typed_bounds=False, regrow=True)
         if i1 - i0 > threshold:
             mesh[k] = _median32(v[i0:i1])
     mesh = mesh.reshape(nby, nbx)

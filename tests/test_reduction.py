@@ -207,9 +207,8 @@ def test_each_object_gets_the_nearest_skies(night, science):
 
 
 def line_through_skies(out, frames):
-    """What the time-interpolated sky level misses: a straight line through the true sky
-    rates of the frame's skies (SKYIMnnn) against UT start, as sky.level_at fits the measured
-    levels, minus the frame's true rate, in electrons."""
+    """What a straight line through the true sky rates of the frame's skies (SKYIMnnn)
+    against UT start misses of the frame's true rate, in electrons."""
     import datetime as dt
 
     def when(name):
@@ -230,17 +229,19 @@ def test_drifting_sky_leaves_no_offset_and_var_matches_scatter(night, science):
     missed = []
     for out in science["sky_corrected"]:
         t = frames[out.orig_filename]
-        # the sky's minutes-long variations are not on the line through the skies' levels:
-        # that much of them is left, and only that (the drift itself is followed)
-        expected = line_through_skies(out, frames)
         for a, ta in zip(out.arrays, t["arrays"]):
             good = (a.dq == 0) & (a.objmask == 0)
             sigma = np.sqrt(np.median(a.var[good]))
             scatter = np.std(a.sci[good])
             if ta["galaxy_max_rate"] * t["exptime"] < 0.05 * sigma:
-                assert abs(np.median(a.sci[good]) - expected) < 0.1 * sigma
+                # between two skies the sky level follows the night (drift and variations):
+                # nothing is left (tests/test_sky_time.py scores it on the planted sky, to
+                # 0.1 %, and the extrapolated ends of the sequence to their own budget)
+                if not out.phu["SKYEXTRP"]:
+                    assert abs(np.median(a.sci[good])) < 0.1 * sigma
                 assert scatter == pytest.approx(sigma, rel=0.10)
-                missed.append(abs(expected) / sigma)
+                # what a line through the skies' levels would have left
+                missed.append(abs(line_through_skies(out, frames)) / sigma)
                 checked += 1
     assert checked >= 9
     assert max(missed) > 0.1  # the planted variations are not a straight line

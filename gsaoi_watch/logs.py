@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gsaoi_watch.malloc import limit_arenas
+
 __all__ = ['DEFAULT_LOG_NAME', 'LOG_FORMAT', 'WorkerLogging', 'default_log_file', 'log_name',
            'setup_logging', 'start_worker_logging', 'worker_log_initializer']
 
@@ -147,6 +149,7 @@ def worker_log_initializer(queue: Any, level: int = logging.INFO) -> None:
     Handlers inherited from the parent (a forked worker has the daemon's stream and file
     handlers) are removed, so that every line is written once, by the daemon.
     """
+    limit_arenas()  # a worker reduces full-size frames with threads: see gsaoi_watch.malloc
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)

@@ -7,6 +7,7 @@ import logging
 import sys
 
 from gsaoi_watch import __version__
+from gsaoi_watch.malloc import limit_arenas
 
 __all__ = ["build_parser", "main"]
 
@@ -215,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the process exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    limit_arenas()  # before any thread starts: see gsaoi_watch.malloc
     logging.basicConfig(level=getattr(logging, args.log_level),
                         format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     try:

@@ -237,8 +237,9 @@ def prepared_finished(engine: Engine, event: PreparedFinished) -> None:
     log.info("frame=%s prepared in %.1f s (%s)", name, res["seconds"],
              f"flat {res['flat']}" if res["flat"] else "no flat yet")
     frame = db.Frame.get_or_none(db.Frame.path == path)
-    if frame is not None and frame.sequence_id is not None:
-        request_stream(engine, frame.sequence_id)
+    sequence_id = getattr(frame, "sequence_id", None) if frame is not None else None
+    if sequence_id is not None:
+        request_stream(engine, int(sequence_id))
 
 
 #: Sequence states in which frames are still landing (the streaming step runs).
@@ -263,7 +264,7 @@ def request_stream(engine: Engine, sequence_id: int) -> None:
     info = read_frame_info(paths[0])
     flat = queries.best_calibration(info)
     bpm = queries.best_calibration(info, "processed_bpm")
-    spec = {"paths": paths, "cache_dir": str(engine.cache_dir),
+    spec: dict[str, Any] = {"paths": paths, "cache_dir": str(engine.cache_dir),
             "output_dir": str(engine.output_dir), "flat": flat.path if flat else None,
             "bpm": bpm.path if bpm else None, "params": {},
             "qa": engine.config.quicklook.qa, "pictures": engine.config.quicklook.pictures}

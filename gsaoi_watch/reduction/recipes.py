@@ -396,7 +396,7 @@ def fill_store(store: FrameStore, source: FrameSource, indices: Sequence[int], *
                 earlier.append(record)
             k += 1
             continue
-        todo = []
+        todo: list[int] = []
         while k < len(names) and not held[k] and len(todo) < max(1, chunk):
             todo.append(k)
             k += 1

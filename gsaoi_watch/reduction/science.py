@@ -59,7 +59,8 @@ INTERPOLATIONS = {
 ArrayLoader = Callable[[str, int], Array]
 
 
-def target_level(method: str, levels: Sequence[float], times: Sequence[float],
+def target_level(method: str, levels: Sequence[float] | np.ndarray,
+                 times: Sequence[float] | np.ndarray,
                  target_time: float) -> float:
     """The sky level of a frame observed at ``target_time``, from its associated skies.
 

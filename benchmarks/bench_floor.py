@@ -15,7 +15,10 @@ numpy/scipy/astropy code, single-threaded and with 2 threads:
 * ``detect_array``: gsaoi_watch's own detection on the same 36 arrays, for comparison;
 * ``write``: the 9 products (SCI, VAR, DQ, OBJMASK per array) written with astropy.
 
-Each number is the best of ``--repeat`` runs, in seconds.  DIR (default
+Each number is the best of ``--repeat`` runs, in seconds: wall times with 1 and 2 threads,
+and the CPU time of the 1-thread run (the steadier number on a machine shared with other
+jobs).  The detect_array line runs on raw frames minus their sky median (no flat field),
+so its sources differ a little from a reduction's.  DIR (default
 /work/cache/night2048) is simulated first if it holds no night.
 """
 
@@ -83,12 +86,21 @@ def minimal_detection(sub, box=256, sigma=3.0 / 2.3548, k=1.5):
 
 
 def best(fn, repeat):
-    times = []
+    """Best wall time and best CPU time (all threads) of ``repeat`` runs."""
+    times, cpu = [], []
     for _ in range(repeat):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         fn()
         times.append(time.perf_counter() - t0)
-    return round(min(times), 2)
+        cpu.append(time.process_time() - c0)
+    return round(min(times), 2), round(min(cpu), 2)
+
+
+def timings(fn1, fn2, repeat):
+    """{1_thread, 2_threads} wall times and the CPU time of the 1-thread run."""
+    one, one_cpu = best(fn1, repeat)
+    two, _ = best(fn2, repeat)
+    return {"1_thread": one, "2_threads": two, "1_thread_cpu": one_cpu}
 
 
 def main():
@@ -117,8 +129,7 @@ def main():
 
     read_all(1)  # into the page cache
     out["read_mb"] = round(sum(f.stat().st_size for f in files) / 2**20)
-    out["read_s"] = {"1_thread": best(lambda: read_all(1), r),
-                     "2_threads": best(lambda: read_all(2), r)}
+    out["read_s"] = timings(lambda: read_all(1), lambda: read_all(2), r)
     units = [(o, i) for o in plan["objects"] for i in range(4)]
     subs = {}
 
@@ -154,8 +165,7 @@ def main():
                 if args.median_numpy else {}), "sky_median_and_subtract": subtract_unit,
              "minimal_detection": detect_unit, "pass (median + subtract + detection)": full_unit,
              "gsaoi_watch detect_array": ours_unit}
-    out["pass_s"] = {name: {"1_thread": best(lambda fn=fn: run(fn, 1), r),
-                            "2_threads": best(lambda fn=fn: run(fn, 2), r)}
+    out["pass_s"] = {name: timings(lambda fn=fn: run(fn, 1), lambda fn=fn: run(fn, 2), r)
                      for name, fn in parts.items()}
     if not args.no_write:
         tmp = Path(tempfile.mkdtemp(prefix="bench_floor_", dir=data))
@@ -177,8 +187,7 @@ def main():
 
         try:
             out["write_mb"] = round(9 * 4 * 2048 * 2048 * 11 / 2**20)
-            out["write_s"] = {"1_thread": best(lambda: write_all(1), r),
-                              "2_threads": best(lambda: write_all(2), r)}
+            out["write_s"] = timings(lambda: write_all(1), lambda: write_all(2), r)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     two = out["pass_s"]["pass (median + subtract + detection)"]["2_threads"]

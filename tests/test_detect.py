@@ -22,6 +22,7 @@ from gsaoi_watch.instrument.dq import DQ, FAIL_BITS
 from gsaoi_watch.reduction.container import Array
 from gsaoi_watch.reduction.detect import (
     block_background,
+    clipped_median,
     clipped_stats,
     detect_array,
     find_segments,
@@ -182,7 +183,9 @@ def test_clipped_stats_is_sigma_clipped_stats(dtype, maxiters):
             ref = sigma_clipped_stats(values, sigma=3.0, maxiters=maxiters)
         ours = clipped_stats(values, sigma=3.0, maxiters=maxiters)
         np.testing.assert_allclose(ours, np.asarray(ref, float), rtol=RTOL, atol=1e-12)
+        assert clipped_median(values, maxiters=maxiters) == ours[1]
     assert all(math.isnan(v) for v in clipped_stats(np.full(5, np.nan, np.float32)))
+    assert math.isnan(clipped_median(np.array([np.inf, np.nan])))
 
 
 def test_find_segments_is_detect_sources():

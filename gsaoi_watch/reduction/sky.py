@@ -23,7 +23,7 @@ from gsaoi_watch.instrument.dq import DQ, FAIL_BITS
 from gsaoi_watch.instrument.tables import FULL_SIZE, TILE_GAPS
 from gsaoi_watch.reduction.combine import stack_arrays
 from gsaoi_watch.reduction.container import Array
-from gsaoi_watch.reduction.detect import clipped_stats
+from gsaoi_watch.reduction.detect import clipped_median
 from gsaoi_watch.reduction.standardize import required
 
 __all__ = ["associate_sky", "combine_skies", "dilate_mask", "fields_overlap", "level_at",
@@ -271,8 +271,12 @@ def measure_background(sci: np.ndarray, good: np.ndarray, *, sampling: int = 10)
     """Robust background level of the pixels ``good``: a 3-sigma clipped median.
 
     The median of astropy's ``sigma_clipped_stats(values, sigma=3, maxiters=10)``, computed
-    by :func:`~gsaoi_watch.reduction.detect.clipped_stats` (the same clipped set and median;
-    0.031 s against 0.010 s for the 420,000 pixels sampled from a 2048 x 2048 array).
+    by :func:`~gsaoi_watch.reduction.detect.clipped_median` (the same clipped set and
+    median, found on the sorted values: one sort instead of a median and a std in every
+    iteration).  Measured by :func:`sky_level` on the 410,000 pixels sampled from a
+    2048 x 2048 array: 0.040 s against 0.020 s for an object array, 0.056 s against 0.020 s
+    for a sky; with the objects masked, where astropy converges in two or three
+    iterations, 0.017 s against 0.018 s.
     """
     # every sampling-th pixel first, then the good ones among them: no full-size copy
     values = sci.ravel()[::sampling][good.ravel()[::sampling]]
@@ -280,8 +284,7 @@ def measure_background(sci: np.ndarray, good: np.ndarray, *, sampling: int = 10)
         values = sci[good]
     if values.size == 0:
         raise ReductionError("no unmasked pixels to measure the background")
-    _, median, _ = clipped_stats(values, sigma=3.0, maxiters=10)
-    return float(median)
+    return clipped_median(values, sigma=3.0, maxiters=10)
 
 
 def _sampled_background(sci: np.ndarray, usable: Callable[[slice], np.ndarray], *,
@@ -297,8 +300,7 @@ def _sampled_background(sci: np.ndarray, usable: Callable[[slice], np.ndarray], 
     if values.size < 20:
         return measure_background(sci, usable(slice(None)).reshape(sci.shape),
                                   sampling=sampling)
-    _, median, _ = clipped_stats(values, sigma=3.0, maxiters=10)
-    return float(median)
+    return clipped_median(values, sigma=3.0, maxiters=10)
 
 
 def _good(dq: np.ndarray, sl: slice, objmask: np.ndarray | None = None,

@@ -120,7 +120,9 @@ def make_processed_flat(source: FrameSource, *, bpm: Any = None, bpm_name: str |
             frame = source.load(index, (i,))
             frame.meta["bpm_name"] = bpm_name
             frames.append(preprocess(frame, bpm=bpm))
-        stacked.append(make_lamp_flat(apply_latency(frames)))
+        frames = apply_latency(frames)  # the frames without latency go (their DQ planes)
+        stacked.append(make_lamp_flat(frames))
+        del frames
     first = stacked[0]
     flat = first.with_(arrays=tuple(s.arrays[0] for s in stacked),
                        meta={**first.meta, "indices": (0, 1, 2, 3)})

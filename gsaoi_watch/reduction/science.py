@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from gsaoi_watch.errors import ReductionError
 from gsaoi_watch.instrument.dq import DQ, FAIL_BITS
 from gsaoi_watch.reduction.container import Array, Frame
 from gsaoi_watch.reduction.detect import detect_array
@@ -177,7 +178,8 @@ class SkyCorrector:
         self.objmasks = objmasks if objmasks is not None else {}
         self._dilated: dict[tuple[str, int], Any] = {}
         self._levels: dict[tuple[str, int, bool], float] = {}
-        self._stacks: dict[tuple[tuple[str, ...], int, bool], tuple[Array, np.ndarray]] = {}
+        self._stacks: dict[tuple[tuple[str, ...], int, bool],
+                           tuple[Array, np.ndarray, tuple[str, ...]]] = {}
 
     # --- skies -------------------------------------------------------------------------
     def _masked(self, name: str, i: int, use_mask: bool) -> tuple[Array, float]:
@@ -201,19 +203,32 @@ class SkyCorrector:
         arr = arr.with_(objmask=None)
         lkey = (name, i, masked)
         if lkey not in self._levels:
-            self._levels[lkey] = sky_stack_level(arr)
+            try:
+                self._levels[lkey] = sky_stack_level(arr)
+            except ReductionError:  # every pixel flagged or masked
+                self._levels[lkey] = float("nan")
         return arr, self._levels[lkey]
 
     def _sky_for(self, skies: Sequence[str], i: int, t: float, use_mask: bool,
                  cache: bool) -> Array:
         key = (tuple(sorted(skies)), i, use_mask)
         if key in self._stacks:
-            stacked, levels = self._stacks[key]
+            stacked, levels, used = self._stacks[key]
         else:
-            stacked, levels = combine_skies([self._masked(k, i, use_mask) for k in key[0]])
+            prepared = [(k, *self._masked(k, i, use_mask)) for k in key[0]]
+            # a sky array with no pixel left to measure (objects and flags cover it) has no
+            # level: it is left out of this array's stack; with none left, the unmasked skies
+            kept = [(k, a, lev) for k, a, lev in prepared if np.isfinite(lev)]
+            if not kept:
+                if use_mask:
+                    return self._sky_for(skies, i, t, False, cache)
+                raise ReductionError(f"array {i + 1}: no pixel of the skies "
+                                     f"{', '.join(key[0])} is left to measure their level")
+            used = tuple(k for k, _, _ in kept)
+            stacked, levels = combine_skies([(a, lev) for _, a, lev in kept])
             if cache:
-                self._stacks[key] = (stacked, levels)
-        level = target_level(self.opt.interpolation, levels, [self.when[k] for k in key[0]], t)
+                self._stacks[key] = (stacked, levels, used)
+        level = target_level(self.opt.interpolation, levels, [self.when[k] for k in used], t)
         if level == levels[0]:
             return stacked
         return stacked.with_(sci=(stacked.sci + np.float32(level - levels[0])).astype(

@@ -70,7 +70,7 @@ def latent_pixels(adu: np.ndarray, non_linear_level: float) -> np.ndarray:
         return high
     labels, n = ndimage.label(~high)
     sizes = np.bincount(labels.ravel(), minlength=n + 1)
-    small = sizes <= HIDDEN_SATURATION_MAX_AREA
+    small = sizes <= min(HIDDEN_SATURATION_MAX_AREA, adu.size // 4)  # as the pipeline
     small[0] = False
     return high | small[labels]
 

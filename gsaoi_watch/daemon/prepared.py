@@ -17,6 +17,7 @@ import functools
 import logging
 import os
 import pickle
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -148,7 +149,8 @@ def _sidecar(cache_dir: str | os.PathLike[str], raw_path: str | os.PathLike[str]
 
 
 def _write_pickle(path: Path, value: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
         with open(tmp, "wb") as fh:
             pickle.dump(value, fh, protocol=pickle.HIGHEST_PROTOCOL)

@@ -63,6 +63,7 @@ from gsaoi_watch.daemon.failures import RetrySchedule
 from gsaoi_watch.daemon.jobs import run_job
 from gsaoi_watch.daemon.pool import SupervisedPool
 from gsaoi_watch.daemon.sequences import State, advance, label, reason
+from gsaoi_watch.daemon.streaming import PROVISIONAL_DIR
 from gsaoi_watch.daemon.watcher import ArrivalGate, scan_directory
 from gsaoi_watch.logs import (
     WorkerLogging,
@@ -158,7 +159,22 @@ class Engine:
 
     # --- lifecycle -------------------------------------------------------------------------
     def recover(self) -> None:
-        """After a restart: re-run interrupted jobs, repair stranded sequences, catch up."""
+        """After a restart: re-run interrupted jobs, repair stranded sequences, catch up.
+
+        First the temporary files a killed worker left half-written in the daemon's own
+        directories (the prepared-frame cache, ``provisional/``, the output directory:
+        hidden ``*.tmp`` names of the atomic writers) are removed; no worker runs yet.
+        """
+        for directory in (self.cache_dir, self.output_dir / PROVISIONAL_DIR, self.output_dir):
+            try:
+                stale = [p for p in directory.iterdir()
+                         if p.name.startswith(".") and p.name.endswith(".tmp") and p.is_file()]
+            except OSError:
+                continue
+            for p in stale:
+                p.unlink(missing_ok=True)
+                log.info("removed %s, left half-written by a worker killed before this start",
+                         log_name(str(p.relative_to(self.output_dir))))
         self.handle(Recover())
 
     def _on_recover(self, event: Recover) -> None:

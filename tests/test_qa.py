@@ -299,8 +299,13 @@ def test_qa_header_and_log_line(standard):
     assert out.phu["MEANFWHM"] == pytest.approx(result.iq.fwhm, abs=1e-4)
     assert out.phu["SKYLEVEL"] == pytest.approx(result.bg.rate, abs=1e-3)
     assert out.phu["CCBAND"] == "CC50"
-    for key in ("MEANELLP", "STREHL", "SKYMAG", "BGBAND", "CLOUDEXT", "IQBAND"):
+    assert out.phu["CCMET"] == ("MET" if "CCREQ" in out.phu else "UNDETERMINED")
+    for key in ("MEANELLP", "STREHL", "SKYMAG", "CLOUDEXT", "IQMET", "BGMET"):
         assert key in out.phu
+    # small simulated arrays: IQ and BG in arcsec are not physical, so no band is given
+    for m in ("IQ", "BG"):
+        assert f"{m}BAND" not in out.phu and out.phu[f"{m}MET"] == "UNDETERMINED"
+        assert out.phu[f"{m}NOTE"].startswith("not physical: pixel scale")
     line = qa_log_line(result)
     assert frame.filename in line and "CC50" in line and "\n" not in line
     assert f"{zp.zp:.3f}" in line
@@ -393,7 +398,7 @@ def test_summary_page_links_pictures_and_qa(tmp_path, night, master, standard):
     assert len(zps) == 4
     for zp, p in zip(zps, products):
         assert float(zp) == pytest.approx(p["qa"]["zeropoints"][0]["zp"], abs=1e-3)
-    assert text.count("CC50") == 4
+    assert text.count("CC50 (req. CC50: met)") == 4
     assert "No products yet" in text
 
 
@@ -405,10 +410,14 @@ def test_cli_qa_prints_a_line_per_frame_and_writes_pictures(tmp_path, master, st
     status = main(["qa", *map(str, standard[1]), str(master[1]), "--png"])
     captured = capsys.readouterr().out
     assert status == 0
-    lines = [x for x in captured.splitlines() if not x.startswith("  picture")]
+    lines = [x for x in captured.splitlines() if not x.startswith("  ")]
     assert len(lines) == 5
     for p, line in zip(standard[1], lines):
         assert line.startswith(p.name) and "ZP array 2" in line and "CC50" in line
+    verdicts = [x.split()[:2] for x in captured.splitlines() if x.startswith("  ")
+                and not x.startswith("  picture")]
+    assert verdicts.count(["CC", "MET"]) == 4  # 4 standards: one line each per metric
+    assert verdicts.count(["IQ", "UNDETERMINED"]) == 4  # small arrays: not physical
     assert "flat field" in lines[-1]
     for p in [*standard[1], master[1]]:
         assert png_size(picture_path(p)) == (800, 800)

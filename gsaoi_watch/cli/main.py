@@ -146,10 +146,14 @@ def _add_demo(sub):
 
 def _add_qa(sub):
     p = sub.add_parser("qa", help="image quality, background and standard-star zero points "
-                                  "of reduced frames (measureIQ/measureBG/measureCC)")
+                                  "of reduced frames (measureIQ/measureBG/measureCC) and "
+                                  "whether the requested conditions (REQIQ/REQCC/REQBG) "
+                                  "were met")
     p.add_argument("files", nargs="+", help="reduced products (_skyCorrected.fits)")
     p.add_argument("--png", action="store_true",
                    help="also write a PNG quick-look beside each file (flats too)")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object per file (values, bands, verdicts)")
     p.set_defaults(func=_run("qa"))
 
 

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
 
 from gsaoi_watch.config import resolve_database
 from gsaoi_watch.errors import GsaoiWatchError
+from gsaoi_watch.logs import log_name
 from gsaoi_watch.pipeline.reduce import Reduce, expand_at_files
 from gsaoi_watch.pipeline.stack_files import stack_files
 from gsaoi_watch.quicklook.pictures import write_picture
 from gsaoi_watch.quicklook.summary import qa_for_product
 
-__all__ = ['run_stack', 'run_qa', 'run_reduce']
+__all__ = ['run_qa', 'run_reduce', 'run_stack', 'verdict_lines']
 
 log = logging.getLogger(__name__)
 
@@ -82,18 +84,55 @@ def run_stack(args: argparse.Namespace) -> int:
     return 1 if result.meta["skipped"] else 0
 
 
+def verdict_lines(requirements: dict) -> list[str]:
+    """One line per requirement of a QA result's ``requirements`` (as the database keeps it).
+
+    ``IQ  NOT MET       0.63 arcsec +- 0.04: IQ70, requested IQ20 (P(requested) 0.000)``
+    """
+    lines = []
+    for metric in ("iq", "cc", "bg", "wv"):
+        v = requirements.get(metric)
+        if not v:
+            continue
+        state = str(v.get("state", "undetermined")).upper()
+        head = f"{metric.upper()}  {state:<12}"
+        if v.get("met") is None:
+            asked = f" (requested {v['requested']})" if v.get("requested") else ""
+            lines.append(f"{head} {v.get('reason') or 'undetermined'}{asked}")
+            continue
+        digits = 3 if metric == "cc" else 2
+        err = f" +- {v['error']:.{digits}f}" if v.get("error") else ""
+        prob = f" (P(requested) {v['probability']:.3f})" if v.get("probability") is not None \
+            else ""
+        lines.append(f"{head} {v['value']:.{digits}f} {v['unit']}{err}: {v['band']}, requested "
+                     f"{v['requested']}{prob}")
+    return lines
+
+
 def run_qa(args: argparse.Namespace) -> int:
-    """Entry point of ``gsaoi-watch qa``: one QA line per file, optionally pictures."""
+    """Entry point of ``gsaoi-watch qa``: QA line and verdicts per file, optionally pictures.
+
+    For each file: the QA line, then one line per requirement (IQ, CC, BG: met, not met or
+    undetermined, the value, the achieved and the requested band), then the warnings (on
+    standard error).  ``--json`` prints one JSON object per file instead.
+    """
     status = 0
     for name in args.files:
         path = Path(name)
         try:
             result = qa_for_product(path)
         except Exception as exc:  # noqa: BLE001 - report the file and go on
-            print(f"{path.name}: QA failed: {exc}", file=sys.stderr)
+            print(f"{log_name(path.name)}: QA failed: {log_name(exc)}", file=sys.stderr)
             status = 1
             continue
-        print(result.get("log") or f"{result['file']}: {result['skipped']}")
+        if getattr(args, "json", False):
+            print(json.dumps(result, sort_keys=True))
+        else:
+            print(log_name(result.get("log") or f"{result['file']}: {result['skipped']}"))
+            for line in verdict_lines(result.get("requirements") or {}):
+                print("  " + log_name(line))
+        for line in result.get("warnings") or ():
+            print(f"WARNING {log_name(line)}", file=sys.stderr)
         if args.png:
             try:
                 print(f"  picture {write_picture(path)}")

@@ -24,6 +24,7 @@ from gsaoi_watch.quicklook.pictures import write_picture
 from gsaoi_watch.quicklook.qaformat import qa_header, qa_log_line
 from gsaoi_watch.reduction.container import Frame
 from gsaoi_watch.reduction.qa import frame_qa
+from gsaoi_watch.reduction.requirements import requirement_warnings
 
 __all__ = ["measure_frame", "picture", "run_job", "run_stack"]
 
@@ -112,7 +113,9 @@ def measure_frame(frame: Frame, measured: list[dict[str, Any]]) -> Frame:
     except Exception as exc:  # noqa: BLE001 -- QA is advisory: log it and carry on
         log.warning("frame=%s QA failed: %s", log_name(frame.filename), log_name(exc))
         return frame
-    measured.append({**result.to_dict(), "file": frame.filename, "log": qa_log_line(result)})
+    measured.append({**result.to_dict(), "file": frame.filename, "log": qa_log_line(result),
+                     "warnings": requirement_warnings(log_name(frame.filename),
+                                                      result.requirements)})
     return qa_header(frame, result)
 
 

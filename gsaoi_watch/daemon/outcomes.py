@@ -204,6 +204,8 @@ def _record_qa(measured: list[dict[str, Any]], products: list[tuple[str, str]]) 
             db.Product.update(qa=json.dumps(qa)).where(
                 db.Product.path == path_of.get(qa["file"])).execute()
         log.info("qa %s", log_name(qa["log"]))
+        for line in qa.get("warnings", ()):
+            log.warning("%s", log_name(line))
 
 
 def _stack_finished(engine: Engine, job: db.Job, result: Mapping[str, Any]) -> None:
@@ -310,8 +312,14 @@ def stream_finished(engine: Engine, event: StreamFinished) -> None:
         log.info("product=%s PROVISIONAL (skies landed so far; the final replaces it)",
                  log_name(Path(path).name))
     if not final:
+        path_of = {Path(p).name: str(Path(p).resolve()) for p, _ in res["products"]}
         for qa in res["qa"]:
+            with db.writing():
+                db.Product.update(qa=json.dumps(qa)).where(
+                    db.Product.path == path_of.get(qa["file"])).execute()
             log.info("qa provisional %s", log_name(qa["log"]))
+            for line in qa.get("warnings", ()):
+                log.warning("%s (provisional)", log_name(line))
     if again:
         request_stream(engine, sequence_id)
 

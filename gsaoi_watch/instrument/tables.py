@@ -13,8 +13,9 @@ from dataclasses import dataclass
 
 __all__ = [
     'AO_IQ_BANDS', 'ARRAYS', 'ARRAY_BY_ID', 'ArraySpec', 'BG_BANDS', 'CC_BANDS', 'EXTINCTION',
-    'FILTER_WAVELENGTHS', 'FULL_SIZE', 'NOMINAL_PIXEL_SCALE', 'NOMINAL_ZEROPOINTS',
-    'READ_MODES', 'ROI_FIX_DATE', 'STATIC_DISTORTION', 'TELESCOPE_APERTURE', 'TILE_GAPS',
+    'FILTER_WAVELENGTHS', 'FULL_SIZE', 'NATURAL_IQ_BANDS', 'NOMINAL_PIXEL_SCALE',
+    'NOMINAL_ZEROPOINTS', 'READ_MODES', 'ROI_FIX_DATE', 'SKY_BRIGHTNESS_RANGE',
+    'STATIC_DISTORTION', 'TELESCOPE_APERTURE', 'TILE_GAPS',
     'effective_wavelength', 'read_speed_setting',
 ]
 
@@ -185,6 +186,18 @@ BG_BANDS = {
 
 #: Image quality of AO data (iqBands["AO"], arcsec, applied to the natural-seeing estimate).
 AO_IQ_BANDS = {20: 0.45, 70: 0.80, 85: 1.20}
+
+
+#: Image quality without AO (iqBands, natural seeing FWHM at zenith, arcsec), K filters.
+NATURAL_IQ_BANDS = {"K": {20: 0.35, 70: 0.55, 85: 0.80}, "Ks": {20: 0.35, 70: 0.55, 85: 0.80}}
+
+
+#: Sky surface brightness (mag/arcsec^2) a real near-IR sky can have at Cerro Pachon, per
+#: filter: J about 16, H 14, Ks 13-13.5 on a dark night, a few tenths brighter with the
+#: airglow high or the telescope warm.  A value outside is not the sky's (a wrong pixel
+#: scale, exposure time or gain): the QA says so instead of giving a band.
+SKY_BRIGHTNESS_RANGE = {"J": (13.0, 18.0), "H": (11.0, 16.5), "K": (10.0, 16.0),
+                        "Ks": (10.0, 16.0)}
 
 
 #: Telescope aperture for the Strehl reference PSF, metres: (primary diameter, central

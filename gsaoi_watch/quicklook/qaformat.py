@@ -18,9 +18,14 @@ def _fmt(value, spec):
 def qa_header(frame: Frame, qa: FrameQA) -> Frame:
     """Return a copy of ``frame`` with the QA values as primary-header keywords.
 
-    MEANFWHM (arcsec), FWHMZEN, MEANELLP, STREHL, IQNSTARS, AOSEEING, IQBAND; SKYLEVEL
-    (e-/s/pixel), SKYMAG (mag/arcsec^2), BGBAND; for a standard ZP_ARRn (array n = 1-4),
-    MEANZP, CLOUDEXT (mag), CCBAND.  Values that could not be measured are left out.
+    MEANFWHM (arcsec), FWHMZEN, MEANELLP, STREHL, IQNSTARS, AOSEEING; SKYLEVEL
+    (e-/s/pixel), SKYMAG (mag/arcsec^2); for a standard ZP_ARRn (array n = 1-4), MEANZP,
+    CLOUDEXT (mag).  Values that could not be measured are left out.
+
+    The requirements (:mod:`gsaoi_watch.reduction.requirements`), for M = IQ, CC, BG:
+    MBAND the achieved band (left out when undetermined: a value that is not physical gets
+    no band), MREQ the requested band, MMET 'MET', 'NOT MET' or 'UNDETERMINED', MPMET the
+    probability that the requested band was achieved, MNOTE why it is undetermined.
     """
     out = frame.with_()
     h = out.phu
@@ -40,40 +45,62 @@ def qa_header(frame: Frame, qa: FrameQA) -> Frame:
         put("STREHL", qa.iq.strehl, "Mean Strehl ratio")
         h["IQNSTARS"] = (qa.iq.n_stars, "Point sources used for image quality")
         put("AOSEEING", qa.iq.seeing, "Natural seeing estimate (arcsec)")
-        put("IQBAND", qa.iq.band, "Image quality band")
     if qa.bg is not None:
         put("SKYLEVEL", qa.bg.rate, "Sky background (e-/s/pixel)", 3)
         put("SKYMAG", qa.bg.mag, "Sky background (mag/arcsec2)", 3)
-        put("BGBAND", qa.bg.band, "Sky background band")
     for z in qa.zeropoints:
         put(f"ZP_ARR{z.array + 1}", z.zp, f"Zero point of array {z.array + 1} (mag)")
     if qa.zeropoints:
         put("MEANZP", float(np.mean([z.zp for z in qa.zeropoints])), "Mean zero point (mag)")
     if qa.cc is not None:
         put("CLOUDEXT", qa.cc.extinction, "Cloud extinction (mag)")
-        put("CCBAND", qa.cc.band, "Cloud cover band")
+    for metric, name in (("iq", "Image quality"), ("cc", "Cloud cover"),
+                         ("bg", "Sky background")):
+        v = qa.requirements.get(metric)
+        if v is None:
+            continue
+        m = metric.upper()
+        put(f"{m}BAND", v.band_name, f"{name} band achieved")
+        put(f"{m}REQ", v.requested_name, f"{name} band requested")
+        h[f"{m}MET"] = (v.state.upper(), f"{name} requirement")
+        put(f"{m}PMET", v.probability, "Probability that the requested band was achieved", 3)
+        if v.reason:
+            h[f"{m}NOTE"] = (_ascii(v.reason)[:68], f"{name}: why undetermined")
     return out
+
+
+def _ascii(text: str) -> str:
+    return text.encode("ascii", "replace").decode("ascii")
 
 
 def qa_log_line(qa: FrameQA) -> str:
     """One log line for a frame: IQ, BG and (for a standard) zero points and CC."""
     parts = [qa.filename]
+    req = qa.requirements
     iq = qa.iq
+
+    def verdict(metric, fallback):
+        v = req.get(metric)
+        return v.summary() if v is not None else fallback
+
     if iq is not None and iq.n_stars:
         parts.append(f"FWHM {_fmt(iq.fwhm, '.3f')}\" (zenith {_fmt(iq.fwhm_zenith, '.3f')}\") "
                      f"ellip {_fmt(iq.ellipticity, '.3f')} Strehl {_fmt(iq.strehl, '.3f')} "
-                     f"from {iq.n_stars} stars, {iq.band}")
+                     f"from {iq.n_stars} stars, " + verdict("iq", iq.band))
     else:
-        parts.append("IQ: no point sources")
+        parts.append("IQ: no point sources" + (f"; requested {req['iq'].requested_name}"
+                                              if "iq" in req and req["iq"].requested
+                                              else ""))
     if qa.bg is not None:
         parts.append(f"BG {_fmt(qa.bg.rate, '.2f')} e-/s/pix = {_fmt(qa.bg.mag, '.2f')} "
-                     f"mag/arcsec2, {qa.bg.band}")
+                     f"mag/arcsec2, " + verdict("bg", qa.bg.band))
     if qa.standard is not None:
         zps = ", ".join(f"ZP array {z.array + 1} {z.zp:.3f}+-{z.zp_err:.3f} "
                         f"(nominal {_fmt(z.nominal, '.3f')})" for z in qa.zeropoints)
         parts.append(f"standard {qa.standard}: " + (zps or "no zero point"))
         if qa.cc is not None:
-            parts.append(f"cloud {_fmt(qa.cc.extinction, '.3f')} mag, {qa.cc.band}")
+            parts.append(f"cloud {_fmt(qa.cc.extinction, '.3f')} mag, "
+                         + verdict("cc", qa.cc.band))
     parts.extend(qa.notes)
     return " | ".join(parts)
 

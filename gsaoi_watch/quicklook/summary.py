@@ -16,9 +16,11 @@ from astropy.table import Table
 
 from gsaoi_watch.data.fitsio import atomic_output, load_frame, safe_output_path
 from gsaoi_watch.instrument.standards import find_standard
+from gsaoi_watch.logs import log_name
 from gsaoi_watch.quicklook.pictures import picture_path
 from gsaoi_watch.quicklook.qaformat import qa_log_line
 from gsaoi_watch.reduction import qa
+from gsaoi_watch.reduction.requirements import requirement_warnings
 
 __all__ = ['qa_for_product', 'write_summary']
 
@@ -61,9 +63,11 @@ def qa_for_product(path: str | os.PathLike[str]) -> dict[str, Any]:
     Returns
     -------
     dict
-        ``file``, ``path``, ``log`` (the one-line message) and the fields of
-        :class:`~gsaoi_watch.reduction.qa.FrameQA`; or ``file``, ``path`` and ``skipped``
-        (the reason) for a product without QA, such as a flat.
+        ``file``, ``path``, ``log`` (the one-line message), ``warnings`` (requirements not
+        met, DRAGONS' IQ warnings) and the fields of
+        :class:`~gsaoi_watch.reduction.qa.FrameQA` (``requirements``: the verdicts); or
+        ``file``, ``path`` and ``skipped`` (the reason) for a product without QA, such as a
+        flat.
     """
     path = Path(path)
     with warnings.catch_warnings():
@@ -79,7 +83,8 @@ def qa_for_product(path: str | os.PathLike[str]) -> dict[str, Any]:
     standard = find_standard(phu.get("OBJECT"), phu.get("RA"), phu.get("DEC"))
     result = qa.frame_qa(frame, standard=standard)
     out = result.to_dict()
-    out.update(file=path.name, path=str(path), log=qa_log_line(result))
+    out.update(file=path.name, path=str(path), log=qa_log_line(result),
+               warnings=requirement_warnings(log_name(path.name), result.requirements))
     return out
 
 
@@ -90,6 +95,7 @@ h1 { font-size: 1.4em; } h2 { font-size: 1.1em; margin-top: 1.5em; }
 table { border-collapse: collapse; } td, th { border: 1px solid #444; padding: 3px 8px; }
 th { background: #222; } td.num { text-align: right; font-family: monospace; }
 img { width: 160px; height: 160px; } a { color: #8cf; } .note { color: #fa6; }
+.met { color: #8e8; } .notmet { color: #f66; font-weight: bold; } .undetermined { color: #aaa; }
 """
 
 
@@ -111,6 +117,19 @@ def _href(target, outdir):
         return target.resolve().as_uri()
 
 
+def _verdict_cell(verdict, band):
+    """The achieved band, the requested one and the verdict (met, NOT MET, ?)."""
+    if not verdict:
+        return html.escape(str(band or ""))
+    text = verdict.get("band") or "?"
+    if verdict.get("requested"):
+        mark = {True: "met", False: "NOT MET"}.get(verdict.get("met"), "undetermined")
+        text += f" (req. {verdict['requested']}: {mark})"
+    cls = {True: "met", False: "notmet"}.get(verdict.get("met"), "undetermined")
+    title = html.escape(verdict.get("reason") or "", quote=True)
+    return f'<span class="{cls}" title="{title}">{html.escape(text)}</span>'
+
+
 def _product_row(product, outdir):
     name = product.get("file") or Path(product.get("path", "?")).name
     path = product.get("path")
@@ -126,13 +145,15 @@ def _product_row(product, outdir):
         cells.append(f'<a href="{href}"><img src="{href}" alt="{html.escape(name)}"></a>')
     else:
         cells.append("")
+    req = data.get("requirements") or {}
     cells += [_num(iq.get("fwhm"), ".3f"), _num(iq.get("ellipticity"), ".3f"),
-              _num(iq.get("strehl"), ".3f"), html.escape(str(iq.get("band") or "")),
+              _num(iq.get("strehl"), ".3f"), _verdict_cell(req.get("iq"), iq.get("band")),
               _num(bg.get("rate"), ".2f"), _num(bg.get("mag"), ".2f"),
-              html.escape(str(bg.get("band") or "")),
+              _verdict_cell(req.get("bg"), bg.get("band")),
               "<br>".join(f"{z['zp']:.3f} (array {z['array'] + 1})" for z in zps
                           if z.get("zp") is not None),
-              _num(cc.get("extinction"), ".3f"), html.escape(str(cc.get("band") or ""))]
+              _num(cc.get("extinction"), ".3f"),
+              _verdict_cell(req.get("cc") if cc else None, cc.get("band"))]
     notes = list(data.get("notes") or [])
     if data.get("skipped"):
         notes.append(data["skipped"])

@@ -9,8 +9,8 @@ The measurements follow DRAGONS' ``measureIQ``, ``measureBG`` and ``measureCC``
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 from astropy.stats import sigma_clipped_stats
@@ -39,6 +39,7 @@ from gsaoi_watch.reduction.photometry import (
     standard_photometry,
 )
 from gsaoi_watch.reduction.photometry import pixel_scale as array_pixel_scale
+from gsaoi_watch.reduction.requirements import Verdict, check_requirements
 
 __all__ = [
     'Background', 'CloudCover', 'FrameQA', 'ImageQuality', 'ZeroPoint', 'bg_band', 'cc_band',
@@ -111,6 +112,7 @@ class Background:
     mag: float
     band: str
     source: str  # 'recorded' (SKYLEV, taken off by skyCorrect), 'measured' or 'unrecorded'
+    mag_std: float = float("nan")  # scatter of the arrays' values (mag), DRAGONS' error
 
 
 @dataclass(frozen=True)
@@ -125,10 +127,13 @@ class FrameQA:
     zeropoints: tuple = ()
     cc: CloudCover | None = None
     notes: tuple = field(default_factory=tuple)
+    requirements: Mapping[str, Verdict] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         """Return a JSON-serialisable dict (NaN becomes None)."""
-        return _clean(asdict(self))
+        out = _clean(asdict(replace(self, requirements={})))
+        out["requirements"] = {k: v.to_dict() for k, v in self.requirements.items()}
+        return out
 
 
 def _clean(value):
@@ -417,8 +422,9 @@ def measure_bg(frame: Frame) -> Background:
     finite = [r for r in rates if math.isfinite(r)]
     rate = float(np.median(finite)) if finite else float("nan")
     mag = float(np.median(mags)) if mags else float("nan")
+    mag_std = float(np.std(mags)) if len(mags) > 1 else float("nan")
     return Background(rate, tuple(rates), mag, bg_band(mag, filt),
-                      "+".join(sorted(sources)) or "none")
+                      "+".join(sorted(sources)) or "none", mag_std)
 
 
 # --- the whole frame -----------------------------------------------------------------------
@@ -466,5 +472,6 @@ def frame_qa(frame: Frame, *, standard: Standard | None = None) -> FrameQA:
                              "was flagged and filled")
             zps = zero_points(frame, phot, mag)
             cc = measure_cc(zps) if zps else None
-    return FrameQA(frame.filename, iq, bg, name, phot, zps, cc, tuple(notes))
+    result = FrameQA(frame.filename, iq, bg, name, phot, zps, cc, tuple(notes))
+    return replace(result, requirements=check_requirements(frame_info(frame), result))
 

@@ -59,6 +59,28 @@ def _add_simulate(sub):
                    help="processes to use (default: number of CPUs)")
     p.add_argument("--only", default=None,
                    help="comma-separated subset of flats,standard,science,bpm")
+    g = p.add_argument_group(
+        "observing conditions",
+        "The programme's request (REQIQ, REQCC, REQBG, REQWV on the standard and science "
+        "frames) and what the sky delivers.  A degradation is a number, or numbers separated "
+        "by ':' spread evenly over the sequence's frames, linear in between (--extinction "
+        "0:0.8:0 is a cloud passing).  The plain flags set both sequences; --standard-* and "
+        "--science-* set one.  The defaults are the nominal night (its files unchanged).")
+    for band, default, values in (("iq", "70", "20, 70, 85 or any"),
+                                  ("cc", "50", "50, 70, 80 or any"),
+                                  ("bg", "any", "20, 50, 80 or any"),
+                                  ("wv", "any", "20, 50, 80 or any")):
+        g.add_argument(f"--req-{band}", default=default, metavar="BAND",
+                       help=f"requested {band.upper()} percentile: {values} (default {default})")
+    for name, what in (("iq-factor", "multiply the AO-guided frames' PSF FWHM (default 1; "
+                                     "the Strehl falls as its inverse square)"),
+                       ("extinction", "grey cloud in mag on stars, standard and galaxy, "
+                                      "not on the thermal sky (default 0)"),
+                       ("sky-factor", "multiply the sky rate (default 1; < 1 a darker sky)")):
+        g.add_argument(f"--{name}", default=None, metavar="X[:X...]", help=what)
+        for seq in ("standard", "science"):
+            g.add_argument(f"--{seq}-{name}", default=None, metavar="X[:X...]",
+                           help=f"--{name} for the {seq} sequence only")
     p.set_defaults(func=_run("simulate"))
 
 

@@ -20,6 +20,7 @@ import numpy as np
 from astropy.io import fits
 
 from gsaoi_watch.instrument.tables import ARRAYS
+from gsaoi_watch.sim.conditions import Conditions, Delivered
 from gsaoi_watch.sim.detector import T_READ, make_detector
 from gsaoi_watch.sim.headers import roi_origin
 from gsaoi_watch.sim.persistence import (
@@ -33,8 +34,8 @@ from gsaoi_watch.sim.persistence import (
 from gsaoi_watch.sim.plan import FramePlan, Night, plan_night
 from gsaoi_watch.sim.render import make_catalogue, render_frame
 
-__all__ = ["BPM_NAME", "KINDS", "FramePlan", "Night", "plan_night", "simulate_night",
-           "truth_persistence", "truth_plane", "write_frame"]
+__all__ = ["BPM_NAME", "KINDS", "Conditions", "Delivered", "FramePlan", "Night", "plan_night",
+           "simulate_night", "truth_persistence", "truth_plane", "write_frame"]
 
 log = logging.getLogger(__name__)
 
@@ -279,9 +280,29 @@ def _truth(night, det, frames, size):
                         "* flat; sky_rate is the sky model (params sky_model, "
                         "gsaoi_watch.sim.plan.SkyModel) at mid-exposure (extra.sky_mid_s, "
                         "seconds from sky_model.epoch; extra.sky_variation its relative "
-                        "variation there) times the sequence's level and drift",
+                        "variation there) times the sequence's level and drift, times "
+                        "conditions.sky_factor",
             "star_flux": "e-/s after flat fielding: 10**(0.4*(ZP_array - mag - "
-                         "k*(airmass-1))) with DRAGONS' nominal Kshort zero points",
+                         "k*(airmass-1) - conditions.extinction)) with DRAGONS' nominal "
+                         "Kshort zero points (the galaxy is dimmed by the same cloud)",
+            "conditions": "per on-sky frame, truth entry 'conditions': requested "
+                          "{iq, cc, bg, wv} percentiles (100 = Any; headers REQIQ... "
+                          "'70-percentile' / 'Any'; flats request Any), the delivered "
+                          "iq_factor (guided frames' fwhm_px = nominal x iq_factor), "
+                          "extinction (grey cloud, mag) and transmission "
+                          "10**(-0.4*extinction) on stars and galaxy (not on the sky), "
+                          "sky_factor and sky_rate (e-/s/pixel, sky_factor included), "
+                          "fwhm_px, fwhm_arcsec (frame pixel scale), fwhm_arcsec_physical "
+                          "and sky_mag_arcsec2 (0.0197\"/pixel, what the AO PSF and the sky "
+                          "per pixel are at every size, with the mean nominal Kshort zero "
+                          "point; the unguided skies' seeing PSF: the frame's scale), "
+                          "seeing_arcsec (7 x FWHM x airmass**-0.6; unguided frames: the AO "
+                          "FWHM nominal x iq_factor), strehl (Moffat peak over the perfect "
+                          "8.1 m / 1.2 m PSF's at 2.15 um, continuous, physical scale), "
+                          "raw {iq, cc, bg, wv}: the delivered bands by DRAGONS' "
+                          "qa_constraints, written as RAWIQ..., pi_requirements_met "
+                          "(RAWPIREQ); degradations are per sequence, piecewise linear in "
+                          "frame number (params.conditions)",
             "noise": "Poisson (Gaussian approximation, all levels >~1000 e-), then the "
                      "inverse DRAGONS non-linearity, read noise in ADU, saturation at the "
                      "well (plateau) or hidden saturation for pixels filling half the well "
@@ -314,7 +335,8 @@ def _truth(night, det, frames, size):
     }
 
 
-def simulate_night(outdir, *, seed=20170505, size=2048, workers=None, only=None):
+def simulate_night(outdir, *, seed=20170505, size=2048, workers=None, only=None,
+                   conditions=None):
     """Write a simulated GSAOI night into ``outdir``.
 
     Parameters
@@ -330,6 +352,9 @@ def simulate_night(outdir, *, seed=20170505, size=2048, workers=None, only=None)
         Processes used to render frames (default: the CPU count).
     only : iterable of str, optional
         Subset of ``flats``, ``standard``, ``science``, ``bpm``.
+    conditions : Conditions, optional
+        Requested bands and delivered degradations (default: the tutorial programme's
+        request, met: the same files as a night without the option).
 
     Returns
     -------
@@ -340,7 +365,7 @@ def simulate_night(outdir, *, seed=20170505, size=2048, workers=None, only=None)
         raise ValueError(f"size must be a multiple of 16 between 64 and 2048, not {size}")
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    night = plan_night(seed, size)
+    night = plan_night(seed, size, conditions=conditions)
     wanted = set(only) if only else set(KINDS)
     unknown = wanted - set(KINDS)
     if unknown:

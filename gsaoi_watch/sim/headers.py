@@ -9,6 +9,7 @@ import numpy as np
 from astropy.io import fits
 
 from gsaoi_watch.instrument import distortion
+from gsaoi_watch.sim.conditions import band_text
 
 __all__ = ["extension_header", "primary_header", "roi_origin"]
 
@@ -31,8 +32,14 @@ def primary_header(plan, *, size) -> fits.Header:
 
     Every keyword DRAGONS reads is present (gsaoi_facts.md, "Minimum header set"), with the
     values a real frame of that kind carries; guiding keywords distinguish on-target (GeMS
-    guided) from offset-sky (unguided) frames.
+    guided) from offset-sky (unguided) frames.  REQIQ, REQCC, REQBG and REQWV are the plan's
+    requested bands (dayCal flats: Any, as real ones); RAWIQ, RAWCC, RAWBG, RAWWV and
+    RAWPIREQ follow the conditions delivered to an on-sky frame (flats: the nominal night's).
     """
+    cond = plan.conditions
+    req = cond.get("requested", {})
+    raw = cond.get("raw", {"iq": 70, "cc": 50, "bg": 100, "wv": 100})
+    pi_met = cond.get("pi_requirements_met", True)
     start = dt.datetime.fromisoformat(plan.ut_start)
     utstart = start + dt.timedelta(seconds=1.2)
     utend = utstart + dt.timedelta(seconds=plan.exptime + plan.lnrs * 0.66 * 2 + 1.0)
@@ -71,11 +78,11 @@ def primary_header(plan, *, size) -> fits.Header:
         ("PMDEC", 0.0, "Target proper motion in Declination"),
         ("PMRA", 0.0, "Target proper motion in RA"),
         ("WAVELENG", 21500.0, "Effective Target Wavelength (A)"),
-        ("RAWIQ", "70-percentile", "Raw Image Quality"),
-        ("RAWCC", "50-percentile", "Raw Cloud Cover"),
-        ("RAWWV", "Any", "Raw Water Vapour/Transparency"),
-        ("RAWBG", "Any", "Raw Background"),
-        ("RAWPIREQ", "YES", "PI Requirements Met"),
+        ("RAWIQ", band_text(raw["iq"]), "Raw Image Quality"),
+        ("RAWCC", band_text(raw["cc"]), "Raw Cloud Cover"),
+        ("RAWWV", band_text(raw["wv"]), "Raw Water Vapour/Transparency"),
+        ("RAWBG", band_text(raw["bg"]), "Raw Background"),
+        ("RAWPIREQ", "YES" if pi_met else "NO", "PI Requirements Met"),
         ("RAWGEMQA", "USABLE", "Gemini Quality Assessment"),
         ("UT", _hms(start), "UTC at start of exposure"),
         ("DATE", f"{start:%Y-%m-%d}", "UTC Date of observation (YYYY-MM-DD)"),
@@ -94,8 +101,10 @@ def primary_header(plan, *, size) -> fits.Header:
         ("PWFS2_ST", "parked", "PWFS2 probe state (frozen,guiding,parked)"),
         ("OIWFS_ST", "parked", "OIWFS probe state (frozen,guiding,parked)"),
         ("AOWFS_ST", "parked", "AOWFS probe state (frozen,guiding,parked)"),
-        ("REQIQ", "70-percentile", "Requested Image Quality"),
-        ("REQCC", "50-percentile", "Requested Cloud Cover"),
+        ("REQIQ", band_text(req.get("iq", 100)), "Requested Image Quality"),
+        ("REQCC", band_text(req.get("cc", 100)), "Requested Cloud Cover"),
+        ("REQBG", band_text(req.get("bg", 100)), "Requested Background"),
+        ("REQWV", band_text(req.get("wv", 100)), "Requested Water Vapour"),
     ]
     if plan.guided:
         for k, (dra, ddec) in enumerate(((0.006, -0.014), (0.0045, 0.015), (-0.012, 0.0013))):

@@ -7,6 +7,10 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from gsaoi_watch.instrument.tables import NOMINAL_ZEROPOINTS
+from gsaoi_watch.sim.conditions import Conditions, frame_record
+from gsaoi_watch.sim.scene import MOFFAT_BETA
+
 __all__ = ["FramePlan", "Night", "SkyModel", "make_sky_model", "plan_night"]
 
 # Tutorial targets (DRAGONS GSAOI imaging tutorial, program GS-2017A-Q-29).
@@ -46,6 +50,7 @@ class FramePlan:
     rotation_deg: float = 0.0  # small unmodelled field rotation
     plate_scale: float = 1.0   # small unmodelled scale change
     extra: dict = field(default_factory=dict)
+    conditions: dict = field(default_factory=dict)  # requested + delivered (conditions.py)
 
     def to_dict(self):
         """Return a JSON-serialisable dict."""
@@ -170,7 +175,8 @@ def make_sky_model(seed: int, epoch: dt.datetime, windows, *, n_terms: int = 3,
                     tuple(float(w * amplitude / peak) for w in weights), unit.windows)
 
 
-def plan_night(seed: int = 20170505, size: int = 2048) -> Night:
+def plan_night(seed: int = 20170505, size: int = 2048, *,
+               conditions: Conditions | None = None) -> Night:
     """Plan the tutorial night: flats, standard and an on-target/offset-sky science sequence.
 
     The frames keep the tutorial's file names, numbering and time order:
@@ -184,11 +190,17 @@ def plan_night(seed: int = 20170505, size: int = 2048) -> Night:
         Night seed; every random choice derives from it.
     size : int
         Array size in pixels (2048 real).
+    conditions : Conditions, optional
+        Requested bands and delivered degradations (default: the tutorial programme's
+        request, met; the degradations change no random draw, so a degraded night has the
+        nominal night's noise, stars and dithers).
 
     Returns
     -------
     Night
     """
+    cond = Conditions() if conditions is None else conditions
+    zeropoint = float(np.mean(NOMINAL_ZEROPOINTS["Kshort"]))
     rng = np.random.default_rng([seed, 0])
     f = 2048 / size
     frames = []
@@ -213,6 +225,19 @@ def plan_night(seed: int = 20170505, size: int = 2048) -> Night:
     sky_jitter = 0.0001   # frame-to-frame rms on top (unresolved by any model, 0.005 sigma)
     std_level = None  # the standard's sky level: 48 e-/s x U(0.97, 1.03), drawn below
 
+    def record(plan, delivered, u, nominal_fwhm=None):
+        # apply the sequence's degradation at fraction u of it; nominal_fwhm: a guided frame's
+        iq_factor, extinction, sky_factor = delivered.at(u)
+        if nominal_fwhm is not None:
+            plan.fwhm_px = nominal_fwhm * iq_factor
+        plan.sky_rate = plan.sky_rate * sky_factor
+        plan.conditions = frame_record(
+            cond.requested, iq_factor=iq_factor, extinction=extinction, sky_factor=sky_factor,
+            fwhm_px=plan.fwhm_px, ao_fwhm_px=fwhm_ao * iq_factor, guided=plan.guided,
+            airmass=plan.airmass, sky_rate=plan.sky_rate, pixel_scale=0.0197 * f,
+            zeropoint=zeropoint, beta=MOFFAT_BETA)
+        return plan
+
     def sky_at(start, exptime, level, drift=0.0):
         # drift measured from the first science frame's mid-exposure (t = exptime / 2)
         mid = sky.seconds(start) + exptime / 2
@@ -232,7 +257,7 @@ def plan_night(seed: int = 20170505, size: int = 2048) -> Night:
         level = sky_base_rate * float(rng.uniform(0.97, 1.03))
         std_level = level if std_level is None else std_level
         rate, sky_extra = sky_at(t, std_exptime, std_level)
-        frames.append(FramePlan(
+        frames.append(record(FramePlan(
             filename=_name(t, 114 + k), kind="standard", is_sky=False, number=k + 1,
             obsid="GS-2017A-Q-29-9", program="GS-2017A-Q-29", obsclass="partnerCal",
             object="9132", ut_start=t.isoformat(), exptime=std_exptime, lnrs=2, coadds=1,
@@ -241,7 +266,8 @@ def plan_night(seed: int = 20170505, size: int = 2048) -> Night:
             airmass=round(1.021 + 0.002 * k, 3), guided=True, roi=True,
             fwhm_px=fwhm, seed=frame_seed, sky_rate=rate, extra=sky_extra,
             rotation_deg=float(rng.normal(0, 0.002)),
-            plate_scale=1.0 + float(rng.normal(0, 2e-5))))
+            plate_scale=1.0 + float(rng.normal(0, 2e-5))),
+            cond.standard, k / (len(std_dithers) - 1), fwhm))
         t += dt.timedelta(seconds=std_cadence)
 
     # Dome flats: lamp on then lamp off, 15 s each, dayCal, AZEL_TOPO.
@@ -257,7 +283,8 @@ def plan_night(seed: int = 20170505, size: int = 2048) -> Night:
                 ut_start=t.isoformat(), exptime=15.0, lnrs=2, coadds=1, poff=0.0, qoff=0.0,
                 pa=0.0, target_ra=DOME[0], target_dec=DOME[1], airmass=1.413, guided=False,
                 roi=False, fwhm_px=0.0, seed=seed_of(k),
-                lamp_scale=1.0 + float(rng.normal(0, 0.004))))
+                lamp_scale=1.0 + float(rng.normal(0, 0.004)),
+                conditions={"requested": {"iq": 100, "cc": 100, "bg": 100, "wv": 100}}))
             t += dt.timedelta(seconds=15.0 + 26.0)
 
     # Science: 16 frames, 60 s.  Pattern: O S O S ... O S O O (9 on target, 7 sky).
@@ -278,18 +305,19 @@ def plan_night(seed: int = 20170505, size: int = 2048) -> Night:
             dp, dq = sky_dithers[n_sky]
             dp, dq = dp + sky_base[0], dq + sky_base[1]
             n_sky += 1
-        frames.append(FramePlan(
+        sci_fwhm = fwhm_ao * float(rng.uniform(0.92, 1.1)) if on \
+            else max(28.0 / f, 4.0) * float(rng.uniform(0.9, 1.15))
+        frames.append(record(FramePlan(
             filename=_name(t, 95 + k), kind="science", is_sky=not on, number=k + 1,
             obsid="GS-2017A-Q-29-13", program="GS-2017A-Q-29", obsclass="science",
             object="NGC5128", ut_start=t.isoformat(), exptime=sci_exptime, lnrs=2, coadds=1,
             poff=dp, qoff=dq, pa=0.0, target_ra=NGC5128[0], target_dec=NGC5128[1],
             airmass=round(1.041 + 0.0009 * k, 4), guided=on, roi=False,
-            fwhm_px=(fwhm_ao * float(rng.uniform(0.92, 1.1))) if on
-            else max(28.0 / f, 4.0) * float(rng.uniform(0.9, 1.15)),
-            seed=seed_of(k),
+            fwhm_px=sci_fwhm, seed=seed_of(k),
             sky_rate=rate * (1 + float(rng.normal(0, sky_jitter))), extra=sky_extra,
             rotation_deg=float(rng.normal(0, 0.002)),
-            plate_scale=1.0 + float(rng.normal(0, 2e-5))))
+            plate_scale=1.0 + float(rng.normal(0, 2e-5))),
+            cond.science, k / (len(pattern) - 1), sci_fwhm if on else None))
 
     params = {
         "lamp_on_rate": 2600.0,     # e-/s per pixel at flat = 1 (dome lamp + thermal is on-off)
@@ -322,5 +350,6 @@ def plan_night(seed: int = 20170505, size: int = 2048) -> Night:
     params["fwhm_ao_px"] = fwhm_ao
     params["f"] = f
     params["science_span_s"] = span
+    params["conditions"] = cond.to_dict()
     params["half_field_arcsec"] = 0.5 * (2 * 2048 + 145) * 0.0197 * 1.1
     return Night(seed=seed, size=size, frames=frames, params=params)

@@ -171,6 +171,8 @@ def render_frame(plan, night_seed: int, size: int, params: dict):
     n = size // 2 if plan.roi else size
     cr_hits = []
     latent = []
+    # grey cloud: every astronomical source dimmed, the (thermal, airglow) sky not
+    transmission = plan.conditions.get("transmission", 1.0)
     for spec in ARRAYS:
         y0 = y_nominal + roi_row_shift(plan, spec.index)
         sl = (slice(y0, y0 + n), slice(x0, x0 + n))
@@ -185,6 +187,8 @@ def render_frame(plan, night_seed: int, size: int, params: dict):
             rate = plan.sky_rate * flat
             gal = _galaxy(plan, spec, params, size=size, x0=x0, y0=y0, n=n, fp0=fp0)
             if gal is not None:
+                if transmission != 1.0:
+                    gal = gal * np.float32(transmission)
                 rate = rate + gal * flat
                 galaxy_max = float(gal.max())
         rate = rate.astype(np.float32)
@@ -197,6 +201,8 @@ def render_frame(plan, night_seed: int, size: int, params: dict):
                 pa=plan.pa, rot=plan.rotation_deg, scale=plan.plate_scale, fp0=fp0, margin=40)
             flux = star_flux(cat["mag"][k], spec.index, plan.airmass,
                              params["extinction_mag_per_airmass"])
+            if transmission != 1.0:
+                flux = flux * transmission
             scene.add_stars(stars, xs, ys, flux, plan.fwhm_px, x0=x0, y0=y0)
             rate += stars * response
             inside = (xs > x0 + 0.5) & (xs < x0 + n + 0.5) & (ys > y0 + 0.5) & (ys < y0 + n + 0.5)

@@ -63,14 +63,22 @@ def qa_header(frame: Frame, qa: FrameQA) -> Frame:
         put(f"{m}BAND", v.band_name, f"{name} band achieved")
         put(f"{m}REQ", v.requested_name, f"{name} band requested")
         h[f"{m}MET"] = (v.state.upper(), f"{name} requirement")
-        put(f"{m}PMET", v.probability, "Probability that the requested band was achieved", 3)
-        if v.reason:
-            h[f"{m}NOTE"] = (_ascii(v.reason)[:68], f"{name}: why undetermined")
+        put(f"{m}PMET", v.probability, "P(requested band achieved)", 3)
+        if v.reason:  # the whole card is the reason (no room for a comment)
+            h[f"{m}NOTE"] = _card_text(v.reason)
     return out
 
 
-def _ascii(text: str) -> str:
-    return text.encode("ascii", "replace").decode("ascii")
+#: Characters of a string value that fit in one 80-character card with its quotes.
+_NOTE_LENGTH = 68
+
+
+def _card_text(text: str) -> str:
+    """ASCII text cut to fit one card (a quote counts twice: FITS doubles it)."""
+    out = text.encode("ascii", "replace").decode("ascii")
+    while len(out) + out.count("'") > _NOTE_LENGTH:
+        out = out[:-1]
+    return out
 
 
 def qa_log_line(qa: FrameQA) -> str:

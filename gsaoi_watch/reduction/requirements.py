@@ -305,8 +305,8 @@ def _scale_problem(info: FrameInfo) -> str | None:
     if scale is None or not math.isfinite(scale) or scale <= 0:
         return "no pixel scale in the WCS"
     if abs(scale / NOMINAL_PIXEL_SCALE - 1.0) > PIXEL_SCALE_TOLERANCE:
-        return (f"not physical: pixel scale {scale:.4f}\"/pix is not GSAOI's "
-                f"{NOMINAL_PIXEL_SCALE}\" (small simulated arrays?)")
+        return (f"not physical: pixel scale {scale:.4f}\"/pix, not GSAOI's "
+                f"{NOMINAL_PIXEL_SCALE}\"")
     return None
 
 

@@ -185,7 +185,10 @@ def render_frame(plan, night_seed: int, size: int, params: dict):
             rate = params["lamp_off_rate"] * flat
         else:
             rate = plan.sky_rate * flat
-            gal = _galaxy(plan, spec, params, size=size, x0=x0, y0=y0, n=n, fp0=fp0)
+            # the galaxy is NGC 5128, around the science target only (the standard field,
+            # 10 degrees away, has none; its offsets alone would put the halo in it)
+            gal = _galaxy(plan, spec, params, size=size, x0=x0, y0=y0, n=n, fp0=fp0) \
+                if plan.kind == "science" else None
             if gal is not None:
                 if transmission != 1.0:
                     gal = gal * np.float32(transmission)

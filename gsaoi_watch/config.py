@@ -20,8 +20,8 @@ from typing import Any
 from gsaoi_watch.errors import ConfigError
 
 __all__ = ["DATABASE_SCHEMES", "DEFAULT_DATABASE", "LOG_LEVELS", "Config", "DatabaseConfig",
-           "JobsConfig", "PathsConfig", "QuicklookConfig", "SequencesConfig", "ServiceConfig",
-           "WatchConfig", "load_config", "resolve_database"]
+           "HttpConfig", "JobsConfig", "PathsConfig", "QuicklookConfig", "SequencesConfig",
+           "ServiceConfig", "WatchConfig", "load_config", "parse_address", "resolve_database"]
 
 #: Where the calibration database lives when neither -d nor a config file says: the working
 #: directory, as DRAGONS' local calibration manager does.
@@ -212,10 +212,42 @@ class QuicklookConfig(_Section):
     summary: bool = True
 
 
+def parse_address(address: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:8777`` for an IPv6 host) as (host, port).
+
+    Raises
+    ------
+    ConfigError
+        No colon, an empty host, a port that is not an integer in [0, 65535].
+    """
+    host, sep, port = address.strip().rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or any(c.isspace() for c in host):
+        raise ConfigError(f"[http] address must be HOST:PORT (e.g. 127.0.0.1:8777), "
+                          f"not {address!r}")
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"[http] address: the port must be an integer in [0, 65535], "
+                          f"not {port!r}")
+    return host, int(port)
+
+
+@dataclass(frozen=True)
+class HttpConfig(_Section):
+    """``[http]``: the live night page the daemon serves (off by default)."""
+
+    _section = "http"
+    enabled: bool = False
+    address: str = "127.0.0.1:8777"
+
+    def _check(self) -> None:
+        parse_address(self.address)
+
+
 _SECTIONS: dict[str, type] = {
     "database": DatabaseConfig, "paths": PathsConfig, "watch": WatchConfig,
     "sequences": SequencesConfig, "jobs": JobsConfig, "service": ServiceConfig,
-    "quicklook": QuicklookConfig}
+    "quicklook": QuicklookConfig, "http": HttpConfig}
 
 
 @dataclass(frozen=True)
@@ -229,6 +261,7 @@ class Config:
     jobs: JobsConfig = field(default_factory=JobsConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
     quicklook: QuicklookConfig = field(default_factory=QuicklookConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
 
     def replace(self, section: str, **values: Any) -> Config:
         """Return a copy with some keys of one section replaced (command-line overrides).

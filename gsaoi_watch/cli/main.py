@@ -138,6 +138,9 @@ def _add_daemon(sub):
     p.add_argument("--log", default=None,
                    help="log file, also logged to standard error (default: the config "
                         "file's, else <output_dir>/gsaoi-watch.log)")
+    p.add_argument("--http", default=None, metavar="HOST:PORT",
+                   help="serve the live night page at this address (port 0: any free "
+                        "port; see [http] in the config file)")
     _add_db_options(p)
     p.set_defaults(func=_run("run"))
     p = sub.add_parser("status", help="sequences, jobs and products of the daemon")

@@ -29,4 +29,6 @@ def config_from_args(args: argparse.Namespace) -> Config:
         config = config.replace("paths", **paths)
     if getattr(args, "database", None):
         config = config.replace("database", url=args.database)
+    if getattr(args, "http", None):
+        config = config.replace("http", enabled=True, address=args.http)
     return config

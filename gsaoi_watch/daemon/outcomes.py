@@ -156,16 +156,16 @@ def _record(engine: Engine, job: db.Job, spec: Mapping[str, Any],
     for path, kind in result["products"]:
         queries.register_product(path, read_frame_info(path), kind=kind,
                                  is_calibration=kind == "processed_flat", job=job, used=used)
-    skipped = set()
+    skipped: dict[str, str] = {}
     for name, why in result["skipped"]:
         path = member_of(name, spec["paths"])
         if path is not None:
-            skipped.add(path)
+            skipped[path] = str(why)
         log.warning("frame=%s not used: %s", log_name(Path(name).name), why)
     with db.writing():
         for path in spec["paths"]:
-            db.Frame.update(state="used" if path not in skipped else "unusable").where(
-                db.Frame.path == path).execute()
+            db.Frame.update(state="used" if path not in skipped else "unusable",
+                            error=skipped.get(path)).where(db.Frame.path == path).execute()
     engine.job_state(job, "DONE")
     log.info("job=%d %s done in %.1f s → %s", job.id, job.recipe, result["seconds"],
              result["note"])
@@ -197,15 +197,17 @@ def member_of(name: str, paths: list[str]) -> str | None:
     return found[0] if len(found) == 1 else None
 
 
-def _record_qa(measured: list[dict[str, Any]], products: list[tuple[str, str]]) -> None:
+def _record_qa(measured: list[dict[str, Any]], products: list[tuple[str, str]], *,
+               prefix: str = "qa") -> None:
     path_of = {Path(p).name: str(Path(p).resolve()) for p, _ in products}
     for qa in measured:
         with db.writing():
             db.Product.update(qa=json.dumps(qa)).where(
                 db.Product.path == path_of.get(qa["file"])).execute()
-        log.info("qa %s", log_name(qa["log"]))
+        log.info("%s %s", prefix, log_name(qa["log"]))
         for line in qa.get("warnings", ()):
-            log.warning("%s", log_name(line))
+            log.warning("%s%s", log_name(line), " (provisional)" if "provisional" in prefix
+                        else "")
 
 
 def _stack_finished(engine: Engine, job: db.Job, result: Mapping[str, Any]) -> None:
@@ -311,15 +313,8 @@ def stream_finished(engine: Engine, event: StreamFinished) -> None:
         queries.register_product(path, read_frame_info(path), kind=kind, is_calibration=False)
         log.info("product=%s PROVISIONAL (skies landed so far; the final replaces it)",
                  log_name(Path(path).name))
-    if not final:
-        path_of = {Path(p).name: str(Path(p).resolve()) for p, _ in res["products"]}
-        for qa in res["qa"]:
-            with db.writing():
-                db.Product.update(qa=json.dumps(qa)).where(
-                    db.Product.path == path_of.get(qa["file"])).execute()
-            log.info("qa provisional %s", log_name(qa["log"]))
-            for line in qa.get("warnings", ()):
-                log.warning("%s (provisional)", log_name(line))
+    if not final:  # their QA in the database too (the live page plots it)
+        _record_qa(res["qa"], res["products"], prefix="qa provisional")
     if again:
         request_stream(engine, sequence_id)
 

@@ -22,6 +22,7 @@ from gsaoi_watch.daemon.engine import BUSY_WAIT, Engine
 from gsaoi_watch.daemon.events import EngineEvent, Heartbeat, Rescan, Stop, Tick
 from gsaoi_watch.daemon.watcher import make_observer
 from gsaoi_watch.logs import log_name
+from gsaoi_watch.web.server import LivePage, start_live_page
 
 __all__ = ['run_service', 'sd_notify']
 
@@ -81,6 +82,7 @@ def run_service(config: Config, *, stop_event: threading.Event | None = None,
                                                   "misfire_grace_time": 30})
     status = {"code": 0}
     beat = _Beat(me)
+    page: LivePage | None = None
 
     scheduler.add_job(lambda: engine.events.put(Tick()), "interval",
                       seconds=config.sequences.tick_seconds, id="tick")
@@ -101,6 +103,8 @@ def run_service(config: Config, *, stop_event: threading.Event | None = None,
         log.info("gsaoi_watch starting: raw=%s output=%s database=%s (%s)", log_name(raw),
                  log_name(config.paths.output_dir), log_name(config.database.url),
                  "polling" if polling else "inotify")
+        page = start_live_page(config)  # a port in use: one ERROR line, no page
+        beat.page_url = page.url if page is not None else None
         engine.recover()
         observer.start()
         scheduler.start()
@@ -140,6 +144,8 @@ def run_service(config: Config, *, stop_event: threading.Event | None = None,
                         "and jobs they concern are taken up again at the next start",
                         len(engine.boundary.pending))
         log.info("stopping: %s", engine.summary())
+        if page is not None:
+            page.stop()
         scheduler.shutdown(wait=False)
         observer.stop()
         observer.join(timeout=5)
@@ -190,10 +196,13 @@ class _Beat:
         self.daemon_id = daemon_id
         self.last_try = 0.0
         self.problem: str | None = None
+        self.page_url: str | None = None  # the live page, named in the row's note
 
     def send(self, engine: Engine) -> None:
         note = engine.summary()
         sd_notify(f"STATUS={note}")
+        if self.page_url:
+            note = f"{note}; live page at {self.page_url}"
         if engine.boundary.waiting and time.monotonic() - self.last_try < self.BUSY_BEAT:
             return
         self.last_try = time.monotonic()

@@ -1,0 +1,1 @@
+"""The live night page the daemon serves: plots of IQ, CC and BG, sequences, pictures, problems."""

@@ -17,6 +17,7 @@ Pure functions of plain data: no database, no files.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -55,15 +56,18 @@ def _limits(table: Mapping[Any, Any] | None) -> dict[str, float]:
                                                     int(kv[0]) if kv[0].isdigit() else 0)))
 
 
-def _bg_table(filter_name: str | None) -> Mapping[int, float] | None:
+@functools.lru_cache(maxsize=64)
+def _tables(filter_name: str | None) -> dict[str, dict[str, float]]:
+    """The band limits of the tables (BG by filter; Kshort as Ks, Kprime as K); do not edit."""
     name = (filter_name or "").split("_")[0]
-    return BG_BANDS.get({"Kshort": "Ks", "Kprime": "K"}.get(name, name))
+    bg = BG_BANDS.get({"Kshort": "Ks", "Kprime": "K"}.get(name, name))
+    return {"iq": _limits(AO_IQ_BANDS), "cc": _limits(CC_BANDS), "bg": _limits(bg)}
 
 
 def _empty(name: str, reason: str | None, limits: dict[str, float]) -> dict[str, Any]:
     unit, better = MEASURES[name]
     return {"value": None, "error": None, "unit": unit, "band": None, "requested": None,
-            "met": None, "probability": None, "reason": reason, "limits": limits,
+            "met": None, "probability": None, "reason": reason, "limits": dict(limits),
             "better": better}
 
 
@@ -145,10 +149,9 @@ def measures(qa: Mapping[str, Any] | None, filter_name: str | None = None
     dict
         ``{"iq": {...}, "cc": {...}, "bg": {...}}`` (see the module docstring).
     """
-    tables = {"iq": _limits(AO_IQ_BANDS), "cc": _limits(CC_BANDS),
-              "bg": _limits(_bg_table(filter_name or (qa or {}).get("filter")))}
     if not isinstance(qa, Mapping):
         return no_qa("no QA recorded", filter_name)
+    tables = _tables(filter_name)
     requirements = qa.get("requirements")
     if not isinstance(requirements, Mapping):
         requirements = {}
@@ -165,7 +168,6 @@ def measures(qa: Mapping[str, Any] | None, filter_name: str | None = None
 
 def no_qa(reason: str, filter_name: str | None = None) -> dict[str, dict[str, Any]]:
     """The IQ, CC and BG objects of a frame without a usable QA record (``reason``)."""
-    tables = {"iq": _limits(AO_IQ_BANDS), "cc": _limits(CC_BANDS),
-              "bg": _limits(_bg_table(filter_name))}
+    tables = _tables(filter_name)
     return {name: {**_empty(name, reason, tables[name]), **_extras(name, {})}
             for name in MEASURES}

@@ -60,29 +60,26 @@ def _relative(path: str, output_dir: Path) -> str:
 
 
 def _is_provisional(path: str, output_dir: Path) -> bool:
-    try:
-        return Path(path).relative_to(output_dir).parts[0] == PROVISIONAL_DIR
-    except (ValueError, IndexError):
-        return False
+    return path.startswith(os.path.join(output_dir, PROVISIONAL_DIR, ""))
 
 
-def _picture_candidates(path: str, kind: str, output_dir: Path) -> list[Path]:
+def _picture_candidates(path: str, kind: str, output_dir: Path) -> list[str]:
     """Where a product's PNG may be: beside it; a served flat's beside the flat it copies.
 
     A flat is registered as its copy under ``calibrations/processed_flat/``; its picture is
     written beside the flat made in the output directory (:func:`gsaoi_watch.daemon.jobs`).
     """
-    own = picture_path(path)
+    own = str(picture_path(path))
     out = [own]
     if kind == "processed_flat" or "calibrations" in Path(path).parts[:-1]:
-        out.append(output_dir / own.name)
+        out.append(os.path.join(output_dir, os.path.basename(own)))
     return out
 
 
-def _inside(path: Path, output_dir: Path) -> Path | None:
+def _inside(path: str, output_dir: Path) -> Path | None:
     """The resolved regular file ``path`` if it lies inside the output directory."""
     try:
-        resolved = path.resolve()
+        resolved = Path(path).resolve()
     except (OSError, RuntimeError):
         return None
     if not resolved.is_relative_to(output_dir) or not resolved.is_file():
@@ -90,17 +87,38 @@ def _inside(path: Path, output_dir: Path) -> Path | None:
     return resolved
 
 
-def _picture_url(product_id: int, path: str, kind: str, checksum: str | None,
-                 output_dir: Path) -> str | None:
-    for candidate in _picture_candidates(path, kind, output_dir):
-        found = _inside(candidate, output_dir)
-        if found is not None:
-            try:
-                version = int(found.stat().st_mtime_ns)
-            except OSError:
-                version = 0
-            return f"/pictures/{product_id}.png?v={version:x}{(checksum or '')[:8]}"
-    return None
+class _Pictures:
+    """Which products have a picture: one listing per directory (not a stat per product).
+
+    Only regular files (not symbolic links) in directories inside the output directory
+    count; :func:`picture_file`, which serves them, checks each again.
+    """
+
+    def __init__(self, output_dir: Path) -> None:
+        self.output_dir = output_dir
+        self._inside = os.path.join(output_dir, "")
+        self._listed: dict[str, set[str]] = {}
+
+    def _names(self, directory: str) -> set[str]:
+        if directory not in self._listed:
+            names: set[str] = set()
+            if directory == str(self.output_dir) or directory.startswith(self._inside):
+                try:
+                    with os.scandir(directory) as entries:
+                        names = {e.name for e in entries if e.name.endswith(".png")
+                                 and e.is_file(follow_symlinks=False)}
+                except OSError:
+                    pass
+            self._listed[directory] = names
+        return self._listed[directory]
+
+    def url(self, product_id: int, path: str, kind: str, checksum: str | None) -> str | None:
+        """``/pictures/<id>.png?v=<checksum>`` (a re-made product gets a new URL), or None."""
+        for candidate in _picture_candidates(path, kind, self.output_dir):
+            directory, name = os.path.split(os.path.normpath(candidate))
+            if name in self._names(directory):
+                return f"/pictures/{product_id}.png?v={(checksum or '')[:12]}"
+        return None
 
 
 def picture_file(product_id: int, output_dir: str | os.PathLike[str]) -> Path | None:
@@ -189,6 +207,7 @@ def frames(output_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
              .order_by(db.Product.ut_datetime, db.Product.id))
     rows = _dicts(query)
     finals = {r["filename"] for r in rows if not _is_provisional(r["path"], out_dir)}
+    pictures = _Pictures(out_dir)
     result = []
     for r in rows:
         provisional = _is_provisional(r["path"], out_dir)
@@ -205,7 +224,7 @@ def frames(output_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
             "filter": (filter_name or "").split("_")[0] or None,
             "provisional": provisional, "quicklook": bool(r[f"{src}_quick"]),
             "sequence_id": r[f"{src}_id"],
-            "picture": _picture_url(r["id"], r["path"], r["kind"], r["checksum"], out_dir),
+            "picture": pictures.url(r["id"], r["path"], r["kind"], r["checksum"]),
             **_qa_of(r["qa"], filter_name),
         })
     return result
@@ -257,6 +276,7 @@ def sequences(output_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
              .order_by(db.Product.filename, db.Product.id))
     rows = _dicts(query)
     finals = {p["filename"] for p in rows if not _is_provisional(p["path"], out_dir)}
+    pictures = _Pictures(out_dir)
     for p in rows:
         seq_id = p["j_seq"] if p["j_seq"] is not None else p["r_seq"]
         provisional = _is_provisional(p["path"], out_dir)
@@ -266,7 +286,7 @@ def sequences(output_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
             "id": p["id"], "file": p["filename"], "kind": p["kind"],
             "path": _relative(p["path"], out_dir),
             "provisional": provisional,
-            "picture": _picture_url(p["id"], p["path"], p["kind"], p["checksum"], out_dir)})
+            "picture": pictures.url(p["id"], p["path"], p["kind"], p["checksum"])})
     result = []
     for s in seqs:
         last = latest.get(s["id"])

@@ -204,7 +204,12 @@ function drawPlot(spec, frames, tdom) {
     (spec.unit ? ` (${spec.unit})` : "") + " against UT"));
   const values = frames.map((f) => (f[spec.measure] || {})[spec.field]).filter(Number.isFinite);
   const limitSets = spec.bands ? frames.map((f) => (f[spec.measure] || {}).limits) : [];
-  const [lo, hi] = yDomain(values, limitSets);
+  // the requested limits are always in view
+  const requested = spec.bands ? frames.map((f) => {
+    const m = f[spec.measure] || {};
+    return requestedLimit(m.requested, m.limits, m.better || "lower");
+  }).filter(Number.isFinite) : [];
+  const [lo, hi] = yDomain(values.concat(requested), limitSets);
   const [t0, t1] = tdom || [0, 1];
   const h = AREA.bottom - AREA.top;
   const yOf = (v) => {

@@ -39,7 +39,7 @@ from gsaoi_watch.reduction.photometry import (
     standard_photometry,
 )
 from gsaoi_watch.reduction.photometry import pixel_scale as array_pixel_scale
-from gsaoi_watch.reduction.requirements import Verdict, check_requirements
+from gsaoi_watch.reduction.requirements import Verdict, band_name, band_of, check_requirements
 
 __all__ = [
     'Background', 'CloudCover', 'FrameQA', 'ImageQuality', 'ZeroPoint', 'bg_band', 'cc_band',
@@ -153,10 +153,7 @@ def cc_band(extinction: float) -> str:
     """DRAGONS' cloud-cover band for an extinction in magnitudes ('CC50' ... 'CCAny')."""
     if not math.isfinite(extinction):
         return "CCUnknown"
-    for pct in sorted(CC_BANDS):
-        if extinction <= CC_BANDS[pct]:
-            return f"CC{pct}"
-    return "CCAny"
+    return f"{band_name('cc', band_of(extinction, CC_BANDS))}"
 
 
 def bg_band(sky_mag: float, filter_name: str | None) -> str:
@@ -165,20 +162,14 @@ def bg_band(sky_mag: float, filter_name: str | None) -> str:
     limits = BG_BANDS.get(key or "")
     if limits is None or not math.isfinite(sky_mag):
         return "BGUnknown"
-    for pct in sorted(limits):
-        if sky_mag >= limits[pct]:
-            return f"BG{pct}"
-    return "BGAny"
+    return f"{band_name('bg', band_of(sky_mag, limits, higher_is_better=True))}"
 
 
 def iq_band(seeing: float) -> str:
     """IQ band of AO data from the natural-seeing estimate in arcsec (DRAGONS' 'AO' limits)."""
     if not math.isfinite(seeing):
         return "IQUnknown"
-    for pct in sorted(AO_IQ_BANDS):
-        if seeing <= AO_IQ_BANDS[pct]:
-            return f"IQ{pct}"
-    return "IQAny"
+    return f"{band_name('iq', band_of(seeing, AO_IQ_BANDS))}"
 
 
 # --- zero points and cloud cover ----------------------------------------------------------

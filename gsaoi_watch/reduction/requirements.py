@@ -51,7 +51,7 @@ from gsaoi_watch.instrument.tables import (
 )
 
 __all__ = [
-    'MIN_IQ_STARS', 'Verdict', 'band_name', 'band_probabilities', 'check_requirements',
+    'MIN_IQ_STARS', 'Verdict', 'band_name', 'band_of', 'band_probabilities', 'check_requirements',
     'judge', 'parse_requested', 'requested_bands',
 ]
 
@@ -281,7 +281,7 @@ def judge(metric: str, value: float | None, error: float | None, requested: int 
                        reason=reason, **common)
     probs = band_probabilities(value, error, limits, higher_is_better=higher_is_better)
     kept = tuple((b, p) for b, p in sorted(probs.items()) if p >= CONFIDENCE_CUT)
-    band = _band_of(value, limits, higher_is_better)
+    band = band_of(value, limits, higher_is_better=higher_is_better)
     if requested is None:
         return Verdict(metric, value, error, band=band, requested=None, met=None,
                        bands=kept, reason="requested band not recorded in the header",
@@ -292,7 +292,9 @@ def judge(metric: str, value: float | None, error: float | None, requested: int 
                    bands=kept, **common)
 
 
-def _band_of(value, limits, higher_is_better):
+def band_of(value: float, limits: Mapping[int, float], *,
+            higher_is_better: bool = False) -> int:
+    """The percentile band a value falls in: the best whose limit it satisfies, else 100."""
     for pct in sorted(limits):
         if (value >= limits[pct]) if higher_is_better else (value <= limits[pct]):
             return pct

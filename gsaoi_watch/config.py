@@ -244,10 +244,22 @@ class HttpConfig(_Section):
         parse_address(self.address)
 
 
+@dataclass(frozen=True)
+class StackConfig(_Section):
+    """``[stack]``: the distortion-corrected stack of every science sequence."""
+
+    _section = "stack"
+    reference_catalog: str = ""
+
+    def _check(self) -> None:
+        if self.reference_catalog and not self.reference_catalog.strip():
+            raise self._fail("reference_catalog", "must be a file name or empty")
+
+
 _SECTIONS: dict[str, type] = {
     "database": DatabaseConfig, "paths": PathsConfig, "watch": WatchConfig,
     "sequences": SequencesConfig, "jobs": JobsConfig, "service": ServiceConfig,
-    "quicklook": QuicklookConfig, "http": HttpConfig}
+    "quicklook": QuicklookConfig, "http": HttpConfig, "stack": StackConfig}
 
 
 @dataclass(frozen=True)
@@ -262,6 +274,7 @@ class Config:
     service: ServiceConfig = field(default_factory=ServiceConfig)
     quicklook: QuicklookConfig = field(default_factory=QuicklookConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
+    stack: StackConfig = field(default_factory=StackConfig)
 
     def replace(self, section: str, **values: Any) -> Config:
         """Return a copy with some keys of one section replaced (command-line overrides).

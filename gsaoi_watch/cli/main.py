@@ -188,9 +188,12 @@ def _add_stack(sub):
     p.add_argument("inputs", nargs="+", help="_skyCorrected files and @lists")
     p.add_argument("-o", "--output", default="disco_stack.fits",
                    help="output file (default disco_stack.fits)")
-    p.add_argument("--refcat", default=None,
-                   help="reference catalogue (table with ra, dec in degrees) for absolute "
-                        "astrometry; default: align to the first frame")
+    p.add_argument("--refcat", default=None, metavar="CAT",
+                   help="reference catalogue (FITS, VOTable or CSV: ra, dec and optionally "
+                        "their errors, proper motions, epoch, magnitude, as a Gaia DR3 "
+                        "extract has them) for absolute astrometry, with every array's "
+                        "departure from the static distortion model solved; default: "
+                        "frames aligned on each other (relative astrometry)")
     p.set_defaults(func=_run("stack"))
 
 

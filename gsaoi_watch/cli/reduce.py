@@ -80,7 +80,13 @@ def run_stack(args: argparse.Namespace) -> int:
         return 1
     for name, reason in result.meta["skipped"]:
         print(f"left out {name}: {reason}", file=sys.stderr)
-    print(f"wrote {path} from {len(result.meta['used'])} frames")
+    astrometry = result.meta.get("astrometry") or {}
+    if astrometry.get("kind") == "absolute":
+        how = (f"absolute astrometry on {astrometry['catalog']}: {astrometry['n_stars']} "
+               f"stars, rms {astrometry['rms']:.4f}\"")
+    else:
+        how = str(astrometry.get("note") or "relative astrometry")
+    print(f"wrote {path} from {len(result.meta['used'])} frames; {how}")
     return 1 if result.meta["skipped"] else 0
 
 

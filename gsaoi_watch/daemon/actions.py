@@ -333,7 +333,8 @@ def submit_stack(engine: Engine, seq: db.Sequence, event: SequenceEvent) -> None
         return
     name = Path(objects[0]).name.replace("_skyCorrected", "_stack")
     spec = {"recipe": "stack", "paths": objects, "output_dir": str(engine.output_dir),
-            "output_name": name, "pictures": engine.config.quicklook.pictures}
+            "output_name": name, "pictures": engine.config.quicklook.pictures,
+            "reference_catalog": engine.config.stack.reference_catalog or None}
     with db.writing():
         job = db.Job.create(sequence=seq, recipe="stack", parameters=json.dumps(spec),
                             state="SUBMITTED")

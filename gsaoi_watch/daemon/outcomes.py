@@ -211,8 +211,15 @@ def _record_qa(measured: list[dict[str, Any]], products: list[tuple[str, str]], 
 
 
 def _stack_finished(engine: Engine, job: db.Job, result: Mapping[str, Any]) -> None:
+    astrometry = result.get("astrometry")
     for path, kind in result["products"]:
-        queries.register_product(path, None, kind=kind, is_calibration=False, job=job)
+        row = queries.register_product(path, None, kind=kind, is_calibration=False, job=job)
+        if astrometry is not None:
+            with db.writing():
+                db.Product.update(qa=json.dumps({"astrometry": astrometry})).where(
+                    db.Product.id == row.id).execute()
+    for line in result.get("warnings", ()):
+        log.warning("%s", log_name(line))
     for name, why in result["skipped"]:
         log.warning("frame=%s left out of the stack: %s", log_name(Path(name).name), why)
     engine.job_state(job, "DONE")

@@ -15,12 +15,13 @@ from astropy.io import fits
 from astropy.table import Table
 
 from gsaoi_watch.data.fitsio import frame_names, load_frame, log_name, write_frame
+from gsaoi_watch.data.refcat import read_reference_catalog
 from gsaoi_watch.errors import FrameError, GsaoiWatchError, ReductionError
 from gsaoi_watch.pipeline.pools import fork_mapper
 from gsaoi_watch.reduction.container import Array, Frame
 from gsaoi_watch.reduction.stack import frame_geometry, stack_frames
 
-__all__ = ['read_reference_catalog', 'run_stack_job', 'stack_files']
+__all__ = ['astrometry_cards', 'read_reference_catalog', 'run_stack_job', 'stack_files']
 
 log = logging.getLogger(__name__)
 
@@ -52,25 +53,6 @@ def _read_light(path):
     frame = Frame(phu=phu, arrays=tuple(arrays), filename=filename, orig_filename=orig)
     catalogs = [cats.get(v) for v in sorted(sci)] if cats else None
     return frame, catalogs
-
-
-def read_reference_catalog(path: str | Path) -> Table:
-    """Read a user reference catalogue: a FITS or ASCII table with ``ra`` and ``dec`` (deg).
-
-    Column names are matched case-insensitively (``RA``/``DEC``, ``RAJ2000``/``DEJ2000``).
-    """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            table = Table.read(path)
-        except Exception:  # not FITS/VOTable: try plain text
-            table = Table.read(path, format="ascii")
-    lower = {c.lower(): c for c in table.colnames}
-    ra = next((lower[c] for c in ("ra", "raj2000", "ra_deg", "col1") if c in lower), None)
-    dec = next((lower[c] for c in ("dec", "dej2000", "dec_deg", "col2") if c in lower), None)
-    if ra is None or dec is None:
-        raise ReductionError(f"{path}: reference catalogue needs ra and dec columns")
-    return Table({"ra": np.asarray(table[ra], float), "dec": np.asarray(table[dec], float)})
 
 
 def stack_files(paths: Sequence[str | Path], output: str | Path, *,
@@ -109,6 +91,8 @@ def stack_files(paths: Sequence[str | Path], output: str | Path, *,
     output = Path(output)
     if output.exists() and not overwrite:
         raise FileExistsError(output)
+    if reference_catalog is not None and not isinstance(reference_catalog, Table):
+        reference_catalog = read_reference_catalog(reference_catalog)
     skipped, geoms, cats, good = [], [], [], []
     for p in paths:
         try:
@@ -124,8 +108,6 @@ def stack_files(paths: Sequence[str | Path], output: str | Path, *,
     if not good:
         raise ReductionError("stack: no usable input files ("
                              + "; ".join(f"{n}: {r}" for n, r in skipped) + ")")
-    if reference_catalog is not None and not isinstance(reference_catalog, Table):
-        reference_catalog = read_reference_catalog(reference_catalog)
     loaders = [lambda p=p: load_frame(p) for p in good]
     try:
         result = stack_frames(loaders, geometries=geoms, catalogs=cats,
@@ -138,7 +120,8 @@ def stack_files(paths: Sequence[str | Path], output: str | Path, *,
                              + "; ".join(f"{n}: {r}" for n, r in skipped) + ")") from exc
     result.meta["skipped"] = skipped + result.meta["skipped"]
     first = load_frame_header(good[[g.name for g in geoms].index(result.meta["used"][0])])
-    phu = _stack_phu(first, result, reference_catalog is not None)
+    phu = _stack_phu(first, result, result.meta["astrometry"]["kind"] == "absolute")
+    astrometry_cards(phu, result.meta["astrometry"])
     arr = result.arrays[0]
     header = arr.header.copy()
     header["EXTVER"] = 1
@@ -186,6 +169,41 @@ def _stack_phu(first, result, absolute):
     return phu
 
 
+def astrometry_cards(phu: fits.Header, astrometry: dict) -> None:
+    """Say in the stack's header how absolute its astrometry is, and how it was solved.
+
+    ASTROMET is 'ABSOLUTE' (solved on a reference catalogue: ASTREFCT its name, ASTNSTAR
+    the reference stars matched, ASTNMTCH the matches over all frames, ASTRMS their rms
+    residual in arcsec, ASTEPOCH the epoch the catalogue was brought to; per array n,
+    ASTDXn/ASTDYn its shift in arcsec and ASTROTn its rotation in degrees, relative to
+    what the four arrays share) or 'RELATIVE' (frames aligned on each other).
+    """
+    kind = astrometry.get("kind", "relative")
+    phu["ASTROMET"] = (kind.upper(), "Astrometry: ABSOLUTE (catalogue) or RELATIVE")
+    phu.add_comment(str(astrometry.get("note", ""))[:72])
+    if kind != "absolute":
+        return
+    phu["ASTREFCT"] = (str(astrometry.get("catalog"))[:68], "Astrometric reference catalogue")
+    phu["ASTNSTAR"] = (int(astrometry.get("n_stars", 0)), "Reference stars matched")
+    phu["ASTNMTCH"] = (int(astrometry.get("n_matches", 0)), "Matches over all frames")
+    rms = astrometry.get("rms")
+    if rms is not None and np.isfinite(rms):
+        phu["ASTRMS"] = (round(float(rms), 5), "[arcsec] rms residual of the matches")
+    if astrometry.get("epoch") is not None:
+        phu["ASTEPOCH"] = (round(float(astrometry["epoch"]), 4),
+                           "Epoch (yr) of the catalogue positions used")
+    for a, info in sorted(astrometry.get("arrays", {}).items(), key=lambda kv: int(kv[0])):
+        rel = info.get("relative")
+        if not rel:
+            continue
+        n = int(a) + 1
+        dx, dy = rel["shift_arcsec"]
+        phu[f"ASTDX{n}"] = (round(dx, 5), f"[arcsec] array {n} shift in u (relative)")
+        phu[f"ASTDY{n}"] = (round(dy, 5), f"[arcsec] array {n} shift in v (relative)")
+        phu[f"ASTROT{n}"] = (round(rel["rotation_deg"], 5),
+                             f"[deg] array {n} rotation (relative)")
+
+
 def run_stack_job(spec: dict) -> dict:
     """Run one stack in a worker process.
 
@@ -194,23 +212,56 @@ def run_stack_job(spec: dict) -> dict:
     spec : dict
         ``paths`` (_skyCorrected products), ``output_dir``, ``output_name`` (default
         ``disco_stack.fits``); optional ``reference_catalog`` (path) and ``params``
-        (keyword arguments of ``stack_frames``).
+        (keyword arguments of ``stack_frames``).  A catalogue that cannot be read is a
+        warning, and the stack is made on relative astrometry.
 
     Returns
     -------
     dict
-        ``products`` [(path, 'stack')], ``skipped`` [(file, reason)], ``seconds``, ``note``.
+        ``products`` [(path, 'stack')], ``skipped`` [(file, reason)], ``seconds``,
+        ``note``, ``astrometry`` (JSON-ready ``meta['astrometry']``) and ``warnings``
+        (one line each).
     """
     t0 = time.perf_counter()
     out = Path(spec["output_dir"])
     out.mkdir(parents=True, exist_ok=True)
+    warnings_out = []
+    refcat: Table | None = None
+    if spec.get("reference_catalog"):
+        try:
+            refcat = read_reference_catalog(spec["reference_catalog"])
+        except GsaoiWatchError as exc:  # the stack is still made, on relative astrometry
+            warnings_out.append(f"stack: reference catalogue unusable, astrometry relative: "
+                                f"{exc}")
     path, result = stack_files(spec["paths"], out / (spec.get("output_name") or DEFAULT_OUTPUT),
-                               reference_catalog=spec.get("reference_catalog"),
-                               **(spec.get("params") or {}))
+                               reference_catalog=refcat, **(spec.get("params") or {}))
+    astrometry = result.meta["astrometry"]
+    if refcat is not None and astrometry.get("kind") != "absolute":
+        warnings_out.append(f"stack: {path.name}: {astrometry.get('note')}")
     grid = result.meta["grid"]
     return {"products": [(str(path), "stack")],
             "skipped": [tuple(s) for s in result.meta["skipped"]],
             "seconds": round(time.perf_counter() - t0, 1),
+            "astrometry": _plain(astrometry), "warnings": warnings_out,
             "note": f"{path.name}: {len(result.meta['used'])} frames, "
-                    f"{grid.shape[1]}x{grid.shape[0]} at {grid.scale:.3f}\"/pix"}
+                    f"{grid.shape[1]}x{grid.shape[0]} at {grid.scale:.3f}\"/pix, "
+                    + _astrometry_note(result.meta["astrometry"])}
+
+
+def _astrometry_note(astrometry: dict) -> str:
+    if astrometry.get("kind") != "absolute":
+        return "relative astrometry"
+    return (f"absolute astrometry on {astrometry['catalog']}: {astrometry['n_stars']} stars, "
+            f"rms {1000 * astrometry['rms']:.1f} mas")
+
+
+def _plain(value: Any) -> Any:
+    """JSON-ready copy (dict keys as text, numpy scalars as Python numbers)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
 

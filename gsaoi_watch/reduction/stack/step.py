@@ -15,12 +15,13 @@ from gsaoi_watch.instrument.tables import FULL_SIZE
 from gsaoi_watch.reduction.container import Array, Frame
 from gsaoi_watch.reduction.detect import detect_array
 from gsaoi_watch.reduction.source import Mapper
-from gsaoi_watch.reduction.stack.align import align_frames, frame_catalog
+from gsaoi_watch.reduction.stack.align import align_catalogs, align_frames, frame_catalog
+from gsaoi_watch.reduction.stack.astrometry import reference_on_plane, solve_astrometry
 from gsaoi_watch.reduction.stack.geometry import (
     FrameGeometry,
+    apply_affine,
     frame_geometry,
     mosaic_pixel_area,
-    sky_to_plane,
 )
 from gsaoi_watch.reduction.stack.grid import PIXEL_SCALE, OutputGrid, output_grid
 from gsaoi_watch.reduction.stack.resample import combine_strip, prepare_frame
@@ -71,15 +72,94 @@ def _catalogues(loaders: Sequence[Callable[[], Frame]], geometries: Sequence | N
     return cat_list, (float(center[0]), float(center[1]))
 
 
-def _reference(reference_catalog: Any, center: Sequence[float]) -> tuple[Table | None,
-                                                                         str | None]:
-    """The reference catalogue on the stack plane, and its name (None, None without one)."""
+def _solve(cat_list: list, reference_catalog: Any, center: tuple[float, float], *,
+           min_matches: int, search_radius: float, match_radius: float, bin_size: float
+           ) -> tuple[list, list, dict, list, str | None, dict]:
+    """Align the frames: on the reference catalogue if there is one, else on each other.
+
+    Returns ``used``, ``transforms``, ``align`` (per frame), ``skipped``, the reference's
+    name and ``astrometry`` (the kind of astrometry and, when absolute, the solution).
+    """
+    relative = {"kind": "relative", "catalog": None,
+                "note": "relative: frames aligned on each other; the absolute frame is only "
+                        "the telescope pointing's"}
     if reference_catalog is None:
-        return None, None
-    ref_ra = np.asarray(reference_catalog["ra"], float)
-    ref_dec = np.asarray(reference_catalog["dec"], float)
-    east, north = sky_to_plane(ref_ra, ref_dec, *center)
-    return Table([east, north], names=("east", "north")), "the reference catalogue"
+        return (*align_frames(cat_list, None, None, min_matches=min_matches,
+                              search_radius=search_radius, match_radius=match_radius,
+                              bin_size=bin_size), relative)
+    name = str(getattr(reference_catalog, "meta", {}).get("name") or "reference catalogue")
+    epochs = [g.epoch for _, g, _ in cat_list if g.epoch is not None]
+    epoch = float(np.mean(epochs)) if epochs else None
+    ref = reference_on_plane(reference_catalog, center, epoch)
+    sol = solve_astrometry(cat_list, ref, center, min_matches=min_matches,
+                           search_radius=search_radius)
+    if not sol.used:
+        why = "; ".join(f"{n}: {r}" for n, r in sol.skipped) or "no sources"
+        log.warning("stack: reference catalogue %s matched no frame (%s); aligning the frames "
+                    "on each other", name, why)
+        relative["note"] = f"relative: the reference catalogue {name} matched no frame"
+        return (*align_frames(cat_list, None, None, min_matches=min_matches,
+                              search_radius=search_radius, match_radius=match_radius,
+                              bin_size=bin_size), relative)
+    used, transforms = list(sol.used), list(sol.transforms)
+    align = {g.name: {**sol.info["frames"][g.name], "reference": name} for _, g in used}
+    skipped = []
+    solved = {k for k, _ in used}
+    corrections = sol.corrections
+    # frames the catalogue could not solve: aligned on the first solved frame's sources
+    k0, g0 = used[0]
+    cat0 = next(c for k, _, c in cat_list if k == k0)
+    first = frame_catalog_on(cat0, g0, transforms[0], center)
+    for k, geom, cat in cat_list:
+        if k in solved:
+            continue
+        geom = geom.with_corrections(corrections)
+        moved = frame_catalog_on(cat, geom, None, center)
+        m, info = align_catalogs(moved, first, search_radius=search_radius,
+                                 match_radius=match_radius, bin_size=bin_size,
+                                 min_matches=min_matches)
+        why = dict(sol.skipped).get(geom.name, "not matched to the catalogue")
+        if m is None:
+            skipped.append((geom.name, f"{why}, nor to {g0.name} "
+                                       f"({info['n_match']}, need {min_matches})"))
+            log.warning("stack: %s left out: %s", *skipped[-1])
+            continue
+        log.info("stack: %s aligned to %s (%s) with %d sources, rms %.3f\"", geom.name,
+                 g0.name, why, info["n_match"], info["rms"])
+        used.append((k, geom))
+        transforms.append(m)
+        align[geom.name] = {**info, "reference": g0.name}
+    order = {k: n for n, (k, _, _) in enumerate(cat_list)}
+    ranked = sorted(zip(used, transforms), key=lambda p: order[p[0][0]])
+    used, transforms = [u for u, _ in ranked], [m for _, m in ranked]
+    info = sol.info
+    log.info("stack: absolute astrometry on %s: %d stars, %d matches, rms %.4f\" "
+             "(epoch %s)", name, info["n_stars"], info["n_matches"], info["rms"],
+             "unknown" if epoch is None else f"{epoch:.3f}")
+    astrometry = {"kind": "absolute", "catalog": name, "epoch": epoch,
+                  "n_stars": info["n_stars"], "n_matches": info["n_matches"],
+                  "rms": info["rms"], "arrays": info["arrays"],
+                  "frames_solved": len(sol.used),
+                  "note": f"absolute: solved on {name}"}
+    return used, transforms, align, skipped, name, astrometry
+
+
+def frame_catalog_on(cat: Table, geom: FrameGeometry, transform: np.ndarray | None,
+                     center: Sequence[float]) -> Table:
+    """A frame's sources on the stack plane through ``geom`` (and ``transform``)."""
+    out = cat.copy(copy_data=True)
+    east, north = np.zeros(len(cat)), np.zeros(len(cat))
+    arr = np.asarray(cat["array"], int)
+    for a in range(4):
+        sel = arr == a
+        if sel.any():
+            east[sel], north[sel] = geom.to_plane(a, np.asarray(cat["x"], float)[sel],
+                                                  np.asarray(cat["y"], float)[sel], center)
+    if transform is not None and len(cat):
+        p = apply_affine(transform, np.column_stack([east, north]))
+        east, north = p[:, 0], p[:, 1]
+    out["east"], out["north"] = east, north
+    return out
 
 
 def _resample_and_combine(jobs: Sequence[tuple[Callable[[], Frame], FrameGeometry, np.ndarray]],
@@ -126,12 +206,16 @@ def stack_frames(frames: Iterable[FrameOrLoader], *, reference_catalog: Any = No
         catalogues in ``meta['catalogs']`` (detected here if absent).  An item may also be
         a zero-argument callable returning the Frame (a loader), so that a caller can load
         frames one at a time and keep memory bounded.
-    reference_catalog : Table or tuple of arrays, optional
-        RA/Dec (degrees) of reference sources (columns ``ra``, ``dec``).  Given, every
-        frame is aligned to it (absolute astrometry); else frames are aligned to the first
-        frame that has enough sources, and the stack is put on the mean geometry of the
-        aligned frames (so that no single frame's pointing, rotation or scale error is
-        inherited whole).
+    reference_catalog : Table, optional
+        Reference sources (columns ``ra``, ``dec`` and optionally errors, proper motions
+        and their epoch, as :func:`gsaoi_watch.data.refcat.read_reference_catalog` gives
+        them; its name in ``meta['name']``).  Given, the frames and every array's
+        departure from the static distortion model are solved on it
+        (:func:`~gsaoi_watch.reduction.stack.astrometry.solve_astrometry`: absolute
+        astrometry; frames it cannot solve are aligned on the first solved one); else
+        frames are aligned to the first frame that has enough sources, and the stack is
+        put on the mean geometry of the aligned frames (so that no single frame's
+        pointing, rotation or scale error is inherited whole): relative astrometry.
     pixel_scale : float, optional
         Output pixel scale in arcsec (default 0.02" scaled by 2048 / array size).
     center : (ra, dec), optional
@@ -167,8 +251,11 @@ def stack_frames(frames: Iterable[FrameOrLoader], *, reference_catalog: Any = No
         One array: ``sci`` (electrons in the reference exposure time, i.e. the first used
         frame's), ``var``, ``dq`` (no_data where no input falls); the header holds the TAN
         WCS.  ``meta`` holds ``used``, ``skipped`` [(file, reason)], ``transforms``,
-        ``align`` (per-frame match count and rms), ``grid`` (OutputGrid) and ``ncombine``
-        (per-pixel number of combined inputs, uint8).
+        ``align`` (per-frame match count and rms), ``grid`` (OutputGrid), ``ncombine``
+        (per-pixel number of combined inputs, uint8) and ``astrometry`` (``kind``
+        'absolute' or 'relative', ``note``; when absolute ``catalog``, ``epoch``,
+        ``n_stars``, ``n_matches``, ``rms`` (arcsec) and ``arrays``, the per-array
+        corrections).
 
     Raises
     ------
@@ -182,10 +269,10 @@ def stack_frames(frames: Iterable[FrameOrLoader], *, reference_catalog: Any = No
     cat_list, center = _catalogues(loaders, geometries, catalogs, center, detect, skipped)
     size = cat_list[0][1].size
     scale = pixel_scale or PIXEL_SCALE * FULL_SIZE / size
-    ref, ref_name = _reference(reference_catalog, center)
-    used, transforms, align, left_out, ref_name = align_frames(
-        cat_list, ref, ref_name, min_matches=min_matches, search_radius=search_radius,
-        match_radius=match_radius or max(5 * scale, 0.1), bin_size=2.0 * scale)
+    used, transforms, align, left_out, ref_name, astrometry = _solve(
+        cat_list, reference_catalog, center, min_matches=min_matches,
+        search_radius=search_radius, match_radius=match_radius or max(5 * scale, 0.1),
+        bin_size=2.0 * scale)
     skipped += left_out
     if not used:
         raise ReductionError(f"stack: no frame could be aligned ({_skip_text(skipped)})")
@@ -201,6 +288,7 @@ def stack_frames(frames: Iterable[FrameOrLoader], *, reference_catalog: Any = No
     meta = {"used": [g.name for _, g in used], "skipped": skipped, "grid": grid,
             "align": align,
             "transforms": {g.name: m.tolist() for (_, g), m in zip(used, transforms)},
-            "ncombine": ncomb, "reference": ref_name, "flux_mode": flux_mode}
+            "ncombine": ncomb, "reference": ref_name, "flux_mode": flux_mode,
+            "astrometry": astrometry}
     return Frame(phu=new_header(), arrays=(Array(out_sci, out_var, out_dq, header),),
                  filename="disco_stack.fits", orig_filename="disco_stack.fits", meta=meta)

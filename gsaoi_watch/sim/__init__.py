@@ -40,13 +40,15 @@ from gsaoi_watch.sim.refcat import (
     GAIA_REF_EPOCH,
     night_epoch,
     reference_catalogue,
+    true_star_positions,
     write_reference_catalogue,
 )
 from gsaoi_watch.sim.render import make_catalogue, render_frame
 
 __all__ = ["BPM_NAME", "KINDS", "Conditions", "Delivered", "FramePlan", "GeometryPerturbation",
-           "Night", "plan_night", "simulate_night", "truth_persistence", "truth_plane",
-           "write_frame"]
+           "Night", "night_epoch", "plan_night", "reference_catalogue", "simulate_night",
+           "true_star_positions", "truth_persistence", "truth_plane", "write_frame",
+           "write_reference_catalogue"]
 
 log = logging.getLogger(__name__)
 

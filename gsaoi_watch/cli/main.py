@@ -81,6 +81,24 @@ def _add_simulate(sub):
         for seq in ("standard", "science"):
             g.add_argument(f"--{seq}-{name}", default=None, metavar="X[:X...]",
                            help=f"--{name} for the {seq} sequence only")
+    g = p.add_argument_group(
+        "astrometry",
+        "Departures of the arrays from DRAGONS' static distortion model (the headers' WCS "
+        "does not know them) and a Gaia-DR3-like reference catalogue of the science field.")
+    g.add_argument("--perturb-geometry", nargs="?", type=int, const=True, default=None,
+                   metavar="SEED",
+                   help="shift and rotate each array at random about its centre (seed "
+                        "default: the night's); the truth.json entry 'geometry' records it")
+    g.add_argument("--geometry-shift", type=float, default=None, metavar="PX",
+                   help="largest shift per array, full-size pixels (default 10)")
+    g.add_argument("--geometry-rotation", type=float, default=None, metavar="DEG",
+                   help="largest rotation per array, degrees (default 0.3)")
+    g.add_argument("--geometry-scale", type=float, default=None, metavar="X",
+                   help="largest relative scale change per array (default 0)")
+    g.add_argument("--refcat", default=None, metavar="PATH",
+                   help="write the science field's reference catalogue (Gaia DR3 columns, "
+                        "epoch 2016.0) to PATH, relative to OUTDIR unless absolute; "
+                        ".fits, .csv, .vot or .xml")
     p.set_defaults(func=_run("simulate"))
 
 

@@ -3,7 +3,9 @@
 ``simulate_night(outdir)`` writes the DRAGONS tutorial night (15 lamp-on and 15 lamp-off
 Kshort dome flats, 4 ROI standard-star frames, 16 NGC 5128 science frames of which 7 are
 offset skies), a static bad-pixel mask, ``truth.json``, ``truth/flat.npz`` and
-``truth/persistence.npz``.
+``truth/persistence.npz``; optionally with the arrays displaced from the static distortion
+model (:class:`GeometryPerturbation`) and a Gaia-like reference catalogue of the science
+field (:mod:`gsaoi_watch.sim.refcat`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from astropy.io import fits
 from gsaoi_watch.instrument.tables import ARRAYS
 from gsaoi_watch.sim.conditions import Conditions, Delivered
 from gsaoi_watch.sim.detector import T_READ, make_detector
+from gsaoi_watch.sim.geometry import GeometryPerturbation
 from gsaoi_watch.sim.headers import roi_origin
 from gsaoi_watch.sim.persistence import (
     LATENCY_WINDOW,
@@ -32,10 +35,20 @@ from gsaoi_watch.sim.persistence import (
     persistence_charge,
 )
 from gsaoi_watch.sim.plan import FramePlan, Night, plan_night
+from gsaoi_watch.sim.refcat import (
+    FORMATS,
+    GAIA_REF_EPOCH,
+    night_epoch,
+    reference_catalogue,
+    true_star_positions,
+    write_reference_catalogue,
+)
 from gsaoi_watch.sim.render import make_catalogue, render_frame
 
-__all__ = ["BPM_NAME", "KINDS", "Conditions", "Delivered", "FramePlan", "Night", "plan_night",
-           "simulate_night", "truth_persistence", "truth_plane", "write_frame"]
+__all__ = ["BPM_NAME", "KINDS", "Conditions", "Delivered", "FramePlan", "GeometryPerturbation",
+           "Night", "night_epoch", "plan_night", "reference_catalogue", "simulate_night",
+           "true_star_positions", "truth_persistence", "truth_plane", "write_frame",
+           "write_reference_catalogue"]
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +66,9 @@ def _atomic_write(hdul, path):
     os.replace(tmp, path)
 
 
-def _render(plan, outdir, night_seed, size, params):
+def _render(plan, outdir, night_seed, size, params, geometry=None):
     t0 = time.perf_counter()
-    hdul, truth, latent = render_frame(plan, night_seed, size, params)
+    hdul, truth, latent = render_frame(plan, night_seed, size, params, geometry=geometry)
     _atomic_write(hdul, Path(outdir) / plan.filename)
     entry = plan.to_dict()
     entry.update(truth)
@@ -63,12 +76,13 @@ def _render(plan, outdir, night_seed, size, params):
     return entry, latent
 
 
-def write_frame(plan, outdir, night_seed, size, params):
+def write_frame(plan, outdir, night_seed, size, params, *, geometry=None):
     """Render one frame, write it atomically into ``outdir`` and return its truth entry.
 
-    The frame carries no persistence from earlier frames (simulate_night adds it).
+    The frame carries no persistence from earlier frames (simulate_night adds it);
+    ``geometry`` is the arrays' departure from the static model (default none).
     """
-    return _render(plan, outdir, night_seed, size, params)[0]
+    return _render(plan, outdir, night_seed, size, params, geometry)[0]
 
 
 def _stem(filename):
@@ -259,7 +273,7 @@ def truth_plane(outdir, name, ext):
         return planes[f"{name.lower()}{ext}"]
 
 
-def _truth(night, det, frames, size):
+def _truth(night, det, frames, size, geometry):
     cat = make_catalogue(night.seed, size)
     x0, y0 = roi_origin(size)
     return {
@@ -322,6 +336,19 @@ def _truth(night, det, frames, size):
             "persist_rate_e_s": PERSIST_RATE,
             "persist_tau_s": PERSIST_TAU,
             "latency_window_s": LATENCY_WINDOW,
+            "geometry": "entry 'geometry' (gsaoi_watch.sim.GeometryPerturbation.from_dict): "
+                        "per array (index 0-3) dx, dy (full-size pixels), rotation (deg), "
+                        "scale; real pixel p sees the static-model pixel p' = c + (1 + "
+                        "scale) R(rotation) (p - c) + (dx, dy), c the array centre, R "
+                        "counter-clockwise (+x to +y), in full-size pixel coordinates; the "
+                        "frames' star x, y are real pixels, the headers' WCS is the static "
+                        "model's; all zero: no departure",
+            "refcat": "entry 'refcat' (only with a reference catalogue): its path (as "
+                      "given, relative to the night's directory unless absolute), field (0 "
+                      "science), ref_epoch (2016.0), night_epoch (decimal year of the first "
+                      "science frame's start: the catalogue's ra, dec above are positions "
+                      "then), n_sources and n_without_pm; the truth behind it: "
+                      "gsaoi_watch.sim.refcat.true_star_positions",
         },
         "bad_pixels": {
             "bpm_file": BPM_NAME,
@@ -332,11 +359,12 @@ def _truth(night, det, frames, size):
         "catalogue": {k: np.round(v, 8).tolist() if v.dtype.kind == "f" else v.tolist()
                       for k, v in cat.items()},
         "frames": sorted(frames, key=lambda f: f["ut_start"]),
+        "geometry": (geometry or GeometryPerturbation()).to_dict(),
     }
 
 
 def simulate_night(outdir, *, seed=20170505, size=2048, workers=None, only=None,
-                   conditions=None):
+                   conditions=None, geometry=None, refcat=None):
     """Write a simulated GSAOI night into ``outdir``.
 
     Parameters
@@ -355,6 +383,14 @@ def simulate_night(outdir, *, seed=20170505, size=2048, workers=None, only=None,
     conditions : Conditions, optional
         Requested bands and delivered degradations (default: the tutorial programme's
         request, met: the same files as a night without the option).
+    geometry : GeometryPerturbation, optional
+        The arrays' departure from the static distortion model (stars and galaxy land
+        where the displaced arrays see them; the headers' WCS stays the static model's).
+        Default: none, the same files as a night without the option.
+    refcat : str or os.PathLike, optional
+        Also write the Gaia-like reference catalogue of the science field
+        (:func:`gsaoi_watch.sim.refcat.reference_catalogue`) to this file, relative to
+        ``outdir`` unless absolute; the suffix picks the format (.fits, .csv, .vot, .xml).
 
     Returns
     -------
@@ -363,7 +399,13 @@ def simulate_night(outdir, *, seed=20170505, size=2048, workers=None, only=None,
     """
     if size < 64 or size > 2048 or size % 16:
         raise ValueError(f"size must be a multiple of 16 between 64 and 2048, not {size}")
+    if geometry is not None and not isinstance(geometry, GeometryPerturbation):
+        raise ValueError(f"geometry must be a GeometryPerturbation, not {type(geometry).__name__}")
     outdir = Path(outdir)
+    refcat_path = None if refcat is None else outdir / refcat
+    if refcat_path is not None and refcat_path.suffix.lower() not in FORMATS:
+        raise ValueError(f"{refcat_path}: unknown catalogue format {refcat_path.suffix!r} "
+                         f"(use {', '.join(FORMATS)})")
     outdir.mkdir(parents=True, exist_ok=True)
     night = plan_night(seed, size, conditions=conditions)
     wanted = set(only) if only else set(KINDS)
@@ -377,11 +419,11 @@ def simulate_night(outdir, *, seed=20170505, size=2048, workers=None, only=None,
     workers = workers or os.cpu_count() or 1
     if workers > 1 and len(plans) > 1:
         with ProcessPoolExecutor(max_workers=min(workers, len(plans))) as pool:
-            futures = [pool.submit(_render, p, outdir, seed, size, night.params)
+            futures = [pool.submit(_render, p, outdir, seed, size, night.params, geometry)
                        for p in plans]
             rendered = [f.result() for f in futures]
     else:
-        rendered = [_render(p, outdir, seed, size, night.params) for p in plans]
+        rendered = [_render(p, outdir, seed, size, night.params, geometry) for p in plans]
     frames = [r[0] for r in rendered]
     t1 = time.perf_counter()
     planes = _plant_persistence(frames, [r[1] for r in rendered], outdir, size)
@@ -390,7 +432,14 @@ def simulate_night(outdir, *, seed=20170505, size=2048, workers=None, only=None,
         _write_bpm(det, outdir, size)
     _write_flat_truth(det, outdir)
     _write_persistence_truth(planes, outdir)
-    truth = _truth(night, det, frames, size)
+    truth = _truth(night, det, frames, size, geometry)
+    if refcat_path is not None:
+        table = reference_catalogue(seed, size, field=0)
+        refcat_path.parent.mkdir(parents=True, exist_ok=True)
+        write_reference_catalogue(refcat_path, table)
+        truth["refcat"] = {"path": str(refcat), "field": 0, "ref_epoch": GAIA_REF_EPOCH,
+                           "night_epoch": night_epoch(seed, size), "n_sources": len(table),
+                           "n_without_pm": int(np.isnan(table["pmra"]).sum())}
     truth["elapsed_seconds"] = round(time.perf_counter() - t0, 2)
     truth["persistence_seconds"] = round(persistence_seconds, 2)
     tmp = outdir / ".truth.json.tmp"

@@ -98,13 +98,14 @@ def _pointing(plan):
     return ra, plan.target_dec + decoff / 3600.0, raoff, decoff
 
 
-def _galaxy(plan, spec, params, *, size, x0, y0, n, fp0):
+def _galaxy(plan, spec, params, *, size, x0, y0, n, fp0, geometry):
     step = max(n // 32, 4)
     gx = np.arange(0, n + step, step, dtype=float) + 1 + x0
     gy = np.arange(0, n + step, step, dtype=float) + 1 + y0
     mx, my = np.meshgrid(gx, gy)
     east, north = scene.pixel_to_tangent(spec.index, mx, my, size=size, pa=plan.pa,
-                                         rot=plan.rotation_deg, scale=plan.plate_scale, fp0=fp0)
+                                         rot=plan.rotation_deg, scale=plan.plate_scale, fp0=fp0,
+                                         geometry=geometry)
     _, _, raoff, decoff = _pointing(plan)
     sb = scene.galaxy_surface_brightness(east + raoff, north + decoff, params["galaxy"])
     if sb.max() < 1e-3:
@@ -132,7 +133,7 @@ def _cosmic_rays(rng, image, exptime, params, array_index, size):
     return hits
 
 
-def render_frame(plan, night_seed: int, size: int, params: dict):
+def render_frame(plan, night_seed: int, size: int, params: dict, *, geometry=None):
     """Render one raw frame.
 
     Parameters
@@ -143,6 +144,9 @@ def render_frame(plan, night_seed: int, size: int, params: dict):
         Night seed and array size (select the planted detector and catalogue).
     params : dict
         Night parameters (``Night.params``).
+    geometry : gsaoi_watch.sim.geometry.GeometryPerturbation, optional
+        The arrays' departure from the static distortion model, applied to the stars and
+        the galaxy (not to the headers' WCS).  Default: none.
 
     Returns
     -------
@@ -187,7 +191,8 @@ def render_frame(plan, night_seed: int, size: int, params: dict):
             rate = plan.sky_rate * flat
             # the galaxy is NGC 5128, around the science target only (the standard field,
             # 10 degrees away, has none; its offsets alone would put the halo in it)
-            gal = _galaxy(plan, spec, params, size=size, x0=x0, y0=y0, n=n, fp0=fp0) \
+            gal = _galaxy(plan, spec, params, size=size, x0=x0, y0=y0, n=n, fp0=fp0,
+                          geometry=geometry) \
                 if plan.kind == "science" else None
             if gal is not None:
                 if transmission != 1.0:
@@ -201,7 +206,8 @@ def render_frame(plan, night_seed: int, size: int, params: dict):
             stars = np.zeros((n, n), dtype=np.float32)
             k, xs, ys = scene.star_pixels(
                 spec.index, cat["ra"], cat["dec"], ra0=ra_p, dec0=dec_p, size=size,
-                pa=plan.pa, rot=plan.rotation_deg, scale=plan.plate_scale, fp0=fp0, margin=40)
+                pa=plan.pa, rot=plan.rotation_deg, scale=plan.plate_scale, fp0=fp0, margin=40,
+                geometry=geometry)
             flux = star_flux(cat["mag"][k], spec.index, plan.airmass,
                              params["extinction_mag_per_airmass"])
             if transmission != 1.0:

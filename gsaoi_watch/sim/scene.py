@@ -58,20 +58,30 @@ def _rotation(pa_deg):
     return np.array([[math.cos(t), -math.sin(t)], [math.sin(t), math.cos(t)]])
 
 
-def pixel_to_tangent(index, x, y, *, size, pa, rot, scale, fp0):
-    """Map 1-based array pixels to (east, north) arcsec about the pointing centre."""
+def pixel_to_tangent(index, x, y, *, size, pa, rot, scale, fp0, geometry=None):
+    """Map 1-based array pixels to (east, north) arcsec about the pointing centre.
+
+    ``geometry`` (a :class:`~gsaoi_watch.sim.geometry.GeometryPerturbation`) displaces the
+    real arrays from the static model: the pixels are first mapped to the static-model
+    pixels they see.
+    """
+    if geometry is not None and not geometry.is_identity:
+        x, y = geometry.to_static(index, x, y, size=size)
     u, v = distortion.forward(index, x, y, size=size)
     du, dv = (u - fp0[0]) * scale, (v - fp0[1]) * scale
     r = _rotation(pa + rot)
     return r[0, 0] * du + r[0, 1] * dv, r[1, 0] * du + r[1, 1] * dv
 
 
-def tangent_to_pixel(index, east, north, *, size, pa, rot, scale, fp0):
+def tangent_to_pixel(index, east, north, *, size, pa, rot, scale, fp0, geometry=None):
     """Inverse of :func:`pixel_to_tangent`."""
     r = _rotation(pa + rot).T
     du = (r[0, 0] * east + r[0, 1] * north) / scale
     dv = (r[1, 0] * east + r[1, 1] * north) / scale
-    return distortion.inverse(index, du + fp0[0], dv + fp0[1], size=size)
+    x, y = distortion.inverse(index, du + fp0[0], dv + fp0[1], size=size)
+    if geometry is not None and not geometry.is_identity:
+        x, y = geometry.from_static(index, x, y, size=size)
+    return x, y
 
 
 def make_star_field(rng, *, ra0, dec0, half_width, n_stars, mag_range, slope=0.22):
@@ -99,8 +109,12 @@ def _stamp_radius(flux, alpha, cap):
     return int(min(max(r, 4 * alpha, 8), cap))
 
 
-def star_pixels(index, ra, dec, *, ra0, dec0, size, pa, rot, scale, fp0, margin):
-    """Return (k, x, y) of stars whose 1-based pixel position lies within ``margin`` of array."""
+def star_pixels(index, ra, dec, *, ra0, dec0, size, pa, rot, scale, fp0, margin,
+                geometry=None):
+    """Return (k, x, y) of stars whose 1-based pixel position lies within ``margin`` of array.
+
+    ``geometry``: the arrays' departure from the static model (see :func:`pixel_to_tangent`).
+    """
     east, north = sky_to_tangent(ra, dec, ra0, dec0)
     # Only stars near the field: the cubic model must not be inverted far outside its domain.
     near = np.nonzero((np.abs(east) < 70.0) & (np.abs(north) < 70.0))[0]
@@ -108,7 +122,8 @@ def star_pixels(index, ra, dec, *, ra0, dec0, size, pa, rot, scale, fp0, margin)
     y = np.full(len(east), np.nan)
     if near.size:
         x[near], y[near] = tangent_to_pixel(index, east[near], north[near], size=size,
-                                            pa=pa, rot=rot, scale=scale, fp0=fp0)
+                                            pa=pa, rot=rot, scale=scale, fp0=fp0,
+                                            geometry=geometry)
     keep = (x > 0.5 - margin) & (x < size + 0.5 + margin) & (y > 0.5 - margin) \
         & (y < size + 0.5 + margin)
     k = np.nonzero(keep)[0]

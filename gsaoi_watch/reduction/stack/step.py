@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -90,6 +91,7 @@ def _solve(cat_list: list, reference_catalog: Any, center: tuple[float, float], 
     name = str(getattr(reference_catalog, "meta", {}).get("name") or "reference catalogue")
     epochs = [g.epoch for _, g, _ in cat_list if g.epoch is not None]
     epoch = float(np.mean(epochs)) if epochs else None
+    t0 = time.perf_counter()
     ref = reference_on_plane(reference_catalog, center, epoch)
     sol = solve_astrometry(cat_list, ref, center, min_matches=min_matches,
                            search_radius=search_radius)
@@ -140,6 +142,7 @@ def _solve(cat_list: list, reference_catalog: Any, center: tuple[float, float], 
                   "n_stars": info["n_stars"], "n_matches": info["n_matches"],
                   "rms": info["rms"], "arrays": info["arrays"],
                   "frames_solved": len(sol.used),
+                  "seconds": round(time.perf_counter() - t0, 2),
                   "note": f"absolute: solved on {name}"}
     return used, transforms, align, skipped, name, astrometry
 

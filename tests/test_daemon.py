@@ -1,5 +1,6 @@
 """End-to-end: the daemon as a real process, real files, real threads, a real database."""
 
+import json
 import os
 import random
 import re
@@ -17,7 +18,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from gsaoi_watch.sim import simulate_night
+from gsaoi_watch.sim import reference_catalogue, simulate_night, write_reference_catalogue
 
 pytestmark = pytest.mark.slow
 
@@ -50,6 +51,15 @@ def stage(tmp_path_factory):
     out = tmp_path_factory.mktemp("stage")
     simulate_night(out, seed=12, size=64, workers=2)
     return out
+
+
+@pytest.fixture(scope="module")
+def refcat(tmp_path_factory):
+    """A Gaia-like catalogue of the stage's science field, beyond Gaia's depth (G < 30):
+    64-pixel arrays detect few stars, and those are not all brighter than G = 21."""
+    path = tmp_path_factory.mktemp("refcat") / "field_gaia.csv"
+    write_reference_catalogue(path, reference_catalogue(12, 64, g_limit=30.0))
+    return path
 
 
 class Daemon:
@@ -171,7 +181,9 @@ EXPECTED = (["S20170505S0030_flat.fits"]
             + ["S20170505S0095_stack.fits"])
 
 
-def test_a_shuffled_night_with_bad_files(stage, daemon):
+def test_a_shuffled_night_with_bad_files(stage, refcat, daemon):
+    with open(daemon.cfg, "a") as fh:
+        fh.write(f'[stack]\nreference_catalog = "{refcat}"\n')
     daemon.start()
     files = sorted(stage.glob("*.fits"))
     random.Random(3).shuffle(files)
@@ -219,6 +231,14 @@ def test_a_shuffled_night_with_bad_files(stage, daemon):
     assert "SKYLEVEL" in fits.getheader(daemon.out / "S20170505S0097_skyCorrected.fits")
     assert daemon.query("select kind from product where filename='S20170505S0095_stack.fits'"
                         ) == [("stack",)]
+    # the stack on the reference catalogue: header, database, log
+    phu = fits.getheader(daemon.out / "S20170505S0095_stack.fits", 0)
+    assert phu["ASTROMET"] == "ABSOLUTE" and phu["ASTREFCT"] == "field_gaia.csv"
+    (stack_qa,) = daemon.query("select qa from product where filename='S20170505S0095_stack.fits'")
+    astrometry = json.loads(stack_qa[0])["astrometry"]
+    assert astrometry["kind"] == "absolute" and astrometry["n_stars"] == phu["ASTNSTAR"] >= 10
+    assert astrometry["rms"] == pytest.approx(phu["ASTRMS"], abs=1e-5)
+    assert "absolute astrometry on field_gaia.csv" in daemon.log.read_text()
     for name in ("S20170505S0030_flat.png", "S20170505S0095_skyCorrected.png",
                  "S20170505S0095_stack.png"):
         assert (daemon.out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name

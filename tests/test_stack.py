@@ -511,3 +511,24 @@ def test_cli_stack(reduced, tmp_path, monkeypatch):
     assert (tmp_path / "my_Kshort_stack.fits").is_file()
     assert main(["stack", paths[2], paths[3]]) == 0
     assert (tmp_path / "disco_stack.fits").is_file()
+
+
+def test_stack_job_with_an_unusable_catalogue_is_relative(reduced, tmp_path):
+    """The daemon's stack job: a catalogue that cannot be read, or that matches no frame,
+    is one warning line, and the stack is made on relative astrometry."""
+    _, truth, paths = reduced
+    res = run_stack_job({"paths": paths[:2], "output_dir": str(tmp_path),
+                         "output_name": "gone.fits",
+                         "reference_catalog": str(tmp_path / "no_such_gaia.fits")})
+    assert res["astrometry"]["kind"] == "relative" and "relative astrometry" in res["note"]
+    assert len(res["warnings"]) == 1 and "no_such_gaia.fits" in res["warnings"][0]
+    assert fits.getheader(tmp_path / "gone.fits", 0)["ASTROMET"] == "RELATIVE"
+    cat = truth["catalogue"]
+    elsewhere = Table({"ra": np.array(cat["ra"]) + 0.5, "dec": np.array(cat["dec"])})
+    elsewhere.write(tmp_path / "other_field.fits")
+    res = run_stack_job({"paths": paths[:2], "output_dir": str(tmp_path),
+                         "output_name": "other.fits",
+                         "reference_catalog": str(tmp_path / "other_field.fits")})
+    assert res["astrometry"]["kind"] == "relative"
+    assert "other_field.fits matched no frame" in res["warnings"][0]
+    assert res["products"] and not res["skipped"]

@@ -41,6 +41,7 @@ from gsaoi_watch.reduction.stack.geometry import (
     FrameGeometry,
     correction_terms,
     invert,
+    mosaic_pixel_area,
     sky_to_plane,
 )
 from gsaoi_watch.reduction.stack.geometry import apply_affine as _apply
@@ -256,7 +257,8 @@ def _coarse(fr: _Frame, src: np.ndarray, ref: np.ndarray, *, search_radius: floa
     pixels and 0.3 degree), so the frame's vote finds the pointing error and each array's
     own vote, in a smaller box with finer bins, what is left of its departure.
     """
-    shift, _ = _vote_shift(ref, src, search_radius, 0.1)
+    shift, _ = _vote_shift(ref, src, max(search_radius, 5 * array_radius),
+                           max(0.1, array_radius / 10.0))
     if shift is None:
         return np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]), (np.zeros(0, int),) * 2
     moved = src + shift
@@ -265,7 +267,8 @@ def _coarse(fr: _Frame, src: np.ndarray, ref: np.ndarray, *, search_radius: floa
         sel = np.nonzero(fr.array == a)[0]
         if not len(sel):
             continue
-        extra, votes = _vote_shift(ref, moved[sel], array_radius, 0.02)
+        extra, votes = _vote_shift(ref, moved[sel], array_radius,
+                                   max(0.02, array_radius / 50.0))
         if extra is None or votes < 3:
             extra = np.zeros(2)
         i, j = _match(ref, moved[sel] + extra, match_radius)
@@ -441,7 +444,8 @@ def solve_astrometry(cats: Sequence[tuple[Any, FrameGeometry, Table]], ref: Tabl
         Half-size (arcsec) of the box in which each array's departure is searched.
     match_radius : float
         Match radius (arcsec) of the first round; later rounds use 5 times the rms of
-        the residuals (at least 0.02", at most this).
+        the residuals (at least 0.02", at most this).  Radii and bins are never smaller
+        than a few pixels of the frames (which matters for scaled-down simulations only).
     iterations : int
         Rounds of (array corrections, frame transforms, matching) at most.
     clip_sigma : float
@@ -455,7 +459,13 @@ def solve_astrometry(cats: Sequence[tuple[Any, FrameGeometry, Table]], ref: Tabl
     sig_r = np.asarray(ref["sigma"], float) if len(ref) else np.zeros(0)
     if not cats:
         return AstrometricSolution([], [], (None,) * 4, [], {})
-    centers = _array_centers(cats[0][1].size)
+    size = cats[0][1].size
+    centers = _array_centers(size)
+    # radii and bins in arcsec, but never finer than the pixels (scaled-down simulations)
+    pixel = math.sqrt(mosaic_pixel_area(size))
+    match_radius = max(match_radius, 2.5 * pixel)
+    array_radius = max(array_radius, 10.0 * pixel)
+    floor = max(0.02, 0.25 * pixel)
     frames, skipped = _setup(cats, r, min_matches=min_matches, search_radius=search_radius,
                              array_radius=array_radius, match_radius=match_radius)
     corrections: list[ArrayCorrection | None] = [None] * 4
@@ -472,7 +482,7 @@ def solve_astrometry(cats: Sequence[tuple[Any, FrameGeometry, Table]], ref: Tabl
                                                    clip_sigma)
         rms = _fit_frames(frames, corrections, r, sig_r, center, min_matches=min_matches,
                           clip_sigma=clip_sigma)
-        radius = min(match_radius, max(5.0 * rms, 0.02))
+        radius = min(match_radius, max(5.0 * rms, floor))
         for fr in frames:  # match again, within a radius that follows the residuals
             fr.pairs = _match(r, _apply(fr.m, _plane(fr, corrections, center)), radius)
         state = tuple((tuple(fr.pairs[0]), tuple(fr.pairs[1])) for fr in frames)

@@ -298,3 +298,15 @@ def test_focal_plane_centre_is_between_the_arrays():
     fu, fv = distortion.focal_plane_center()
     quadrants = {(np.sign(u - fu), np.sign(v - fv)) for u, v in centers}
     assert len(quadrants) == 4
+
+
+def test_cli_stack_with_a_bad_catalogue_is_a_one_line_error(tmp_path, capsys):
+    from gsaoi_watch.cli.main import main
+
+    bad = tmp_path / "cat.vot"
+    bad.write_text("<VOTABLE>broken")
+    assert main(["stack", str(tmp_path / "a_skyCorrected.fits"), "-o",
+                 str(tmp_path / "s.fits"), "--refcat", str(bad)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("gsaoi-watch stack: cat.vot: not a readable") and "\n" not in err
+    assert not (tmp_path / "s.fits").exists()

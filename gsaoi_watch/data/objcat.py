@@ -37,7 +37,9 @@ UNDEFINED = -999
 
 #: (name, FITS data type, TUNIT) of every OBJCAT column written, in DRAGONS' order.
 #: ``None`` as unit: none written (SExtractor writes no TUNIT for dimensionless columns);
-#: ``"flux"``: the array's BUNIT (SExtractor writes "count", the image's units).
+#: ``"flux"``: "count" as SExtractor writes it for the image's own units (the TUNIT comment
+#: names the array's BUNIT, 'electron'; "electron" is not a FITS-standard unit, and astropy
+#: warns reading it from a table).
 OBJCAT_COLUMNS: tuple[tuple[str, str, str | None], ...] = (
     ("NUMBER", "i4", None),
     ("X_IMAGE", "f4", "pixel"),
@@ -89,8 +91,8 @@ _LEGACY = {"number": "NUMBER", "x": "X_IMAGE", "y": "Y_IMAGE", "flux": "FLUX_AUT
            "peak": "FLUX_MAX", "area": "ISOAREA_IMAGE"}
 
 
-def _flux_unit(header: Any) -> str:
-    """The flux unit of an array: its BUNIT in astropy's spelling ('electron', 'adu')."""
+def _data_unit(header: Any) -> str:
+    """The unit of an array's values: its BUNIT in astropy's spelling ('electron', 'adu')."""
     unit = str(header.get("BUNIT", "electron") if header is not None else "electron")
     unit = unit.strip().lower()
     return "electron" if unit.startswith("electron") else (unit or "electron")
@@ -192,7 +194,6 @@ def objcat_table(table: Table, header: Any) -> Table:
     """
     full = with_world_columns(table, header)
     n = len(full)
-    flux_unit = _flux_unit(header)
     extra = {}
     if "FWHM_IMAGE" in full.colnames:
         extra["PROFILE_FWHM"] = np.asarray(full["FWHM_IMAGE"], float)
@@ -212,7 +213,7 @@ def objcat_table(table: Table, header: Any) -> Table:
             values = np.where(np.isfinite(values.astype(float)), values, UNDEFINED)
         out[name] = np.asarray(values).astype(dtype)
         if unit is not None:
-            out[name].unit = flux_unit if unit == "flux" else unit
+            out[name].unit = "count" if unit == "flux" else unit
     return out
 
 
@@ -220,13 +221,17 @@ def objcat_hdu(table: Table, header: Any, extver: int) -> fits.BinTableHDU:
     """The OBJCAT BinTable of one array (EXTNAME OBJCAT, EXTVER ``extver``).
 
     TUNITn are the strings of :data:`OBJCAT_COLUMNS` as SExtractor writes them
-    ("pixel", "pixel**2", "deg", "mag"; fluxes in the array's BUNIT).
+    ("pixel", "pixel**2", "deg", "mag", "count" for fluxes in the image's units, the
+    TUNIT comment naming the array's BUNIT).
     """
     cat = objcat_table(table, header)
     cols = [fits.Column(name=name, format=_tform(cat[name].dtype),
                         unit=_unit_text(name, header), array=np.asarray(cat[name]))
             for name in cat.colnames]
     hdu = fits.BinTableHDU.from_columns(cols, name="OBJCAT")
+    for i, name in enumerate(cat.colnames, start=1):
+        if _UNITS[name] == "flux":
+            hdu.header.comments[f"TUNIT{i}"] = f"{_data_unit(header)} (BUNIT of the SCI)"
     hdu.header["EXTVER"] = extver
     return hdu
 
@@ -235,9 +240,11 @@ def _tform(dtype: np.dtype) -> str:
     return {"i2": "I", "i4": "J", "i8": "K", "f4": "E", "f8": "D"}[np.dtype(dtype).str[1:]]
 
 
+_UNITS = {n: u for n, _, u in OBJCAT_COLUMNS}
+
+
 def _unit_text(name: str, header: Any) -> str | None:
-    unit = dict((n, u) for n, _, u in OBJCAT_COLUMNS)[name]
-    return _flux_unit(header) if unit == "flux" else unit
+    return "count" if _UNITS[name] == "flux" else _UNITS[name]
 
 
 def read_objcat(table: Table, *, path: Any, extver: int) -> Table:

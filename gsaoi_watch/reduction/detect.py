@@ -453,7 +453,7 @@ def _class_star(fwhm: np.ndarray, ellipticity: np.ndarray, snr: np.ndarray) -> n
 
     Not SExtractor's neural network: a star is as wide as the array's point sources (the
     median FWHM of the sources with S/N >= 50, else >= 10) and round.  The score
-    ``exp(-((FWHM/FWHM_star - 1) / 0.15)**2 / 2) * exp(-(ellipticity / 0.3)**2 / 2)`` is
+    ``exp(-((FWHM/FWHM_star - 1) / 0.25)**2 / 2) * exp(-(ellipticity / 0.3)**2 / 2)`` is
     pulled towards 0.5 (undecided) as the S/N falls, by ``w = clip((S/N - 5) / 45, 0, 1)``:
     ``CLASS_STAR = 0.5 + w (score - 0.5)``.  Bright stars come out above 0.9, galaxies,
     blends and cosmic rays near 0, faint sources near 0.5.
@@ -468,7 +468,7 @@ def _class_star(fwhm: np.ndarray, ellipticity: np.ndarray, snr: np.ndarray) -> n
     if not np.isfinite(star):
         return np.full(fwhm.shape, 0.5)
     with np.errstate(invalid="ignore"):
-        score = np.exp(-0.5 * ((fwhm / star - 1.0) / 0.15) ** 2)
+        score = np.exp(-0.5 * ((fwhm / star - 1.0) / 0.25) ** 2)
         score *= np.exp(-0.5 * (np.nan_to_num(ellipticity, nan=1.0) / 0.3) ** 2)
     score = np.where(good, score, 0.0)
     weight = np.clip((np.nan_to_num(snr, nan=0.0, posinf=1e9) - 5.0) / 45.0, 0.0, 1.0)

@@ -269,6 +269,30 @@ def test_stack_and_qa_read_dragons_frames(reduced, tmp_path, variant, capsys, ca
     assert all("FWHM" in x or "IQ" in x for x in lines)
 
 
+def test_daemon_stack_job_reads_dragons_frames(reduced, tmp_path, caplog):
+    from gsaoi_watch.daemon.jobs import run_job
+    _, _, paths = reduced
+    inputs = _dragons(paths, tmp_path / "in", objcat="broken", grouped=True)
+    with caplog.at_level(logging.WARNING):
+        res = run_job({"recipe": "stack", "paths": inputs, "output_dir": str(tmp_path),
+                       "output_name": "job_stack.fits"})
+    assert res["products"] == [(str(tmp_path / "job_stack.fits"), "stack")]
+    assert res["skipped"] == [] and "3 frames" in res["note"]
+    assert sum("OBJCAT 2 has no X_IMAGE" in r.getMessage() for r in caplog.records) == 3
+
+
+def test_qa_of_a_quick_look_frame_without_flat(reduced, tmp_path, capsys):
+    """DRAGONS' ql _sourcesDetected frame without a flat has only DETECSRC: QA measured."""
+    _, _, paths = reduced
+    theirs = _dragons(paths[:1], tmp_path / "q")[0]
+    with fits.open(theirs, mode="update") as hdul:
+        for key in ("FLATCORR", "SUBSKY"):
+            hdul[0].header.remove(key, ignore_missing=True)
+    assert main(["qa", theirs]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(Path(theirs).name + " | FWHM")
+
+
 def test_qa_and_stack_on_our_and_dragons_frames_agree(reduced, tmp_path, capsys):
     """The QA of a frame is the same from our OBJCAT and from DRAGONS' copy of it."""
     _, _, paths = reduced

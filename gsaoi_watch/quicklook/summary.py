@@ -36,8 +36,10 @@ def _read_catalogs(path, n):
 def _skip_reason(phu, name):
     if "FLAT" in str(phu.get("OBSTYPE", "")).upper() or name.endswith("_flat.fits"):
         return "a flat field: no image quality or background to measure"
-    if not any(k in phu for k in ("SUBSKY", "FLATCORR")):
-        return "not a reduced object frame (no flatCorrect or skyCorrect stamp)"
+    # DETECSRC: DRAGONS' detectSources stamp (a quick-look _sourcesDetected frame may have
+    # no flat, hence no FLATCORR)
+    if not any(k in phu for k in ("SUBSKY", "FLATCORR", "DETECSRC")):
+        return "not a reduced object frame (no flatCorrect, skyCorrect or detectSources stamp)"
     return None
 
 

@@ -197,6 +197,42 @@ def test_world_columns_put_planted_stars_at_their_wcs_position(planted, tmp_path
                                                                                      abs=3.0)
 
 
+def test_dragons_selections_keep_the_bright_stars(reduced):
+    """DRAGONS' own cuts on an OBJCAT (measureIQ's clip_sources for AO data, clean_objcat,
+    measure_bg_from_objcat) keep the bright isolated stars of our written catalogue."""
+    _, truth, paths = reduced
+    name = Path(paths[0]).name.replace("_skyCorrected", "")
+    frame_truth = next(f for f in truth["frames"] if f["filename"] == name)
+    kept = bright = 0
+    with fits.open(paths[0]) as hdul:
+        for a in frame_truth["arrays"]:
+            c = Table.read(hdul["OBJCAT", a["index"] + 1])
+            stellar = np.abs(c["FWHM_IMAGE"] / 1.08 - c["PROFILE_FWHM"]) < 0.2 * c["FWHM_IMAGE"]
+            max_bad = np.where(c["IMAFLAGS_ISO"] & 4, 0, 0.02 * c["ISOAREA_IMAGE"])
+            good = (stellar & (c["PROFILE_FWHM"] > 0) & (c["ELLIPTICITY"] > 0)
+                    & (c["ELLIPTICITY"] < 0.5) & (c["B_IMAGE"] > 1.1)
+                    & (c["FLUX_AUTO"] > 25 * c["FLUXERR_AUTO"]) & (c["ISOAREA_IMAGE"] > 20)
+                    & (c["NIMAFLAGS_ISO"] <= max_bad)
+                    & (c["PROFILE_EE50"] > c["PROFILE_FWHM"]))
+            clean = ((c["ISOAREA_IMAGE"] >= 20) & (c["B_IMAGE"] >= 1.1)
+                     & (c["A_IMAGE"] / c["B_IMAGE"] <= 50))
+            assert (c["REF_NUMBER"] == -999).all() and (c["REF_MAG"] == -999).all()
+            assert np.isfinite(c["BACKGROUND"][c["FLAGS"] == 0]).all()
+            planted = np.array([s[1:] for s in a["stars"]]).reshape(-1, 3)
+            for x, y, rate in planted:  # rate 500 e-/s: S/N ~ 30, above DRAGONS' 25
+                near = np.hypot(planted[:, 0] - x, planted[:, 1] - y) < 12.0
+                if rate < 500 or near.sum() > 1 or not (8 < x < SIZE - 8 and 8 < y < SIZE - 8):
+                    continue
+                k = int(np.argmin(np.hypot(c["X_IMAGE"] - x, c["Y_IMAGE"] - y)))
+                if math.hypot(c["X_IMAGE"][k] - x, c["Y_IMAGE"][k] - y) > 0.5:
+                    continue  # on the galaxy
+                if c["FLAGS"][k] & FLAG_SATURATED:
+                    continue  # DRAGONS leaves saturated stars out of its IQ, by design
+                bright += 1
+                kept += bool(good[k] and clean[k]) and c["CLASS_STAR"][k] > 0.8
+    assert bright >= 5 and kept >= 0.8 * bright
+
+
 def test_read_objcat_accepts_older_products_and_names_a_broken_one():
     old = Table({"number": [1, 2], "x": [10.0, 20.0], "y": [5.0, 6.0], "flux": [100.0, -999.0],
                  "flux_err": [1.0, 2.0], "fwhm": [3.0, 3.1], "ellipticity": [0.1, 0.2],

@@ -448,30 +448,37 @@ def _flux_radius(ids: np.ndarray, r2: np.ndarray, d: np.ndarray, flux: np.ndarra
     return out
 
 
-def _class_star(fwhm: np.ndarray, ellipticity: np.ndarray, snr: np.ndarray) -> np.ndarray:
+def _class_star(fwhm: np.ndarray, ellipticity: np.ndarray, snr: np.ndarray,
+                clean: np.ndarray) -> np.ndarray:
     """A stellarity index in [0, 1] from the FWHM of the array's point sources.
 
-    Not SExtractor's neural network: a star is as wide as the array's point sources (the
-    median FWHM of the sources with S/N >= 50, else >= 10) and round.  The score
-    ``exp(-((FWHM/FWHM_star - 1) / 0.25)**2 / 2) * exp(-(ellipticity / 0.3)**2 / 2)`` is
-    pulled towards 0.5 (undecided) as the S/N falls, by ``w = clip((S/N - 5) / 45, 0, 1)``:
-    ``CLASS_STAR = 0.5 + w (score - 0.5)``.  Bright stars come out above 0.9, galaxies,
-    blends and cosmic rays near 0, faint sources near 0.5.
+    Not SExtractor's neural network: a star is as wide as the array's point sources and
+    round.  The point-source width is the most common FWHM among the clean sources
+    (``clean``: no flag, no flagged pixel) with S/N >= 20: the median of those within 20 %
+    of the width most of them share (the narrower on a tie; galaxies, knots and blends are
+    wider than the stars, and fewer alike).  The score ``exp(-((FWHM/FWHM_star - 1) /
+    0.25)**2 / 2) * exp(-(ellipticity / 0.3)**2 / 2)`` (0.25: the half-maximum FWHM of a
+    few-pixel core is a count of pixels, it scatters by ~10 %) is pulled towards 0.5
+    (undecided) at low S/N, by ``w = clip((S/N - 5) / 15, 0, 1)``: ``CLASS_STAR = 0.5 +
+    w (score - 0.5)``.  Stars come out above 0.8, galaxies, blends and cosmic rays near
+    0, sources too faint to tell near 0.5 (as SExtractor's).
     """
     good = np.isfinite(fwhm) & (fwhm > 0)
-    star = np.nan
-    for limit in (50.0, 10.0):
-        sel = good & (snr >= limit)
-        if np.count_nonzero(sel) >= 3 or (limit == 10.0 and sel.any()):
-            star = float(np.median(fwhm[sel]))
-            break
-    if not np.isfinite(star):
+    cand = fwhm[good & clean & (snr >= 20.0)]
+    if cand.size == 0:
+        cand = fwhm[good & (snr >= 10.0)]
+    if cand.size == 0:
         return np.full(fwhm.shape, 0.5)
+    near = np.abs(cand[None, :] / cand[:, None] - 1.0) < 0.2
+    counts = near.sum(axis=1)
+    best = np.flatnonzero(counts == counts.max())
+    mode = cand[best[np.argmin(cand[best])]]
+    star = float(np.median(cand[np.abs(cand / mode - 1.0) < 0.2]))
     with np.errstate(invalid="ignore"):
         score = np.exp(-0.5 * ((fwhm / star - 1.0) / 0.25) ** 2)
         score *= np.exp(-0.5 * (np.nan_to_num(ellipticity, nan=1.0) / 0.3) ** 2)
     score = np.where(good, score, 0.0)
-    weight = np.clip((np.nan_to_num(snr, nan=0.0, posinf=1e9) - 5.0) / 45.0, 0.0, 1.0)
+    weight = np.clip((np.nan_to_num(snr, nan=0.0, posinf=1e9) - 5.0) / 15.0, 0.0, 1.0)
     return 0.5 + weight * (score - 0.5)
 
 
@@ -589,7 +596,8 @@ def source_table(data: np.ndarray, smooth: np.ndarray, labels: np.ndarray,
             "FWHM_IMAGE": fwhm[p], "FLUX_RADIUS": radius[p], "ELLIPTICITY": ellipticity[p],
             "FLUX_AUTO": flux[p], "FLUXERR_AUTO": flux_err[p], "MAG_AUTO": mag[p],
             "MAGERR_AUTO": magerr[p], "FLUX_MAX": peak[p],
-            "CLASS_STAR": _class_star(fwhm[p], ellipticity[p], snr[p]),
+            "CLASS_STAR": _class_star(fwhm[p], ellipticity[p], snr[p],
+                                      (flags[p] == 0) & (nflag[p] == 0)),
             "ISOAREA_IMAGE": area[p], "FLAGS": flags[p].astype(np.int16),
             "IMAFLAGS_ISO": imaflags[p].astype(np.int32),
             "NIMAFLAGS_ISO": nflag[p].astype(np.int32), "BACKGROUND": bkg[p]}

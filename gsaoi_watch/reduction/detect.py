@@ -382,32 +382,37 @@ FLAG_TRUNCATED = 8  # the object touches the array's edge
 
 
 def _dq_flags(labels: np.ndarray, dq: np.ndarray, where: np.ndarray, ids: np.ndarray,
-              n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+              n: int, masked: np.ndarray | None = None
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(IMAFLAGS_ISO, NIMAFLAGS_ISO, bad-pixel count) per label: DQ over each segment.
 
     The segment's pixels, and the masked pixels next to it (detection masks bad and
     saturated pixels, so a saturated core is a hole in its segment; its rim is counted):
     the OR of their DQ bits, the number of them with any bit set, and the number with a
-    bit other than saturated or non-linear set.
+    bit other than saturated or non-linear set.  ``masked``: the pixels detection masked
+    (boolean image; from ``dq`` if not given).
     """
     ny, nx = labels.shape
     flat = labels.ravel()
     dq_flat = dq.ravel()
-    # the masked, unlabelled 8-neighbours of segment pixels: gathered from the segments'
-    # side (a few percent of the array), not from a pass over the whole array
-    yy, xx = np.divmod(where, nx)
-    found_at, found_id = [], []
-    for oy in (-1, 0, 1):
-        for ox in (-1, 0, 1):
-            if oy == 0 and ox == 0:
-                continue
-            ok = (yy + oy >= 0) & (yy + oy < ny) & (xx + ox >= 0) & (xx + ox < nx)
-            nb = where[ok] + (oy * nx + ox)
-            hit = ((dq_flat[nb] & (FAIL_BITS | DQ["unilluminated"])) != 0) & (flat[nb] == 0)
-            found_at.append(nb[hit])
-            found_id.append(ids[ok][hit])
-    rim, first = np.unique(np.concatenate(found_at), return_index=True)
-    rim_id = np.concatenate(found_id)[first]
+    if masked is None:
+        masked = (dq & (FAIL_BITS | DQ["unilluminated"])) != 0
+    # masked pixels (a per cent or so of an array) next to a segment: their 8 neighbours
+    cand = np.flatnonzero(masked.ravel())
+    cand = cand[flat[cand] == 0]
+    rim_label = np.zeros(cand.size, flat.dtype)
+    if cand.size:
+        cy, cx = np.divmod(cand, nx)
+        for oy in (-1, 0, 1):
+            for ox in (-1, 0, 1):
+                if oy == 0 and ox == 0:
+                    continue
+                ok = (cy + oy >= 0) & (cy + oy < ny) & (cx + ox >= 0) & (cx + ox < nx)
+                lab = np.zeros(cand.size, flat.dtype)
+                lab[ok] = flat[cand[ok] + (oy * nx + ox)]
+                np.maximum(rim_label, lab, out=rim_label)
+    rim = cand[rim_label > 0]
+    rim_id = rim_label[rim_label > 0]
     all_ids = np.concatenate([ids, rim_id])
     values = np.concatenate([dq_flat[where], dq_flat[rim]]).astype(np.int64)
     imaflags = np.zeros(n, np.int64)
@@ -469,10 +474,10 @@ def _class_star(fwhm: np.ndarray, ellipticity: np.ndarray, snr: np.ndarray,
         cand = fwhm[good & (snr >= 10.0)]
     if cand.size == 0:
         return np.full(fwhm.shape, 0.5)
-    near = np.abs(cand[None, :] / cand[:, None] - 1.0) < 0.2
-    counts = near.sum(axis=1)
-    best = np.flatnonzero(counts == counts.max())
-    mode = cand[best[np.argmin(cand[best])]]
+    cand = np.sort(cand)
+    counts = (np.searchsorted(cand, 1.2 * cand, "left")
+              - np.searchsorted(cand, 0.8 * cand, "right"))  # within 20 % of each width
+    mode = cand[int(np.argmax(counts))]  # the first maximum: the narrower on a tie
     star = float(np.median(cand[np.abs(cand / mode - 1.0) < 0.2]))
     with np.errstate(invalid="ignore"):
         score = np.exp(-0.5 * ((fwhm / star - 1.0) / 0.25) ** 2)
@@ -484,7 +489,7 @@ def _class_star(fwhm: np.ndarray, ellipticity: np.ndarray, snr: np.ndarray,
 
 def source_table(data: np.ndarray, smooth: np.ndarray, labels: np.ndarray,
                  error: np.ndarray | None = None, *, background: np.ndarray | None = None,
-                 dq: np.ndarray | None = None) -> Table:
+                 dq: np.ndarray | None = None, masked: np.ndarray | None = None) -> Table:
     """Measure every segment of a label image at once (vectorised over all sources).
 
     The columns of DRAGONS' OBJCAT that detectSources measures (:data:`CATALOG_COLUMNS`,
@@ -516,6 +521,8 @@ def source_table(data: np.ndarray, smooth: np.ndarray, labels: np.ndarray,
         The background subtracted (BACKGROUND; 0 without it).
     dq : ndarray of uint16, optional
         The array's DQ (FLAGS from the edges only, IMAFLAGS_ISO 0, without it).
+    masked : ndarray of bool, optional
+        The pixels detection masked (computed from ``dq`` if not given).
 
     Returns
     -------
@@ -578,7 +585,7 @@ def source_table(data: np.ndarray, smooth: np.ndarray, labels: np.ndarray,
     edge = per_source(((xx == 0) | (yy == 0) | (xx == nx - 1) | (yy == ny - 1))
                       .astype(np.float64)) > 0
     if dq is not None:
-        imaflags, nflag, nbad = _dq_flags(labels, dq, where, ids, n)
+        imaflags, nflag, nbad = _dq_flags(labels, dq, where, ids, n, masked)
     else:
         imaflags = nflag = nbad = np.zeros(n, np.int64)
     flags = (np.where(edge, FLAG_TRUNCATED, 0) | np.where(imaflags & DQ["saturated"],
@@ -669,5 +676,6 @@ def detect_array(arr: Array, *, detect_thresh: float = 1.5, detect_minarea: int 
     if not catalog:
         return arr.with_(objmask=objmask), None
     error = np.sqrt(np.maximum(arr.var, 0)) if arr.var is not None else None
-    table = source_table(data, smooth, labels, error, background=background, dq=arr.dq)
+    table = source_table(data, smooth, labels, error, background=background, dq=arr.dq,
+                         masked=mask if arr.dq is not None else None)
     return arr.with_(objmask=objmask), table

@@ -134,7 +134,9 @@ def with_world_columns(table: Table, header: Any) -> Table:
                 pts = np.concatenate([np.column_stack([x, y]), np.column_stack([x + h, y]),
                                       np.column_stack([x - h, y]), np.column_stack([x, y + h]),
                                       np.column_stack([x, y - h])])
-                world = wcs.celestial.all_pix2world(pts, 1)
+                # the full WCS (distortion included) when it is the celestial one
+                cel = wcs if wcs.naxis == 2 and wcs.wcs.lng == 0 else wcs.celestial
+                world = cel.all_pix2world(pts, 1)
                 ra, dec = world[:n, 0], world[:n, 1]
                 cosd = np.cos(np.radians(dec))
 

@@ -149,8 +149,6 @@ def with_world_columns(table: Table, header: Any) -> Table:
                                 (tangent(3) - tangent(4)) / (2 * h)], axis=-1)  # n x 2 x 2
     except Exception:  # noqa: BLE001 - a header without a usable WCS: world columns unknown
         ra, dec, jac = nan, nan, None
-    if not np.all(np.isfinite(ra)):
-        ra, dec = np.where(np.isfinite(ra), ra, np.nan), np.where(np.isfinite(dec), dec, np.nan)
     values = {"X_WORLD": ra, "Y_WORLD": dec}
     if jac is not None:
         scale = np.sqrt(np.abs(np.linalg.det(jac)))

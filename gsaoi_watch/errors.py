@@ -42,3 +42,11 @@ class ReductionError(GsaoiWatchError):
 
 class UnsafePathError(GsaoiWatchError):
     """An output path would lie outside its directory, or a name cannot be made safe."""
+
+
+class CatalogError(FrameError):
+    """An OBJCAT table in a file cannot be used (missing or malformed columns).
+
+    A :class:`FrameError` (the message names the file); callers that can measure the
+    frame themselves detect its sources instead.
+    """

@@ -73,14 +73,14 @@ def test_source_table_matches_photutils():
         xc = np.asarray(cat.x_centroid if new else cat.xcentroid)
         yc = np.asarray(cat.y_centroid if new else cat.ycentroid)
     assert len(table) == len(cat.label) > 20
-    np.testing.assert_array_equal(table["number"], cat.label)
-    np.testing.assert_allclose(table["x"], xc + 1.0, atol=1e-8)
-    np.testing.assert_allclose(table["y"], yc + 1.0, atol=1e-8)
-    np.testing.assert_allclose(table["flux"], cat.segment_flux, rtol=1e-10, atol=1e-8)
-    np.testing.assert_allclose(table["flux_err"], cat.segment_flux_err, rtol=1e-6)
-    np.testing.assert_allclose(table["ellipticity"], ellipticity, atol=1e-8)
-    np.testing.assert_allclose(table["peak"], cat.max_value, rtol=1e-12)
-    np.testing.assert_array_equal(table["area"], area)
+    np.testing.assert_array_equal(table["NUMBER"], cat.label)
+    np.testing.assert_allclose(table["X_IMAGE"], xc + 1.0, atol=1e-8)
+    np.testing.assert_allclose(table["Y_IMAGE"], yc + 1.0, atol=1e-8)
+    np.testing.assert_allclose(table["FLUX_AUTO"], cat.segment_flux, rtol=1e-10, atol=1e-8)
+    np.testing.assert_allclose(table["FLUXERR_AUTO"], cat.segment_flux_err, rtol=1e-6)
+    np.testing.assert_allclose(table["ELLIPTICITY"], ellipticity, atol=1e-8)
+    np.testing.assert_allclose(table["FLUX_MAX"], cat.max_value, rtol=1e-12)
+    np.testing.assert_array_equal(table["ISOAREA_IMAGE"], area)
 
 
 def test_half_maximum_fwhm_of_a_gaussian():
@@ -89,9 +89,9 @@ def test_half_maximum_fwhm_of_a_gaussian():
     data = 1000.0 * np.exp(-0.5 * ((xx - 50.3) ** 2 + (yy - 49.8) ** 2) / sigma**2)
     labels = (data > 1.0).astype(int)
     table = source_table(data, data, labels)
-    assert abs(table["fwhm"][0] / (2.3548 * sigma) - 1) < 0.03
-    assert abs(table["x"][0] - 51.3) < 1e-3 and abs(table["y"][0] - 50.8) < 1e-3
-    assert table["ellipticity"][0] < 1e-3
+    assert abs(table["FWHM_IMAGE"][0] / (2.3548 * sigma) - 1) < 0.03
+    assert abs(table["X_IMAGE"][0] - 51.3) < 1e-3 and abs(table["Y_IMAGE"][0] - 50.8) < 1e-3
+    assert table["ELLIPTICITY"][0] < 1e-3
 
 
 def _sky_array(seed=7, shape=(512, 512), n=80, masked=True):
@@ -216,7 +216,8 @@ def _library_detect(arr, detect_thresh=1.5, detect_minarea=20, box=256, smooth_f
         warnings.simplefilter("ignore")
         _, _, noise = sigma_clipped_stats(smooth[~mask][::7], sigma=3.0, maxiters=5)
         segm = detect_sources(smooth, detect_thresh * noise, detect_minarea, mask=mask)
-    table = source_table(data, smooth, segm.data, np.sqrt(arr.var))
+    table = source_table(data, smooth, segm.data, np.sqrt(arr.var), background=background,
+                         dq=arr.dq)
     return (segm.data > 0).astype(np.uint8), table
 
 

@@ -32,7 +32,7 @@ def frame(size=64, *, seed=3, objmask=True):
     return Frame(phu=fits.Header({"INSTRUME": "GSAOI", "OBJECT": "NGC 5128"}), arrays=arrays,
                  filename="S20170505S0096_flatCorrected.fits",
                  orig_filename="S20170505S0096.fits",
-                 meta={"indices": (0, 1, 2, 3), "catalogs": [Table({"x": [1.0, 2.0]})]})
+                 meta={"indices": (0, 1, 2, 3), "catalogs": [Table({"X_IMAGE": [1.0, 2.0]})]})
 
 
 def assert_equal_frames(got, want):
@@ -60,7 +60,7 @@ def test_disk_store_round_trip_gives_read_only_memory_maps(store):
     assert_equal_frames(kept, original)
     got = store.get("S20170505S0096")
     assert_equal_frames(got, original)
-    assert got.meta["catalogs"][0]["x"][1] == 2.0
+    assert got.meta["catalogs"][0]["X_IMAGE"][1] == 2.0
     for a in got.arrays:
         for plane in PLANES:
             value = getattr(a, plane)

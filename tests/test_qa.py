@@ -228,7 +228,7 @@ def test_saturated_and_extended_sources_are_rejected(standard):
     arrays = list(frame.arrays)
     for k, cat in enumerate(cats):
         for row in range(len(cat)):  # every candidate saturated in its core
-            x, y = int(round(cat["x"][row] - 1)), int(round(cat["y"][row] - 1))
+            x, y = int(round(cat["X_IMAGE"][row] - 1)), int(round(cat["Y_IMAGE"][row] - 1))
             dq = arrays[k].dq.copy()
             dq[max(y, 0):y + 1, max(x, 0):x + 1] |= 4
             arrays[k] = arrays[k].with_(dq=dq)
@@ -238,9 +238,9 @@ def test_saturated_and_extended_sources_are_rejected(standard):
     # a galaxy-sized source added to the catalogue does not change the FWHM
     widened = [c.copy() for c in frame.meta["catalogs"]]
     k = next(i for i, c in enumerate(widened) if len(c))
-    extra = widened[k][np.argmax(widened[k]["flux"])]
+    extra = widened[k][np.argmax(widened[k]["FLUX_AUTO"])]
     widened[k].add_row(extra)
-    widened[k]["fwhm"][-1] = 6 * extra["fwhm"]
+    widened[k]["FWHM_IMAGE"][-1] = 6 * extra["FWHM_IMAGE"]
     wide = frame.with_()
     wide.meta["catalogs"] = widened
     assert qa.measure_iq(wide).fwhm == pytest.approx(iq.fwhm, rel=1e-6)

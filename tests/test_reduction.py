@@ -407,10 +407,10 @@ def test_standard_star_catalogue_position_flux_fwhm(night, master):
         star_array = max(t["arrays"], key=lambda a: max([s[3] for s in a["stars"]] or [0]))
         sid, x, y, rate = max(star_array["stars"], key=lambda s: s[3])
         cat = frame.meta["catalogs"][star_array["index"]]
-        k = int(np.argmin(np.hypot(cat["x"] - x, cat["y"] - y)))
-        assert np.hypot(cat["x"][k] - x, cat["y"][k] - y) < 0.1
-        assert cat["fwhm"][k] == pytest.approx(t["fwhm_px"], rel=0.10)
-        assert cat["flux"][k] / t["exptime"] == pytest.approx(rate, rel=0.06)  # segment flux
+        k = int(np.argmin(np.hypot(cat["X_IMAGE"] - x, cat["Y_IMAGE"] - y)))
+        assert np.hypot(cat["X_IMAGE"][k] - x, cat["Y_IMAGE"][k] - y) < 0.1
+        assert cat["FWHM_IMAGE"][k] == pytest.approx(t["fwhm_px"], rel=0.10)
+        assert cat["FLUX_AUTO"][k] / t["exptime"] == pytest.approx(rate, rel=0.06)  # segment flux
 
 
 def test_raw_files_with_extname_sci_but_no_extver(night, tmp_path):

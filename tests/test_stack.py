@@ -12,7 +12,7 @@ from astropy.stats import sigma_clipped_stats
 from astropy.table import Table
 from astropy.wcs import WCS
 
-from gsaoi_watch.data.fitsio import load_bpm, load_frame, write_frame
+from gsaoi_watch.data.fitsio import load_bpm, load_frame, read_catalogs, write_frame
 from gsaoi_watch.errors import ReductionError
 from gsaoi_watch.instrument import distortion
 from gsaoi_watch.instrument.dq import DQ
@@ -304,7 +304,7 @@ def test_inputs_not_modified(reduced):
     out, truth, paths = reduced
     frames = [load_frame(p) for p in paths[:3]]
     with fits.open(paths[0]) as hdul:
-        frames[0].meta["catalogs"] = [Table(h.data) for h in hdul if h.name == "OBJCAT"]
+        frames[0].meta["catalogs"] = read_catalogs(hdul, paths[0])
     snap = [a.sci.copy() for a in frames[0].arrays]
     res = stack.stack_frames(frames)
     assert all(np.array_equal(a.sci, s) for a, s in zip(frames[0].arrays, snap))
@@ -318,7 +318,7 @@ def test_strips_and_workers_do_not_change_the_result(reduced):
     for p in paths[:3]:
         f = load_frame(p)
         with fits.open(p) as hdul:
-            f.meta["catalogs"] = [Table(h.data) for h in hdul if h.name == "OBJCAT"]
+            f.meta["catalogs"] = read_catalogs(hdul, p)
         frames.append(f)
     a = stack.stack_frames(frames, strip_rows=1000).arrays[0]
     b = stack.stack_frames(frames, strip_rows=97, mapper=fork_mapper(2)).arrays[0]
@@ -334,7 +334,7 @@ def test_jacobian_flux_mode_differs_by_the_pixel_area(reduced):
     frames = [load_frame(p) for p in paths[:2]]
     for f, p in zip(frames, paths[:2]):
         with fits.open(p) as hdul:
-            f.meta["catalogs"] = [Table(h.data) for h in hdul if h.name == "OBJCAT"]
+            f.meta["catalogs"] = read_catalogs(hdul, p)
     a = stack.stack_frames(frames).arrays[0]
     b = stack.stack_frames(frames, flux_mode="jacobian").arrays[0]
     sel = (a.dq == 0) & (a.sci > 50 * np.sqrt(a.var))

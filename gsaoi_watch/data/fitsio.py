@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import errno
+import logging
 import os
 import shutil
 import tempfile
@@ -24,6 +25,7 @@ from typing import IO, Any
 
 import numpy as np
 from astropy.io import fits
+from astropy.table import Table
 
 from gsaoi_watch.data.descriptors import N_ARRAYS, FrameInfo, header_text
 from gsaoi_watch.data.names import (
@@ -33,13 +35,17 @@ from gsaoi_watch.data.names import (
     safe_name,
     split_extension,
 )
-from gsaoi_watch.errors import FrameError, UnsafePathError
+from gsaoi_watch.data.objcat import objcat_hdu, read_objcat
+from gsaoi_watch.errors import CatalogError, FrameError, UnsafePathError
 from gsaoi_watch.logs import log_name
 from gsaoi_watch.reduction.container import Array, Frame
 
 __all__ = ['MAX_NAME_LENGTH', 'ROOT_NAME_LENGTH', 'SAFE_NAME_CHARACTERS', 'atomic_output',
-           'copy_product', 'frame_names', 'load_bpm', 'load_frame', 'log_name',
+           'copy_product', 'frame_names', 'load_bpm', 'load_frame', 'log_name', 'read_catalogs',
            'process_umask', 'read_frame_info', 'safe_name', 'safe_output_path', 'write_frame']
+
+log = logging.getLogger(__name__)
+
 
 def safe_output_path(directory: str | os.PathLike[str], name: str) -> Path:
     """``directory / safe_name(name)``, checked to lie inside ``directory``.
@@ -247,6 +253,54 @@ def load_frame(path: str | os.PathLike[str], *,
                  meta={"indices": tuple(indices), "path": str(path)})
 
 
+def read_catalogs(hdul: fits.HDUList, path: str | os.PathLike[str],
+                  n: int = N_ARRAYS) -> list[Table | None]:
+    """The OBJCAT of each array of an open file, in gsaoi_watch's (DRAGONS') columns.
+
+    Ours, DRAGONS' or an older gsaoi_watch product's, as
+    :func:`~gsaoi_watch.data.objcat.read_objcat` gives them.
+
+    Parameters
+    ----------
+    hdul : astropy.io.fits.HDUList
+        The open file.
+    path : str or os.PathLike
+        Its name, for the messages.
+    n : int
+        Number of arrays (EXTVER 1..n).
+
+    Returns
+    -------
+    list of Table or None
+        Per array; None where there is no OBJCAT, or where it cannot be used (a warning
+        names the file, the OBJCAT and the problem, and the caller detects the array's
+        sources itself).
+    """
+    cats: list[Table | None] = [None] * n
+    counts = 0
+    for hdu in hdul[1:]:
+        if not isinstance(hdu, fits.BinTableHDU) or \
+                str(hdu.header.get("EXTNAME", "")).strip().upper() != "OBJCAT":
+            continue
+        counts += 1
+        ver = hdu.header.get("EXTVER", counts)
+        ver = ver if isinstance(ver, int) and not isinstance(ver, bool) else counts
+        if not 1 <= ver <= n:
+            continue
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                table = Table(hdu.data) if hdu.data is not None else Table()
+            cats[ver - 1] = read_objcat(table, path=path, extver=ver)
+        except CatalogError as exc:
+            log.warning("%s; its sources are detected afresh", exc)
+        except (ValueError, TypeError, KeyError, OSError) as exc:
+            log.warning("%s: OBJCAT %d unreadable (%s); its sources are detected afresh",
+                        log_name(os.fspath(path)), ver, log_name(str(exc).splitlines()[0]
+                                                              if str(exc) else type(exc)))
+    return cats
+
+
 def frame_names(path: str | os.PathLike[str], phu: Any) -> tuple[str, str]:
     """(filename, orig_filename) of a frame read from ``path``: from the file's name only.
 
@@ -377,7 +431,11 @@ def copy_product(source: str | os.PathLike[str], directory: str | os.PathLike[st
 
 def write_frame(frame: Frame, directory: str | os.PathLike[str], *, filename: str | None = None,
                 overwrite: bool = True) -> Path:
-    """Write ``frame`` as a MEF (SCI, VAR, DQ[, OBJMASK] per array) atomically.
+    """Write ``frame`` as a MEF (SCI, VAR, DQ[, OBJMASK, OBJCAT] per array) atomically.
+
+    The catalogues in ``meta['catalogs']`` are written as DRAGONS' OBJCAT tables
+    (:func:`gsaoi_watch.data.objcat.objcat_hdu`: its columns, types and units, with
+    X_WORLD/Y_WORLD from the array's WCS as written).
 
     The file is written to a temporary name in the same directory, flushed and renamed,
     so a reader never sees a half-written product.  The name (``filename``, else the
@@ -413,9 +471,8 @@ def write_frame(frame: Frame, directory: str | os.PathLike[str], *, filename: st
             hdus.append(fits.ImageHDU(arr.objmask.astype(np.uint8), header=h))
         catalogs = frame.meta.get("catalogs")
         if catalogs is not None and i < len(catalogs) and catalogs[i] is not None:
-            cat = fits.BinTableHDU(catalogs[i], name="OBJCAT")
-            cat.header["EXTVER"] = ver
-            hdus.append(cat)
+            # DRAGONS' OBJCAT: its columns and units, world columns from this array's WCS
+            hdus.append(objcat_hdu(catalogs[i], sci_h, ver))
     with atomic_output(target, fsync=True) as fh:
         fits.HDUList(hdus).writeto(_Sink(fh), output_verify="silentfix")
     return target

@@ -14,7 +14,13 @@ import numpy as np
 from astropy.io import fits
 from astropy.table import Table
 
-from gsaoi_watch.data.fitsio import frame_names, load_frame, log_name, write_frame
+from gsaoi_watch.data.fitsio import (
+    frame_names,
+    load_frame,
+    log_name,
+    read_catalogs,
+    write_frame,
+)
 from gsaoi_watch.data.refcat import read_reference_catalog
 from gsaoi_watch.errors import FrameError, GsaoiWatchError, ReductionError
 from gsaoi_watch.pipeline.pools import fork_mapper
@@ -29,20 +35,30 @@ DEFAULT_OUTPUT = "disco_stack.fits"
 
 
 def _read_light(path):
-    """Headers and OBJCAT tables of a product, without its pixels: (Frame, catalogs)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with fits.open(path, memmap=True, lazy_load_hdus=True) as hdul:
-            phu = hdul[0].header.copy()
-            sci, cats = {}, {}
-            for hdu in hdul[1:]:
-                name = str(hdu.header.get("EXTNAME", "")).strip().upper()
-                ver = int(hdu.header.get("EXTVER", 1) or 1)
-                if name == "SCI":
-                    sci[ver] = hdu.header.copy()
-                elif name == "OBJCAT":
-                    cats[ver] = Table(hdu.data)
-    if len(sci) != 4:
+    """Headers and OBJCAT tables of a product, without its pixels: (Frame, catalogs).
+
+    Ours or DRAGONS' (``_skyCorrected``, ``_sourcesDetected``: SCI/VAR/DQ/OBJMASK/OBJCAT
+    per array, in any order, and other extensions such as REFCAT).  The catalogues are
+    None unless every array has a usable OBJCAT (:func:`read_catalogs`: a broken one is a
+    warning naming the file); the stack then detects the frame's sources itself.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with fits.open(path, memmap=True, lazy_load_hdus=True) as hdul:
+                phu = hdul[0].header.copy()
+                sci = {}
+                for hdu in hdul[1:]:
+                    name = str(hdu.header.get("EXTNAME", "")).strip().upper()
+                    ver = hdu.header.get("EXTVER", 1)
+                    ver = ver if isinstance(ver, int) and not isinstance(ver, bool) else 1
+                    if name == "SCI" and hdu.is_image:
+                        sci[ver] = hdu.header.copy()
+                cats = read_catalogs(hdul, path, max(sci, default=0)) if sci else []
+    except (OSError, ValueError, TypeError, IndexError, KeyError) as exc:
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise FrameError(path, f"unreadable FITS ({text})") from None
+    if len(sci) != 4 or sorted(sci) != [1, 2, 3, 4]:
         raise FrameError(path, f"{len(sci)} SCI extensions, expected 4 (not a reduced frame?)")
     arrays = []
     for ver in sorted(sci):
@@ -51,7 +67,7 @@ def _read_light(path):
         arrays.append(Array(np.broadcast_to(np.float32(0), shape), None, None, h))
     filename, orig = frame_names(path, phu)
     frame = Frame(phu=phu, arrays=tuple(arrays), filename=filename, orig_filename=orig)
-    catalogs = [cats.get(v) for v in sorted(sci)] if cats else None
+    catalogs = cats if cats and all(c is not None for c in cats) else None
     return frame, catalogs
 
 

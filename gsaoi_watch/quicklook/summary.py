@@ -12,9 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from astropy.io import fits
-from astropy.table import Table
 
-from gsaoi_watch.data.fitsio import atomic_output, load_frame, safe_output_path
+from gsaoi_watch.data.fitsio import atomic_output, load_frame, read_catalogs, safe_output_path
 from gsaoi_watch.instrument.standards import find_standard
 from gsaoi_watch.logs import log_name
 from gsaoi_watch.quicklook.pictures import picture_path
@@ -27,24 +26,20 @@ __all__ = ['qa_for_product', 'write_summary']
 log = logging.getLogger(__name__)
 
 def _read_catalogs(path, n):
-    """The OBJCAT table of each array (None where there is none)."""
-    cats = [None] * n
+    """The OBJCAT table of each array (None where there is none or it cannot be used)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with fits.open(path, memmap=False) as hdul:
-            for h in hdul:
-                if isinstance(h, fits.BinTableHDU) and h.name == "OBJCAT":
-                    ver = int(h.header.get("EXTVER", 1))
-                    if 1 <= ver <= n:
-                        cats[ver - 1] = Table(h.data)
-    return cats
+            return read_catalogs(hdul, path, n)
 
 
 def _skip_reason(phu, name):
     if "FLAT" in str(phu.get("OBSTYPE", "")).upper() or name.endswith("_flat.fits"):
         return "a flat field: no image quality or background to measure"
-    if not any(k in phu for k in ("SUBSKY", "FLATCORR")):
-        return "not a reduced object frame (no flatCorrect or skyCorrect stamp)"
+    # DETECSRC: DRAGONS' detectSources stamp (a quick-look _sourcesDetected frame may have
+    # no flat, hence no FLATCORR)
+    if not any(k in phu for k in ("SUBSKY", "FLATCORR", "DETECSRC")):
+        return "not a reduced object frame (no flatCorrect, skyCorrect or detectSources stamp)"
     return None
 
 

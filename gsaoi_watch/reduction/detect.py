@@ -21,15 +21,16 @@ from photutils.background import Background2D, BkgZoomInterpolator, MedianBackgr
 from photutils.utils import ShepardIDWInterpolator
 from scipy import ndimage
 
+from gsaoi_watch.data.objcat import DETECT_COLUMNS
 from gsaoi_watch.instrument.dq import DQ, FAIL_BITS
 from gsaoi_watch.reduction.container import Array
 
-__all__ = ["CATALOG_COLUMNS", "block_background", "clipped_median", "clipped_stats",
-           "detect_array",
+__all__ = ["CATALOG_COLUMNS", "FLAG_BAD_PIXELS", "FLAG_SATURATED", "FLAG_TRUNCATED",
+           "block_background", "clipped_median", "clipped_stats", "detect_array", "empty_catalog",
            "find_segments", "smooth_gaussian", "source_table"]
 
-CATALOG_COLUMNS = ("number", "x", "y", "flux", "flux_err", "fwhm", "ellipticity", "peak",
-                   "area")
+#: The OBJCAT columns detectSources measures, DRAGONS' names in DRAGONS' order.
+CATALOG_COLUMNS = DETECT_COLUMNS
 
 
 def _at_least(value: float) -> np.float32:
@@ -374,18 +375,139 @@ def find_segments(data: np.ndarray, threshold: float, npixels: int,
     return labels
 
 
+#: SExtractor's extraction flags that detectSources sets (SExtractor's manual, "FLAGS").
+FLAG_BAD_PIXELS = 1  # bad pixels are more than 10 % of the object's area
+FLAG_SATURATED = 4  # at least one pixel of the object is saturated
+FLAG_TRUNCATED = 8  # the object touches the array's edge
+
+
+def _dq_flags(labels: np.ndarray, dq: np.ndarray, where: np.ndarray, ids: np.ndarray,
+              n: int, masked: np.ndarray | None = None
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(IMAFLAGS_ISO, NIMAFLAGS_ISO, bad-pixel count) per label: DQ over each segment.
+
+    The segment's pixels, and the masked pixels next to it (detection masks bad and
+    saturated pixels, so a saturated core is a hole in its segment; its rim is counted):
+    the OR of their DQ bits, the number of them with any bit set, and the number with a
+    bit other than saturated or non-linear set.  ``masked``: the pixels detection masked
+    (boolean image; from ``dq`` if not given).
+    """
+    ny, nx = labels.shape
+    flat = labels.ravel()
+    dq_flat = dq.ravel()
+    if masked is None:
+        masked = (dq & (FAIL_BITS | DQ["unilluminated"])) != 0
+    # masked pixels (a per cent or so of an array) next to a segment: their 8 neighbours
+    cand = np.flatnonzero(masked.ravel())
+    cand = cand[flat[cand] == 0]
+    rim_label = np.zeros(cand.size, flat.dtype)
+    if cand.size:
+        cy, cx = np.divmod(cand, nx)
+        for oy in (-1, 0, 1):
+            for ox in (-1, 0, 1):
+                if oy == 0 and ox == 0:
+                    continue
+                ok = (cy + oy >= 0) & (cy + oy < ny) & (cx + ox >= 0) & (cx + ox < nx)
+                lab = np.zeros(cand.size, flat.dtype)
+                lab[ok] = flat[cand[ok] + (oy * nx + ox)]
+                np.maximum(rim_label, lab, out=rim_label)
+    rim = cand[rim_label > 0]
+    rim_id = rim_label[rim_label > 0]
+    all_ids = np.concatenate([ids, rim_id])
+    values = np.concatenate([dq_flat[where], dq_flat[rim]]).astype(np.int64)
+    imaflags = np.zeros(n, np.int64)
+    seen = int(np.bitwise_or.reduce(values)) if values.size else 0
+    for bit in (b for b in range(16) if seen >> b & 1):
+        has = (values >> bit) & 1
+        imaflags |= (np.bincount(all_ids, has, minlength=n) > 0).astype(np.int64) << bit
+    nflag = np.bincount(all_ids, values != 0, minlength=n)
+    nbad = np.bincount(all_ids, (values & ~(DQ["saturated"] | DQ["non_linear"])) != 0,
+                       minlength=n)
+    return imaflags, nflag, nbad
+
+
+def _flux_radius(ids: np.ndarray, r2: np.ndarray, d: np.ndarray, flux: np.ndarray,
+                 n: int) -> np.ndarray:
+    """Radius from the centroid holding half of each segment's flux (pixels; NaN if <= 0).
+
+    The segment's pixels sorted by distance (one sort over all segments: label, then
+    distance), their flux summed outwards, the distance of the first pixel at which the
+    sum reaches half the segment's flux.
+    """
+    out = np.full(n, np.nan)
+    if ids.size == 0:
+        return out
+    key = ids.astype(np.float64) * (float(r2.max()) + 1.0) + r2
+    order = np.argsort(key, kind="stable")
+    sid, sr2 = ids[order], r2[order]
+    cum = np.cumsum(d[order])
+    counts = np.bincount(sid, minlength=n)
+    first = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    before = np.where(first > 0, cum[np.maximum(first - 1, 0)], 0.0)
+    cum -= before[sid]
+    reached = np.flatnonzero(cum >= 0.5 * flux[sid])
+    if reached.size:
+        label, at = np.unique(sid[reached], return_index=True)
+        out[label] = np.sqrt(sr2[reached[at]])
+    out[~(flux > 0)] = np.nan
+    return out
+
+
+def _class_star(fwhm: np.ndarray, ellipticity: np.ndarray, snr: np.ndarray,
+                clean: np.ndarray) -> np.ndarray:
+    """A stellarity index in [0, 1] from the FWHM of the array's point sources.
+
+    Not SExtractor's neural network: a star is as wide as the array's point sources and
+    round.  The point-source width is the most common FWHM among the clean sources
+    (``clean``: no flag, no flagged pixel) with S/N >= 20: the median of those within 20 %
+    of the width most of them share (the narrower on a tie; galaxies, knots and blends are
+    wider than the stars, and fewer alike).  The score ``exp(-((FWHM/FWHM_star - 1) /
+    0.25)**2 / 2) * exp(-(ellipticity / 0.3)**2 / 2)`` (0.25: the half-maximum FWHM of a
+    few-pixel core is a count of pixels, it scatters by ~10 %) is pulled towards 0.5
+    (undecided) at low S/N, by ``w = clip((S/N - 5) / 15, 0, 1)``: ``CLASS_STAR = 0.5 +
+    w (score - 0.5)``.  Stars come out above 0.8, galaxies, blends and cosmic rays near
+    0, sources too faint to tell near 0.5 (as SExtractor's).
+    """
+    good = np.isfinite(fwhm) & (fwhm > 0)
+    cand = fwhm[good & clean & (snr >= 20.0)]
+    if cand.size == 0:
+        cand = fwhm[good & (snr >= 10.0)]
+    if cand.size == 0:
+        return np.full(fwhm.shape, 0.5)
+    cand = np.sort(cand)
+    counts = (np.searchsorted(cand, 1.2 * cand, "left")
+              - np.searchsorted(cand, 0.8 * cand, "right"))  # within 20 % of each width
+    mode = cand[int(np.argmax(counts))]  # the first maximum: the narrower on a tie
+    star = float(np.median(cand[np.abs(cand / mode - 1.0) < 0.2]))
+    with np.errstate(invalid="ignore"):
+        score = np.exp(-0.5 * ((fwhm / star - 1.0) / 0.25) ** 2)
+        score *= np.exp(-0.5 * (np.nan_to_num(ellipticity, nan=1.0) / 0.3) ** 2)
+    score = np.where(good, score, 0.0)
+    weight = np.clip((np.nan_to_num(snr, nan=0.0, posinf=1e9) - 5.0) / 15.0, 0.0, 1.0)
+    return 0.5 + weight * (score - 0.5)
+
+
 def source_table(data: np.ndarray, smooth: np.ndarray, labels: np.ndarray,
-                 error: np.ndarray | None = None) -> Table:
+                 error: np.ndarray | None = None, *, background: np.ndarray | None = None,
+                 dq: np.ndarray | None = None, masked: np.ndarray | None = None) -> Table:
     """Measure every segment of a label image at once (vectorised over all sources).
 
-    The same quantities, with the same definitions, as photutils' ``SourceCatalog`` given
-    ``convolved_data=smooth``: centroid and ellipticity from the moments of the smoothed
-    data in the segment (thin sources regularised in steps of 1/12 as photutils does), flux,
-    flux error, peak and area from the unsmoothed data.  FWHM comes from the area above half the
-    peak, 2 sqrt(A / pi), which, unlike moment widths, the extended wings of AO PSFs do not
-    inflate.  ``SourceCatalog`` measures sources one cutout at a time; on a sky-limited
-    2048 x 2048 array with thousands of faint segments this does the same in a few
-    whole-array passes.
+    The columns of DRAGONS' OBJCAT that detectSources measures (:data:`CATALOG_COLUMNS`,
+    in OBJCAT order; gsaoi_watch.data.objcat adds the world columns when the catalogue is
+    written).  Centroid (X_IMAGE, Y_IMAGE, 1-based), second moments (A_IMAGE, B_IMAGE,
+    THETA_IMAGE, ELLIPTICITY = 1 - B/A) as photutils' ``SourceCatalog`` given
+    ``convolved_data=smooth`` computes them (moments of the smoothed data in the segment,
+    thin sources regularised in steps of 1/12); flux (FLUX_AUTO: the segment's flux, the
+    isophotal flux, not a Kron aperture), its error, the peak (FLUX_MAX) and area
+    (ISOAREA_IMAGE) from the unsmoothed data.  FWHM_IMAGE comes from the area above half
+    the peak, 2 sqrt(A / pi) (as DRAGONS' PROFILE_FWHM), which, unlike moment widths, the
+    extended wings of AO PSFs do not inflate.  FLUX_RADIUS is the radius holding half of
+    FLUX_AUTO; MAG_AUTO = -2.5 log10(FLUX_AUTO) (zero point 0, as DRAGONS runs
+    SExtractor; 99 for a flux <= 0, as SExtractor); CLASS_STAR see :func:`_class_star`;
+    FLAGS, IMAFLAGS_ISO and NIMAFLAGS_ISO see :func:`_dq_flags` and the ``FLAG_*``
+    constants; BACKGROUND the background taken off at the centroid.  ``SourceCatalog``
+    measures sources one cutout at a time; on a sky-limited 2048 x 2048 array with
+    thousands of faint segments this does the same in a few whole-array passes.
 
     Parameters
     ----------
@@ -394,7 +516,13 @@ def source_table(data: np.ndarray, smooth: np.ndarray, labels: np.ndarray,
     labels : ndarray of int
         Segment labels (0 = no source).
     error : ndarray, optional
-        1-sigma uncertainty per pixel.
+        1-sigma uncertainty per pixel (FLUXERR_AUTO NaN without it).
+    background : ndarray, optional
+        The background subtracted (BACKGROUND; 0 without it).
+    dq : ndarray of uint16, optional
+        The array's DQ (FLAGS from the edges only, IMAFLAGS_ISO 0, without it).
+    masked : ndarray of bool, optional
+        The pixels detection masked (computed from ``dq`` if not given).
 
     Returns
     -------
@@ -433,8 +561,12 @@ def source_table(data: np.ndarray, smooth: np.ndarray, labels: np.ndarray,
         half_tr = 0.5 * (cxx + cyy)
         root = np.sqrt(np.maximum(half_tr**2 - det, 0.0))
         minor2 = half_tr - root
-        ellipticity = 1.0 - np.sqrt(minor2) / np.sqrt(half_tr + root)
+        a_axis = np.sqrt(half_tr + root)
+        b_axis = np.sqrt(np.maximum(minor2, 0.0))
+        ellipticity = 1.0 - np.sqrt(minor2) / a_axis
         ellipticity[bad | (minor2 < 0)] = np.nan
+        b_axis[bad | (minor2 < 0)] = np.nan
+        theta = np.degrees(0.5 * np.arctan2(2.0 * cxy, cxx - cyy))
         peak = np.full(n, -np.inf)
         np.maximum.at(peak, ids, d)
         above = d >= 0.5 * peak[ids]
@@ -442,11 +574,49 @@ def source_table(data: np.ndarray, smooth: np.ndarray, labels: np.ndarray,
                         np.nan)
         flux_err = (np.sqrt(per_source(error.ravel()[where].astype(np.float64) ** 2))
                     if error is not None else np.full(n, np.nan))
-    cols = {"number": present, "x": xc[present] + 1.0, "y": yc[present] + 1.0,
-            "flux": per_source(d)[present], "flux_err": flux_err[present],
-            "fwhm": fwhm[present], "ellipticity": ellipticity[present],
-            "peak": peak[present], "area": per_source()[present]}
+        flux = per_source(d)
+        snr = flux / flux_err
+        positive = flux > 0
+        mag = np.where(positive, -2.5 * np.log10(np.where(positive, flux, 1.0)), 99.0)
+        magerr = np.where(positive & np.isfinite(flux_err),
+                          2.5 / np.log(10.0) * flux_err / np.where(positive, flux, 1.0), 99.0)
+    area = np.bincount(ids, minlength=n)
+    radius = _flux_radius(ids, dx * dx + dy * dy, d, flux, n)
+    edge = per_source(((xx == 0) | (yy == 0) | (xx == nx - 1) | (yy == ny - 1))
+                      .astype(np.float64)) > 0
+    if dq is not None:
+        imaflags, nflag, nbad = _dq_flags(labels, dq, where, ids, n, masked)
+    else:
+        imaflags = nflag = nbad = np.zeros(n, np.int64)
+    flags = (np.where(edge, FLAG_TRUNCATED, 0) | np.where(imaflags & DQ["saturated"],
+                                                           FLAG_SATURATED, 0)
+             | np.where(nbad > 0.1 * area, FLAG_BAD_PIXELS, 0))
+    if background is not None:
+        bx = np.clip(np.rint(np.nan_to_num(xc)).astype(int), 0, nx - 1)
+        by = np.clip(np.rint(np.nan_to_num(yc)).astype(int), 0, ny - 1)
+        bkg = np.asarray(background)[by, bx].astype(np.float64)
+    else:
+        bkg = np.zeros(n)
+    p = present
+    cols = {"NUMBER": p, "X_IMAGE": xc[p] + 1.0, "Y_IMAGE": yc[p] + 1.0,
+            "A_IMAGE": a_axis[p], "B_IMAGE": b_axis[p], "THETA_IMAGE": theta[p],
+            "FWHM_IMAGE": fwhm[p], "FLUX_RADIUS": radius[p], "ELLIPTICITY": ellipticity[p],
+            "FLUX_AUTO": flux[p], "FLUXERR_AUTO": flux_err[p], "MAG_AUTO": mag[p],
+            "MAGERR_AUTO": magerr[p], "FLUX_MAX": peak[p],
+            "CLASS_STAR": _class_star(fwhm[p], ellipticity[p], snr[p],
+                                      (flags[p] == 0) & (nflag[p] == 0)),
+            "ISOAREA_IMAGE": area[p], "FLAGS": flags[p].astype(np.int16),
+            "IMAFLAGS_ISO": imaflags[p].astype(np.int32),
+            "NIMAFLAGS_ISO": nflag[p].astype(np.int32), "BACKGROUND": bkg[p]}
     return Table({k: cols[k] for k in CATALOG_COLUMNS})
+
+
+def empty_catalog() -> Table:
+    """A catalogue without sources, with the columns and types of :func:`source_table`."""
+    ints = {"NUMBER": np.int64, "ISOAREA_IMAGE": np.int64, "FLAGS": np.int16,
+            "IMAFLAGS_ISO": np.int32, "NIMAFLAGS_ISO": np.int32}
+    return Table(names=CATALOG_COLUMNS,
+                 dtype=[ints.get(k, np.float64) for k in CATALOG_COLUMNS])
 
 
 def detect_array(arr: Array, *, detect_thresh: float = 1.5, detect_minarea: int = 20,
@@ -468,9 +638,10 @@ def detect_array(arr: Array, *, detect_thresh: float = 1.5, detect_minarea: int 
     Array
         ``arr`` with ``objmask`` set (1 on source pixels).
     astropy.table.Table or None
-        None with ``catalog=False``; otherwise one row per source: 1-based ``x``, ``y``,
-        ``flux`` and ``flux_err`` (electrons), ``fwhm`` (pixels, from the area above half
-        maximum), ``ellipticity``, ``peak``, ``area``.
+        None with ``catalog=False``; otherwise one row per source, DRAGONS' OBJCAT
+        columns (:data:`CATALOG_COLUMNS`, see :func:`source_table`): 1-based X_IMAGE,
+        Y_IMAGE, FLUX_AUTO and FLUXERR_AUTO (the array's units), FWHM_IMAGE (pixels, from
+        the area above half maximum), ELLIPTICITY, FLUX_MAX, ISOAREA_IMAGE, FLAGS...
     """
     sci = arr.sci.astype(np.float32, copy=False)
     mask = ((arr.dq & (FAIL_BITS | DQ["unilluminated"])) != 0) if arr.dq is not None else \
@@ -500,12 +671,11 @@ def detect_array(arr: Array, *, detect_thresh: float = 1.5, detect_minarea: int 
     _, _, noise = clipped_stats(smooth[~mask][::7], sigma=3.0, maxiters=5)
     labels = find_segments(smooth, detect_thresh * noise, detect_minarea, mask=mask)
     if labels is None:
-        empty = Table(names=CATALOG_COLUMNS,
-                      dtype=(int, float, float, float, float, float, float, float, float))
-        return arr.with_(objmask=np.zeros(sci.shape, np.uint8)), empty
+        return arr.with_(objmask=np.zeros(sci.shape, np.uint8)), empty_catalog()
     objmask = (labels > 0).view(np.uint8)
     if not catalog:
         return arr.with_(objmask=objmask), None
     error = np.sqrt(np.maximum(arr.var, 0)) if arr.var is not None else None
-    table = source_table(data, smooth, labels, error)
+    table = source_table(data, smooth, labels, error, background=background, dq=arr.dq,
+                         masked=mask if arr.dq is not None else None)
     return arr.with_(objmask=objmask), table

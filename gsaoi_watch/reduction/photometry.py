@@ -115,11 +115,17 @@ def gain_term(arr: Array) -> float:
 
 
 def catalogs(frame: Frame) -> list:
-    """The frame's per-array source catalogues (``meta['catalogs']``), detected if absent."""
-    cats = frame.meta.get("catalogs")
-    if cats is None:
+    """The frame's per-array source catalogues (``meta['catalogs']``), detected if absent.
+
+    An array whose catalogue is None (none in its file, or one that could not be used) is
+    detected here, the others are taken as they are.
+    """
+    cats = list(frame.meta.get("catalogs") or [None] * len(frame.arrays))
+    cats += [None] * (len(frame.arrays) - len(cats))
+    if any(c is None for c in cats):
         from gsaoi_watch.reduction.detect import detect_array
-        cats = [detect_array(a)[1] for a in frame.arrays]
+        cats = [c if c is not None else detect_array(a)[1]
+                for a, c in zip(frame.arrays, cats)]
     return cats
 
 
@@ -247,14 +253,16 @@ def standard_photometry(frame: Frame, ra: float, dec: float, *, search_arcsec: f
         margin = search_arcsec / scale
         if not (-margin < xy[0] < nx + margin and -margin < xy[1] < ny + margin):
             continue
-        sep = np.hypot(np.asarray(cat["x"]) - xy[0], np.asarray(cat["y"]) - xy[1]) * scale
-        near = np.nonzero((sep <= search_arcsec) & np.isfinite(np.asarray(cat["flux"])))[0]
+        sep = np.hypot(np.asarray(cat["X_IMAGE"]) - xy[0],
+                       np.asarray(cat["Y_IMAGE"]) - xy[1]) * scale
+        near = np.nonzero((sep <= search_arcsec) & np.isfinite(np.asarray(cat["FLUX_AUTO"])))[0]
         if near.size == 0:
             continue
-        j = near[np.argmax(np.asarray(cat["flux"])[near])]
-        if best is None or cat["flux"][j] > best[3]:
-            best = (k, float(cat["x"][j]), float(cat["y"][j]), float(cat["flux"][j]),
-                    float(cat["fwhm"][j]), scale, float(sep[j]))
+        j = near[np.argmax(np.asarray(cat["FLUX_AUTO"])[near])]
+        if best is None or cat["FLUX_AUTO"][j] > best[3]:
+            best = (k, float(cat["X_IMAGE"][j]), float(cat["Y_IMAGE"][j]),
+                    float(cat["FLUX_AUTO"][j]), float(cat["FWHM_IMAGE"][j]), scale,
+                    float(sep[j]))
     if best is None:
         return None
     k, x, y, _, width, scale, separation = best

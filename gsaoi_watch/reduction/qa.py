@@ -287,12 +287,12 @@ def _iq_candidates(arr: Array, cat, *, snr_min, max_ellipticity):
     """Rows of ``cat`` that are bright, unflagged, away from the edges and not extended."""
     if cat is None or len(cat) == 0:
         return np.zeros(0, int)
-    x = np.asarray(cat["x"], float) - 1.0
-    y = np.asarray(cat["y"], float) - 1.0
-    fwhm = np.asarray(cat["fwhm"], float)
-    flux = np.asarray(cat["flux"], float)
-    err = np.asarray(cat["flux_err"], float)
-    ell = np.asarray(cat["ellipticity"], float)
+    x = np.asarray(cat["X_IMAGE"], float) - 1.0
+    y = np.asarray(cat["Y_IMAGE"], float) - 1.0
+    fwhm = np.asarray(cat["FWHM_IMAGE"], float)
+    flux = np.asarray(cat["FLUX_AUTO"], float)
+    err = np.asarray(cat["FLUXERR_AUTO"], float)
+    ell = np.asarray(cat["ELLIPTICITY"], float)
     snr = np.where(err > 0, flux / np.where(err > 0, err, 1.0), np.inf)
     ny, nx = arr.shape
     edge = 3.0 * np.nan_to_num(fwhm, nan=0.0) + 2
@@ -340,7 +340,7 @@ def measure_iq(frame: Frame, *, snr_min: float = 100.0, max_ellipticity: float =
             continue
         idx = _iq_candidates(arr, cat, snr_min=snr_min, max_ellipticity=max_ellipticity)
         scale = array_pixel_scale(arr, frame)
-        candidates += [(k, j, float(cat["fwhm"][j]), scale) for j in idx]
+        candidates += [(k, j, float(cat["FWHM_IMAGE"][j]), scale) for j in idx]
     if candidates:
         arcsec = np.array([c[2] * c[3] for c in candidates])
         median = float(np.median(arcsec))
@@ -349,14 +349,14 @@ def measure_iq(frame: Frame, *, snr_min: float = 100.0, max_ellipticity: float =
     rows = []  # (fwhm_arcsec, ellipticity, strehl)
     for k, j, f, scale in candidates:
         arr, cat = frame.arrays[k], cats[k]
-        x, y = float(cat["x"][j]), float(cat["y"][j])
+        x, y = float(cat["X_IMAGE"][j]), float(cat["Y_IMAGE"][j])
         phot = aperture_photometry(arr, x, y, 4.0 * f, 6.0 * f, 8.0 * f)
         strehl = float("nan")
         if phot.flux > 0 and phot.masked_fraction < 0.01:
             dx, dy = (x - 1.0) - round(x - 1.0), (y - 1.0) - round(y - 1.0)
-            strehl = (float(cat["peak"][j]) / phot.flux) / ideal_peak_fraction(scale, wave,
+            strehl = (float(cat["FLUX_MAX"][j]) / phot.flux) / ideal_peak_fraction(scale, wave,
                                                                                dx, dy)
-        rows.append((f * scale, float(cat["ellipticity"][j]), strehl))
+        rows.append((f * scale, float(cat["ELLIPTICITY"][j]), strehl))
     if not rows:
         nan = float("nan")
         return ImageQuality(nan, nan, nan, nan, nan, nan, nan, 0, nan, "IQUnknown")

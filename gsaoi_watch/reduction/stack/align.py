@@ -30,8 +30,8 @@ def frame_catalog(cats: Sequence[Table | None], geom: FrameGeometry, center: Seq
     Parameters
     ----------
     cats : list of Table or None
-        Per array, a detectSources catalogue (OBJCAT: 1-based ``x``, ``y``, ``flux``,
-        optionally ``fwhm``).
+        Per array, a detectSources catalogue (OBJCAT columns: 1-based ``X_IMAGE``,
+        ``Y_IMAGE``, ``FLUX_AUTO``, optionally ``FWHM_IMAGE`` and ``FLUXERR_AUTO``).
     geom : FrameGeometry
         The frame's geometry.
     center : (float, float)
@@ -48,8 +48,8 @@ def frame_catalog(cats: Sequence[Table | None], geom: FrameGeometry, center: Seq
         ``y`` (1-based array pixels), ``fwhm`` (pixels), ``sigma`` (centroid error, arcsec).
     """
     rows = []
-    widths = np.concatenate([np.asarray(c["fwhm"], float) for c in cats
-                             if c is not None and len(c) and "fwhm" in c.colnames]
+    widths = np.concatenate([np.asarray(c["FWHM_IMAGE"], float) for c in cats
+                             if c is not None and len(c) and "FWHM_IMAGE" in c.colnames]
                             or [np.zeros(0)])
     widths = widths[np.isfinite(widths) & (widths > 0)]
     max_fwhm = 3.0 * np.median(widths) if len(widths) else np.inf
@@ -57,10 +57,10 @@ def frame_catalog(cats: Sequence[Table | None], geom: FrameGeometry, center: Seq
     for i, cat in enumerate(cats):
         if cat is None or len(cat) == 0:
             continue
-        x = np.asarray(cat["x"], float)
-        y = np.asarray(cat["y"], float)
-        flux = np.asarray(cat["flux"], float)
-        fwhm = (np.asarray(cat["fwhm"], float) if "fwhm" in cat.colnames
+        x = np.asarray(cat["X_IMAGE"], float)
+        y = np.asarray(cat["Y_IMAGE"], float)
+        flux = np.asarray(cat["FLUX_AUTO"], float)
+        fwhm = (np.asarray(cat["FWHM_IMAGE"], float) if "FWHM_IMAGE" in cat.colnames
                 else np.full(len(x), np.nan))
         ok = np.isfinite(x) & np.isfinite(y) & np.isfinite(flux) & (flux > 0)
         ok &= ~(fwhm > max_fwhm)  # extended sources (galaxy knots, blends) align poorly
@@ -68,7 +68,7 @@ def frame_catalog(cats: Sequence[Table | None], geom: FrameGeometry, center: Seq
             continue
         e, n = geom.to_plane(i, x[ok], y[ok], center)
         # centroid error ~ FWHM / (2.35 S/N), floored; 1" when the catalogue has no errors
-        err = (np.asarray(cat["flux_err"], float)[ok] if "flux_err" in cat.colnames
+        err = (np.asarray(cat["FLUXERR_AUTO"], float)[ok] if "FLUXERR_AUTO" in cat.colnames
                else np.full(ok.sum(), np.nan))
         width = np.where(np.isfinite(fwhm[ok]), fwhm[ok], np.median(widths) if len(widths)
                          else 3.0) * pixel

@@ -71,8 +71,9 @@ def _night(rng, truth, *, n_frames=9, n_stars=160, centroid_px=0.05, wcs_error=(
             if extra_sources:  # galaxy knots and faint stars the catalogue does not have
                 x = np.concatenate([x, rng.uniform(1, SIZE, extra_sources)])
                 y = np.concatenate([y, rng.uniform(1, SIZE, extra_sources)])
-            per_array.append(Table({"x": x, "y": y, "flux": np.full(len(x), 1e4),
-                                    "fwhm": np.full(len(x), 4.0)}))
+            per_array.append(Table({"X_IMAGE": x, "Y_IMAGE": y,
+                                    "FLUX_AUTO": np.full(len(x), 1e4),
+                                    "FWHM_IMAGE": np.full(len(x), 4.0)}))
         cats.append((f, g_hdr, frame_catalog(per_array, g_hdr, (RA0, DEC0))))
         true_geoms.append(g_true)
     return cats, true_geoms, east, north

@@ -128,7 +128,8 @@ def run_qa(args: argparse.Namespace) -> int:
         try:
             result = qa_for_product(path)
         except Exception as exc:  # noqa: BLE001 - report the file and go on
-            print(f"{log_name(path.name)}: QA failed: {log_name(exc)}", file=sys.stderr)
+            problem = getattr(exc, "problem", None) or exc  # a FrameError names the file
+            print(f"{log_name(path.name)}: QA failed: {log_name(problem)}", file=sys.stderr)
             status = 1
             continue
         if getattr(args, "json", False):

@@ -117,10 +117,11 @@ def stack_files(paths: Sequence[str | Path], output: str | Path, *,
         except (GsaoiWatchError, OSError) as exc:
             reason = getattr(exc, "problem", None) or str(exc)
             skipped.append((Path(p).name, reason))
-            log.warning("stack: %s left out: %s", log_name(Path(p).name), reason)
             continue
         cats.append(catalogs)
         good.append(p)
+    for name, reason in skipped if good else ():  # (with none usable, the error says it)
+        log.warning("stack: %s left out: %s", log_name(name), reason)
     if not good:
         raise ReductionError("stack: no usable input files ("
                              + "; ".join(f"{n}: {r}" for n, r in skipped) + ")")

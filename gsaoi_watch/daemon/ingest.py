@@ -1,13 +1,15 @@
 """Frame arrival: what the arrival gate released becomes a ledger row and a sequence member.
 
-A rejected file becomes a quarantined row (one warning line).  A complete frame is checked
-against the ledger (same checksum: nothing to do; same data label under another name: a
-duplicate, quarantined), then recorded: a processed product dropped among the raw
-frames (a stack, a flat, a ``_skyCorrected`` frame: PROCESSED or PREPARED) is ignored and
-never reduced, a static BPM is registered as a calibration, kinds that are not reduced are
-recorded as ignored, and anything else joins the sequence its headers name (created OPEN if new); a frame lacking what its reduction needs (EXPTIME,
-DATE-OBS, filters, a known read mode: :func:`~gsaoi_watch.reduction.standardize.check_frame`)
-is quarantined with that reason instead of failing its sequence's job again and again.
+A rejected file becomes a quarantined row (one warning line).  A processed product dropped
+among the raw frames (a stack, a flat, a ``_skyCorrected`` frame: PROCESSED or PREPARED) is
+recorded as ignored, never reduced (its data label may be its raw frame's, so this comes
+first).  A raw frame is checked against the ledger (same checksum: nothing to do; same data
+label under another name: a duplicate, quarantined), then recorded: a static BPM is
+registered as a calibration, kinds that are not reduced are recorded as ignored, and
+anything else joins the sequence its headers name (created OPEN if new); a frame lacking
+what its reduction needs (EXPTIME, DATE-OBS, filters, a known read mode:
+:func:`~gsaoi_watch.reduction.standardize.check_frame`) is quarantined with that reason
+instead of failing its sequence's job again and again.
 The sequence then gets ``first_frame`` or ``frame`` through the transition table (whose
 ``add_frame`` records the sequence's new last frame and starts the per-frame steps), and
 sequences that a later observation followed close.

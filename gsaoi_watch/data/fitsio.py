@@ -32,7 +32,6 @@ from gsaoi_watch.data.descriptors import (
     header_text,
     product_status,
 )
-from gsaoi_watch.data.tags import compute_tags
 from gsaoi_watch.data.names import (
     MAX_NAME_LENGTH,
     ROOT_NAME_LENGTH,
@@ -40,6 +39,7 @@ from gsaoi_watch.data.names import (
     safe_name,
     split_extension,
 )
+from gsaoi_watch.data.tags import compute_tags
 from gsaoi_watch.errors import FrameError, UnsafePathError
 from gsaoi_watch.logs import log_name
 from gsaoi_watch.reduction.container import Array, Frame

@@ -326,8 +326,7 @@ def _stack_header(grid_header: fits.Header, shape: tuple[int, int],
         header["CCDSUM"] = (ref["CCDSUM"], ref.comments["CCDSUM"])
     ny, nx = shape
     header["DATASEC"] = (f"[1:{nx},1:{ny}]", "Data section: the whole mosaic")
-    sections = [parse_section(h.get("DETSEC")) for h in first]
-    sections = [s for s in sections if s is not None]
+    sections = [s for s in (parse_section(h.get("DETSEC")) for h in first) if s is not None]
     if sections:
         union = Section(min(s.x1 for s in sections), max(s.x2 for s in sections),
                         min(s.y1 for s in sections), max(s.y2 for s in sections))

@@ -1,12 +1,15 @@
 """Frame arrival: what the arrival gate released becomes a ledger row and a sequence member.
 
-A rejected file becomes a quarantined row (one warning line).  A complete frame is checked
-against the ledger (same checksum: nothing to do; same data label under another name: a
-duplicate, quarantined), then recorded: a static BPM is registered as a calibration, kinds
-that are not reduced are recorded as ignored, and anything else joins the sequence its
-headers name (created OPEN if new); a frame lacking what its reduction needs (EXPTIME,
-DATE-OBS, filters, a known read mode: :func:`~gsaoi_watch.reduction.standardize.check_frame`)
-is quarantined with that reason instead of failing its sequence's job again and again.
+A rejected file becomes a quarantined row (one warning line).  A processed product dropped
+among the raw frames (a stack, a flat, a ``_skyCorrected`` frame: PROCESSED or PREPARED) is
+recorded as ignored, never reduced (its data label may be its raw frame's, so this comes
+first).  A raw frame is checked against the ledger (same checksum: nothing to do; same data
+label under another name: a duplicate, quarantined), then recorded: a static BPM is
+registered as a calibration, kinds that are not reduced are recorded as ignored, and
+anything else joins the sequence its headers name (created OPEN if new); a frame lacking
+what its reduction needs (EXPTIME, DATE-OBS, filters, a known read mode:
+:func:`~gsaoi_watch.reduction.standardize.check_frame`) is quarantined with that reason
+instead of failing its sequence's job again and again.
 The sequence then gets ``first_frame`` or ``frame`` through the transition table (whose
 ``add_frame`` records the sequence's new last frame and starts the per-frame steps), and
 sequences that a later observation followed close.
@@ -24,7 +27,7 @@ from gsaoi_watch.calibration import db, queries
 from gsaoi_watch.calibration.caldb import calibration_kind
 from gsaoi_watch.daemon.events import Event, FrameArrived
 from gsaoi_watch.daemon.sequences import State, frame_kind, label, sequence_key
-from gsaoi_watch.data.descriptors import FrameInfo
+from gsaoi_watch.data.descriptors import FrameInfo, product_status
 from gsaoi_watch.logs import log_name
 from gsaoi_watch.reduction.standardize import check_frame
 
@@ -76,13 +79,18 @@ def ingest(engine: Engine, arrived: FrameArrived) -> None:
     existing = db.Frame.get_or_none(db.Frame.path == path)
     if existing is not None and existing.checksum == digest:
         return
+    kind = frame_kind(info)
+    if kind == "product":  # a processed file: its data label may be its raw frame's
+        _record_frame(engine, path, info, digest, "ignored", None, label=False)
+        log.info("frame=%s ignored: processed product (%s), not a raw frame", name,
+                 product_status(info.tags))
+        return
     label_ = info.data_label()
     twin = db.Frame.get_or_none(db.Frame.data_label == label_) if label_ else None
     if twin is not None and twin.path != path:
         quarantine(engine, path, f"duplicate of {Path(twin.path).name} "
                                  f"(same data label {label_})")
         return
-    kind = frame_kind(info)
     if kind == "bpm" or calibration_kind(info) == "processed_bpm":
         queries.register_product(path, info, kind="processed_bpm", is_calibration=True)
         log.info("frame=%s registered as static BPM", name)
@@ -123,11 +131,11 @@ def _join(engine: Engine, path: str, info: FrameInfo, digest: str) -> None:
 
 
 def _record_frame(engine: Engine, path: str, info: FrameInfo, digest: str, state: str,
-                  seq: db.Sequence | None) -> None:
+                  seq: db.Sequence | None, *, label: bool = True) -> None:
     descriptors = {"object": info.object(), "observation_class": info.observation_class(),
                    "filter_name": info.filter_name(), "exposure_time": info.exposure_time(),
                    "observation_id": info.observation_id()}
-    fields = dict(data_label=info.data_label() if state != "quarantined" else None,
+    fields = dict(data_label=info.data_label() if label and state != "quarantined" else None,
                   checksum=digest, size=Path(path).stat().st_size,
                   descriptors=json.dumps(descriptors), tags=" ".join(sorted(info.tags)),
                   state=state, error=None, sequence=seq, ut_datetime=info.ut_datetime(),

@@ -15,9 +15,13 @@ from gsaoi_watch.data.sections import parse_section
 from gsaoi_watch.data.tags import compute_tags
 from gsaoi_watch.instrument import tables as instrument
 
-__all__ = ['DESCRIPTORS', 'FrameInfo', 'cd_pixel_scale', 'remove_component_id']
+__all__ = ['DESCRIPTORS', 'N_ARRAYS', 'N_MOSAIC_ARRAYS', 'FrameInfo', 'cd_pixel_scale',
+           'product_status', 'remove_component_id']
 
+#: Arrays of a GSAOI frame (raw, or processed array by array).
 N_ARRAYS = 4
+#: Arrays of a mosaicked product (a stack: DRAGONS' resampleToCommonFrame + stackFrames).
+N_MOSAIC_ARRAYS = 1
 
 
 def remove_component_id(name: Any) -> str | None:
@@ -30,6 +34,21 @@ def remove_component_id(name: Any) -> str | None:
 
 def header_text(value: Any) -> Any:
     return value.strip() if isinstance(value, str) else value
+
+
+def product_status(tags: Iterable[str]) -> str | None:
+    """'PROCESSED' or 'PREPARED' for a file gsaoi_watch or DRAGONS processed, None if raw.
+
+    From the DRAGONS tags (:func:`~gsaoi_watch.data.tags.compute_tags`): PROCESSED for a
+    processed calibration or processed science (a stack), PREPARED for an intermediate
+    product (``_skyCorrected``, ``_flatCorrected``).
+    """
+    tags = set(tags)
+    if "PROCESSED" in tags:
+        return "PROCESSED"
+    if "PREPARED" in tags:
+        return "PREPARED"
+    return None
 
 
 def cd_pixel_scale(header, *, zero=False):
@@ -89,7 +108,9 @@ class FrameInfo:
     """Header view of one GSAOI file: DRAGONS descriptors (as methods) and tags.
 
     Descriptors that DRAGONS evaluates per extension (``gain``, ``array_name``, sections,
-    ...) return one value per array in extension order.  A descriptor whose keyword is
+    ...) return one value per array in extension order: four for a frame, one (a list of
+    one) for a mosaicked product such as a stack, as DRAGONS' descriptors of a
+    one-extension file do.  A descriptor whose keyword is
     missing returns None rather than raising, so dataselect expressions simply fail to match.
 
     Parameters
@@ -400,8 +421,16 @@ class FrameInfo:
 
     # --- per-array descriptors ----------------------------------------------------------------
     def array_name(self) -> list[Any]:
-        """ARRAYID of each array."""
-        return self._ext("ARRAYID")
+        """ARRAYID of each array; PHU DETECTOR for mosaicked data (no ARRAYID), as DRAGONS.
+
+        DRAGONS' resampleToCommonFrame removes ARRAYID from a mosaic of several arrays, and
+        its GSAOI ``array_name`` then gives the detector name; here that name is given once
+        per array of the product, so the result is always one value per array.
+        """
+        names = self._ext("ARRAYID")
+        if names and all(n is None for n in names):
+            return [self._phu("DETECTOR")] * len(names)
+        return names
 
     def _sections(self, key, pretty):
         raw = self._ext(key)

@@ -27,7 +27,13 @@ import numpy as np
 from astropy.io import fits
 from astropy.table import Table
 
-from gsaoi_watch.data.descriptors import N_ARRAYS, FrameInfo, header_text
+from gsaoi_watch.data.descriptors import (
+    N_ARRAYS,
+    N_MOSAIC_ARRAYS,
+    FrameInfo,
+    header_text,
+    product_status,
+)
 from gsaoi_watch.data.names import (
     MAX_NAME_LENGTH,
     ROOT_NAME_LENGTH,
@@ -36,6 +42,7 @@ from gsaoi_watch.data.names import (
     split_extension,
 )
 from gsaoi_watch.data.objcat import objcat_hdu, read_objcat
+from gsaoi_watch.data.tags import compute_tags
 from gsaoi_watch.errors import CatalogError, FrameError, UnsafePathError
 from gsaoi_watch.logs import log_name
 from gsaoi_watch.reduction.container import Array, Frame
@@ -140,6 +147,8 @@ def read_frame_info(path: str | os.PathLike[str], *, require_gsaoi: bool = True)
         The FITS file.
     require_gsaoi : bool, optional
         Reject files whose INSTRUME is not GSAOI or that do not hold 4 arrays (default).
+        A processed file (PROCESSED or PREPARED, as DRAGONS tags it) may also hold one
+        array: a mosaicked product such as a stack.
 
     Returns
     -------
@@ -149,7 +158,8 @@ def read_frame_info(path: str | os.PathLike[str], *, require_gsaoi: bool = True)
     ------
     FrameError
         With a one-line message naming the file and the problem: missing, empty, not FITS,
-        truncated, another instrument, or the wrong number of arrays.
+        truncated, another instrument, or the wrong number of arrays (4 for a raw frame;
+        4, or 1 when mosaicked, for a processed product).
     """
     path = os.fspath(path)
     try:
@@ -192,8 +202,14 @@ def read_frame_info(path: str | os.PathLike[str], *, require_gsaoi: bool = True)
         if str(inst).upper() != "GSAOI":
             raise FrameError(path, f"not a GSAOI frame (INSTRUME={inst!r})")
         if len(arrays) != N_ARRAYS:
-            raise FrameError(
-                path, f"has {len(arrays)} array extensions; a GSAOI frame has {N_ARRAYS}")
+            status = product_status(compute_tags(phu))
+            if status is None:
+                raise FrameError(
+                    path, f"has {len(arrays)} array extensions; a GSAOI frame has {N_ARRAYS}")
+            if len(arrays) != N_MOSAIC_ARRAYS:
+                raise FrameError(path, f"has {len(arrays)} array extensions; a {status} GSAOI "
+                                       f"product has {N_ARRAYS}, or {N_MOSAIC_ARRAYS} when "
+                                       "mosaicked")
     return FrameInfo(phu, arrays, path=path)
 
 
@@ -207,10 +223,15 @@ def load_frame(path: str | os.PathLike[str], *,
     Raises
     ------
     FrameError
-        If the file is not a complete GSAOI frame (see ``read_frame_info``).
+        If the file is not a complete GSAOI frame (see ``read_frame_info``), or is a
+        mosaicked product (a stack: one array), which is not a frame to reduce.
     """
     path = Path(path)
-    read_frame_info(path)  # validates: FITS, complete, GSAOI, 4 arrays
+    info = read_frame_info(path)  # validates: FITS, complete, GSAOI, 4 arrays (or a mosaic)
+    if len(info.ext_headers) != N_ARRAYS:
+        raise FrameError(path, f"is a mosaicked product ({len(info.ext_headers)} array, "
+                               f"{product_status(info.tags)}), not a frame of {N_ARRAYS} "
+                               "arrays to reduce")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with fits.open(path, memmap=False) as hdul:

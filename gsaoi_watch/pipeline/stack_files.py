@@ -22,6 +22,7 @@ from gsaoi_watch.data.fitsio import (
     write_frame,
 )
 from gsaoi_watch.data.refcat import read_reference_catalog
+from gsaoi_watch.data.sections import Section, parse_section
 from gsaoi_watch.errors import FrameError, GsaoiWatchError, ReductionError
 from gsaoi_watch.pipeline.pools import fork_mapper
 from gsaoi_watch.reduction.container import Array, Frame
@@ -136,12 +137,14 @@ def stack_files(paths: Sequence[str | Path], output: str | Path, *,
         raise ReductionError(f"{exc} (also left out: "
                              + "; ".join(f"{n}: {r}" for n, r in skipped) + ")") from exc
     result.meta["skipped"] = skipped + result.meta["skipped"]
-    first = load_frame_header(good[[g.name for g in geoms].index(result.meta["used"][0])])
-    phu = _stack_phu(first, result, result.meta["astrometry"]["kind"] == "absolute")
+    used = [good[[g.name for g in geoms].index(name)] for name in result.meta["used"]]
+    phu = _stack_phu(load_frame_header(used[0]), result,
+                     result.meta["astrometry"]["kind"] == "absolute",
+                     inputs=[load_frame_header(p) for p in used])
     astrometry_cards(phu, result.meta["astrometry"])
     arr = result.arrays[0]
-    header = arr.header.copy()
-    header["EXTVER"] = 1
+    header = _stack_header(arr.header, arr.sci.shape, [_sci_headers(p) for p in used],
+                           detector=phu.get("DETECTOR", "GSAOI"))
     result = result.with_(phu=phu, arrays=(arr.with_(header=header),),
                           filename=output.name, orig_filename=output.name)
     path = write_frame(result, output.parent if str(output.parent) else ".",
@@ -156,21 +159,90 @@ def load_frame_header(path: str | Path) -> fits.Header:
         return fits.getheader(path, 0)
 
 
-def _stack_phu(first, result, absolute):
-    phu = fits.Header()
-    for key in ("INSTRUME", "TELESCOP", "OBSERVAT", "OBJECT", "OBSCLASS", "OBSTYPE",
-                "GEMPRGID", "OBSID", "DATALAB", "FILTER1", "FILTER2", "DATE-OBS", "TIME-OBS",
-                "UT", "UTSTART", "RA", "DEC", "EQUINOX", "DETECTOR", "AIRMASS"):
-        if key in first:
-            phu[key] = (first[key], first.comments[key])
+def _sci_headers(path):
+    """The SCI extension headers of a product, in EXTVER order (no pixels read)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with fits.open(path, memmap=True, lazy_load_hdus=True) as hdul:
+            sci = {int(h.header.get("EXTVER", 1) or 1): h.header.copy() for h in hdul[1:]
+                   if str(h.header.get("EXTNAME", "")).strip().upper() == "SCI"}
+    return [sci[v] for v in sorted(sci)]
+
+
+def _utc_stamp():
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+#: Keywords of the first input that describe its cached preparation, not the stack.
+_INPUT_ONLY = ("PREPRAW", "PREPNAME", "BUNIT")
+
+#: The time stamps of DRAGONS' alignAndStack steps (``geminidr/gemini/lookups/
+#: timestamp_keywords.py``) that a stack made here has been through, in recipe order
+#: (gsaoi_facts §3.3 steps 18-24); the first two only with a reference catalogue.
+_STACK_STEPS = (("ADDRECAT", "addReferenceCatalog"),
+                ("ASTRMTRY", "determineAstrometricSolution"),
+                ("CORRWCS", "adjustWCSToReference"),
+                ("ALIGN", "resampleToCommonFrame"),
+                ("SCALEOBJ", "scaleCountsToReference"),
+                ("STACKFRM", "stackFrames"),
+                ("PROCSCI", "storeProcessedScience"))
+
+
+def _stack_phu(first: fits.Header, result: Frame, absolute: bool, *,
+               inputs: Sequence[fits.Header] = ()) -> fits.Header:
+    """The stack's primary header, as DRAGONS' alignAndStack makes one.
+
+    DRAGONS' stackFrames keeps the first input's PHU and storeProcessedScience adds
+    PROCSCI, so the stack is the first used ``_skyCorrected`` frame's PHU (with its
+    prepare-time keywords: ORIGNAME, PROCSOFT, PIXSCALE, the step time stamps; and its
+    PA, READMODE, LNRS, offsets and pointing, so that every DRAGONS descriptor reads)
+    with the stack's keywords updated or added:
+
+    - EXPTIME (the reference exposure time), NCOMBINE, IMCMBnnn (and IMSKPnnn with a
+      HISTORY line per input left out), PIXSCALE (the output grid's), AIRMASS (the mean of
+      the inputs', as stackFrames sets it), DATALAB with the ``-STACK`` suffix, NEXTEND;
+    - the STK* cards and DISCOSTU of this stacking step;
+    - the time stamps of steps 18-24 of DRAGONS' ``reduce`` (:data:`_STACK_STEPS`): PROCSCI
+      gives the tags PROCESSED and PROCESSED_SCIENCE and blocks RAW; GEM-TLM is added when
+      the file is written.
+
+    BUNIT is not in the PHU (as in every prepared product: the extensions carry it), nor
+    are the cache stamps of the first input's preparation.
+
+    Parameters
+    ----------
+    first : astropy.io.fits.Header
+        The PHU of the first used input (the alignment reference).
+    result : Frame
+        The stack (``meta['used']``, ``meta['skipped']``, ``meta['grid']``).
+    absolute : bool
+        True if the frames were solved against a reference catalogue.
+    inputs : list of astropy.io.fits.Header, optional
+        The PHUs of the used inputs (for the mean AIRMASS); default: ``first`` alone.
+
+    Returns
+    -------
+    astropy.io.fits.Header
+    """
+    phu = first.copy()
+    for key in _INPUT_ONLY:
+        phu.remove(key, ignore_missing=True, remove_all=True)
     if "DATALAB" in phu:
         phu["DATALAB"] = str(phu["DATALAB"]) + "-STACK"
     used = result.meta["used"]
     grid = result.meta["grid"]
-    hdr = result.arrays[0].header
+    arr = result.arrays[0]
+    hdr = arr.header
+    phu["NEXTEND"] = (1 + (arr.var is not None) + (arr.dq is not None),
+                      "Number of extensions")
     phu["EXPTIME"] = (hdr["EXPTIME"], "Reference exposure time of the stack (s)")
-    phu["BUNIT"] = ("electrons", "Units of the stacked data")
+    airmasses = [float(h["AIRMASS"]) for h in (inputs or [first])
+                 if isinstance(h.get("AIRMASS"), int | float)]
+    if airmasses:
+        phu["AIRMASS"] = (round(float(np.mean(airmasses)), 4), "Mean airmass for the exposure")
     phu["NCOMBINE"] = (len(used), "Number of frames combined")
+    for key in [k for k in phu if k.startswith(("IMCMB", "IMSKP"))]:
+        phu.remove(key, ignore_missing=True)
     for k, name in enumerate(used, start=1):
         phu[f"IMCMB{k:03d}"] = (name, "Input frame")
     for k, (name, reason) in enumerate(result.meta["skipped"], start=1):
@@ -181,8 +253,12 @@ def _stack_phu(first, result, absolute):
                        "Alignment reference")
     phu["STKFLUX"] = (result.meta["flux_mode"], "Flux scaling (surface or jacobian)")
     phu["STKCOMB"] = ("mean sigclip", "Combination")
-    phu["DISCOSTU"] = (datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S"),
-                       "UT time stamp for stack (disco_stu)")
+    stamp = _utc_stamp()
+    phu["DISCOSTU"] = (stamp, "UT time stamp for stack (disco_stu)")
+    for key, step in _STACK_STEPS:
+        if key in ("ADDRECAT", "ASTRMTRY") and not absolute:
+            continue
+        phu[key] = (stamp, f"UT time stamp for {step}")
     return phu
 
 
@@ -219,6 +295,82 @@ def astrometry_cards(phu: fits.Header, astrometry: dict) -> None:
         phu[f"ASTDY{n}"] = (round(dy, 5), f"[arcsec] array {n} shift in v (relative)")
         phu[f"ASTROT{n}"] = (round(rel["rotation_deg"], 5),
                              f"[deg] array {n} rotation (relative)")
+
+
+#: The array whose header DRAGONS' mosaic keeps: ``find_reference_extension`` takes the
+#: most central array preferring left and down, for GSAOI's layout ext 2 (H2RG-032-064,
+#: DETSEC [1:2048,1:2048]) (``gempy/library/transform.py``).
+_REFERENCE_ARRAY = 1
+
+#: Array keywords that DRAGONS' resample_from_wcs removes from a mosaic of several arrays.
+_NOT_MOSAIC = ("ARRAYID", "CCDSEC", "FRMNAME", "FRAMEID", "CCDSIZE", "DATATYP")
+
+
+def _stack_header(grid_header: fits.Header, shape: tuple[int, int],
+                  inputs: Sequence[Sequence[fits.Header]], *,
+                  detector: str = "GSAOI") -> fits.Header:
+    """The stack's SCI header: the grid's WCS plus what DRAGONS' mosaicked stack carries.
+
+    DRAGONS' resampleToCommonFrame (``transform.resample_from_wcs``) gives the output the
+    header of the reference array (:data:`_REFERENCE_ARRAY`), sets DATASEC to the whole
+    output, DETSEC to the union of the input arrays' DETSEC (the full mosaic,
+    ``[1:4096,1:4096]`` at full frame), CCDNAME to the detector name, and removes ARRAYID
+    (so ``array_name`` gives the PHU DETECTOR), CCDSEC (several arrays) and the other
+    per-array keywords (:data:`_NOT_MOSAIC`); stackFrames keeps GAIN (the same for all
+    inputs) and sets RDNOISE to the rms of the inputs' values.  So, data in electrons:
+
+    - BUNIT 'electron' (as ADUToElectrons writes it on every electron product), GAIN 1.0;
+    - RDNOISE: rms over the used inputs of the reference array's RDNOISE (electrons);
+    - SATLEVEL, NONLINEA: the first input's reference-array values, in electrons and
+      linearised by nonlinearityCorrect, as DRAGONS carries them through;
+    - DATASEC ``[1:nx,1:ny]``, DETSEC the union of the first input's DETSEC, CCDSUM kept.
+
+    Parameters
+    ----------
+    grid_header : astropy.io.fits.Header
+        The stack array's header from :func:`gsaoi_watch.reduction.stack.stack_frames`
+        (TAN WCS, EXPTIME).
+    shape : (int, int)
+        (ny, nx) of the stack.
+    inputs : list of list of astropy.io.fits.Header
+        The SCI headers of each used input, first the alignment reference.
+    detector : str
+        The PHU DETECTOR, DRAGONS' CCDNAME of a mosaic.
+
+    Returns
+    -------
+    astropy.io.fits.Header
+    """
+    header = grid_header.copy()
+    header["EXTVER"] = 1
+    header["BUNIT"] = ("electron", "Physical units of the array values")
+    header["GAIN"] = (1.0, "Gain (e-/ADU): the data are in electrons")
+    first = list(inputs[0]) if inputs else []
+    ref = first[_REFERENCE_ARRAY] if len(first) > _REFERENCE_ARRAY else \
+        (first[0] if first else fits.Header())
+    noise = [float(h[_REFERENCE_ARRAY]["RDNOISE"]) for h in inputs
+             if len(h) > _REFERENCE_ARRAY and isinstance(h[_REFERENCE_ARRAY].get("RDNOISE"),
+                                                        int | float)]
+    if noise:
+        header["RDNOISE"] = (round(float(np.sqrt(np.mean(np.square(noise)))), 3),
+                             "Read noise (e-): rms of the inputs'")
+    for key, comment in (("SATLEVEL", "Saturation level (electron)"),
+                         ("NONLINEA", "Non-linear level (electron)")):
+        if isinstance(ref.get(key), int | float):
+            header[key] = (float(ref[key]), comment)
+    if "CCDSUM" in ref:
+        header["CCDSUM"] = (ref["CCDSUM"], ref.comments["CCDSUM"])
+    ny, nx = shape
+    header["DATASEC"] = (f"[1:{nx},1:{ny}]", "Data section: the whole mosaic")
+    sections = [s for s in (parse_section(h.get("DETSEC")) for h in first) if s is not None]
+    if sections:
+        union = Section(min(s.x1 for s in sections), max(s.x2 for s in sections),
+                        min(s.y1 for s in sections), max(s.y2 for s in sections))
+        header["DETSEC"] = (union.as_iraf(), "Detector section (wrt mosaic)")
+    header["CCDNAME"] = (detector, "Mosaic of the arrays (detector name)")
+    for key in _NOT_MOSAIC:
+        header.remove(key, ignore_missing=True, remove_all=True)
+    return header
 
 
 def run_stack_job(spec: dict) -> dict:

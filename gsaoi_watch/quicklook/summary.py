@@ -36,6 +36,8 @@ def _read_catalogs(path, n):
 def _skip_reason(phu, name):
     if "FLAT" in str(phu.get("OBSTYPE", "")).upper() or name.endswith("_flat.fits"):
         return "a flat field: no image quality or background to measure"
+    if "STACKFRM" in phu or "PROCSCI" in phu:  # a stack keeps its first input's stamps
+        return "a stack: the QA measures the frames it was made of"
     # DETECSRC: DRAGONS' detectSources stamp (a quick-look _sourcesDetected frame may have
     # no flat, hence no FLATCORR)
     if not any(k in phu for k in ("SUBSKY", "FLATCORR", "DETECSRC")):

@@ -307,4 +307,6 @@ class SkyCorrector:
         phu["SKYNOMSK"] = (len(unmasked), "Skies stacked without an object mask")
         out = mark(out, "SEPSKY", "_skySeparated", "UT time stamp for separateSky")
         out = mark(out, "ASSOCSKY", "_skyAssociated", "UT time stamp for associateSky")
-        return mark(out, "SUBSKY", "_skyCorrected", "UT time stamp for skyCorrect")
+        out = mark(out, "SUBSKY", "_skyCorrected", "UT time stamp for skyCorrect")
+        # the second pass's detection (OBJCAT), stamped as DRAGONS' detectSources does
+        return mark(out, "DETECSRC", "_skyCorrected", "UT time stamp for detectSources")

@@ -249,8 +249,8 @@ def adu_to_electrons(frame: Frame) -> Frame:
     for arr in frame.arrays:
         gain = float(arr.header["GAIN"])
         h = arr.header.copy()
-        h["SATLEVEL"] = round(float(h["SATLEVEL"]) * gain, 3)
-        h["NONLINEA"] = round(float(h["NONLINEA"]) * gain, 3)
+        h["SATLEVEL"] = (round(float(h["SATLEVEL"]) * gain, 3), "Saturation level (electron)")
+        h["NONLINEA"] = (round(float(h["NONLINEA"]) * gain, 3), "Non-linear level (electron)")
         h["BUNIT"] = "electron"
         h["GAIN"] = 1.0
         var = None if arr.var is None else (arr.var * np.float32(gain**2)).astype(np.float32)

@@ -239,6 +239,9 @@ def test_a_shuffled_night_with_bad_files(stage, refcat, daemon):
     assert astrometry["kind"] == "absolute" and astrometry["n_stars"] == phu["ASTNSTAR"] >= 10
     assert astrometry["rms"] == pytest.approx(phu["ASTRMS"], abs=1e-5)
     assert "absolute astrometry on field_gaia.csv" in daemon.log.read_text()
+    assert daemon.query("select data_label, filter_name from product where "
+                        "filename='S20170505S0095_stack.fits'") == [
+        (phu["DATALAB"], "Kshort_G1105&Clear")]
     for name in ("S20170505S0030_flat.png", "S20170505S0095_skyCorrected.png",
                  "S20170505S0095_stack.png"):
         assert (daemon.out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name

@@ -39,7 +39,7 @@ def register_product(path: str | os.PathLike[str], info: FrameInfo | None, *, ki
     path : str or os.PathLike
         The product file.
     info : gsaoi_watch.data.descriptors.FrameInfo or None
-        Its headers (None for a product that is not a GSAOI frame, such as a stack).
+        Its headers (None where they cannot be read).
     kind : str
         'processed_flat', 'processed_bpm', 'sky_corrected', 'flat_corrected', ...
     is_calibration : bool
@@ -50,7 +50,7 @@ def register_product(path: str | os.PathLike[str], info: FrameInfo | None, *, ki
     path = str(Path(path).resolve())
     fields = dict(filename=os.path.basename(path), kind=kind, job=job,
                   is_calibration=is_calibration, checksum=checksum(path), created=_now())
-    if info is not None:  # a GSAOI frame (a stack is one resampled image: no descriptors)
+    if info is not None:  # its descriptors (a GSAOI frame or a stack)
         fields.update(
             data_label=info.data_label(), filter_name=info.filter_name(),
             read_mode=info.read_mode(), observation_class=info.observation_class(),

@@ -28,6 +28,7 @@ from gsaoi_watch.daemon.prepared import forget
 from gsaoi_watch.daemon.sequences import label
 from gsaoi_watch.daemon.streaming import provisional_path, stream_science
 from gsaoi_watch.data.fitsio import read_frame_info
+from gsaoi_watch.errors import GsaoiWatchError
 from gsaoi_watch.logs import log_name
 from gsaoi_watch.quicklook.pictures import picture_path
 from gsaoi_watch.quicklook.summary import write_summary
@@ -213,7 +214,13 @@ def _record_qa(measured: list[dict[str, Any]], products: list[tuple[str, str]], 
 def _stack_finished(engine: Engine, job: db.Job, result: Mapping[str, Any]) -> None:
     astrometry = result.get("astrometry")
     for path, kind in result["products"]:
-        row = queries.register_product(path, None, kind=kind, is_calibration=False, job=job)
+        try:  # a stack has DRAGONS' descriptors too (data label, filter, read mode, ...)
+            info = read_frame_info(path)
+        except GsaoiWatchError as exc:
+            log.warning("product=%s header unreadable: %s", log_name(Path(path).name),
+                        log_name(exc))
+            info = None
+        row = queries.register_product(path, info, kind=kind, is_calibration=False, job=job)
         if astrometry is not None:
             with db.writing():
                 db.Product.update(qa=json.dumps({"astrometry": astrometry})).where(

@@ -277,7 +277,7 @@ def read_objcat(table: Table, *, path: Any, extver: int) -> Table:
     """
     where = f"OBJCAT {extver}"
     upper = {str(name).strip().upper() for name in table.colnames}
-    names = {}
+    names: dict[str, str] = {}
     for name in table.colnames:
         key = str(name).strip()
         canon = key.upper()

@@ -173,12 +173,11 @@ def read_reference_catalog(path: str | os.PathLike[str]) -> Table:
                              [:300])
     out = Table()
     for key in ("ra", "dec", "ra_error", "dec_error", "pmra", "pmdec", "pmra_error",
-                "pmdec_error"):
-        out[key] = (_values(table, names[key], key, path) if names[key] is not None
+                "pmdec_error", "mag"):
+        name = names[key]
+        out[key] = (_values(table, name, key, path) if name is not None
                     else np.full(len(table), np.nan))
     out["epoch"] = _epoch(table, names["epoch"], path)
-    out["mag"] = (_values(table, names["mag"], "mag", path) if names["mag"] is not None
-                  else np.full(len(table), np.nan))
     ok = np.isfinite(out["ra"]) & np.isfinite(out["dec"]) & (np.abs(out["dec"]) <= 90.0)
     out = out[ok]
     if len(out) == 0:

@@ -159,7 +159,11 @@ class AstrometricSolution:
 
 def _array_centers(size: int) -> list[tuple[float, float]]:
     c = 0.5 * (size + 1)
-    return [tuple(float(t) for t in distortion.forward(i, c, c, size=size)) for i in range(4)]
+    out = []
+    for i in range(4):
+        u, v = distortion.forward(i, c, c, size=size)
+        out.append((float(u), float(v)))
+    return out
 
 
 def _basis(model: str, n_terms: int = 6) -> list[np.ndarray]:
@@ -213,6 +217,7 @@ def _fit_array(us: np.ndarray, vs: np.ndarray, du: np.ndarray, dv: np.ndarray,
             if not stat > f_dist.ppf(1.0 - p_value, n_par - n_0, dof):
                 continue
         best = (model, chi2, n_par, coeffs, resid)
+    assert best is not None  # the first model is always fitted
     model, _, _, coeffs, resid = best
     ncol = 1 if model == "shift" else 3 if model != "quadratic" else 6
     corr = ArrayCorrection(center=tuple(center),

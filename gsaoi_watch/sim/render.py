@@ -98,7 +98,7 @@ def _pointing(plan):
     return ra, plan.target_dec + decoff / 3600.0, raoff, decoff
 
 
-def _galaxy(plan, spec, params, *, size, x0, y0, n, fp0, geometry):
+def _galaxy(plan, spec, params, *, size, x0, y0, n, fp0, geometry=None):
     step = max(n // 32, 4)
     gx = np.arange(0, n + step, step, dtype=float) + 1 + x0
     gy = np.arange(0, n + step, step, dtype=float) + 1 + y0

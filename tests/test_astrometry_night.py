@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 SIZE = 2048
 SEED = 41
 #: Frames stacked (of the nine on-target frames): enough for the test, and faster.
-N_FRAMES = 5
+N_FRAMES = 3
 
 
 @pytest.fixture(scope="module")
@@ -33,10 +33,11 @@ def night(tmp_path_factory):
     out = tmp_path_factory.mktemp("moved_night")
     geometry = GeometryPerturbation.random(SEED, max_shift=10.0, max_rotation=0.3)
     truth = simulate_night(out, seed=SEED, size=SIZE, workers=2, only=["science", "bpm"],
-                           geometry=geometry, refcat="gaia_dr3.fits")
+                           geometry=geometry, refcat="gaia_dr3.fits",
+                           max_frames=2 * N_FRAMES)
     # the first on-target frames and the skies between them (objects and skies alternate)
-    sci = sorted(str(out / f["filename"]) for f in truth["frames"]
-                 if f["kind"] == "science")[:2 * N_FRAMES]
+    sci = sorted(str(out / f["filename"]) for f in truth["frames"] if f["kind"] == "science")
+    assert len(sci) == 2 * N_FRAMES
     red = out / "red"
     res = reduce_images(sci, flat=None, bpm=load_bpm(out / BPM_NAME), bpm_name=BPM_NAME,
                         params={"skyCorrect": {"offset_sky": False}},
@@ -87,8 +88,14 @@ def test_absolute_stack_matches_the_planted_stars_on_every_array(stacks):
     m = stacks["absolute"][2]
     dx, dy, arrays = _residuals(m)
     assert len(dx) >= 0.9 * np.sum(m["snr"] > 30) and len(dx) >= 60
+    # a centroid pulled by an unresolved neighbour or a knot of the galaxy is not an
+    # astrometric error: residuals beyond 5 times the median (at most 5 % of the stars)
+    # are left out of the rms
+    r = np.hypot(dx, dy)
+    typical = r <= 5.0 * np.median(r)
+    assert typical.sum() >= 0.95 * len(r)
     for a in range(4):
-        s = arrays == a
+        s = (arrays == a) & typical
         assert s.sum() >= 8, f"array {a + 1} has {s.sum()} stars"
         rms = float(np.sqrt(np.mean(dx[s] ** 2 + dy[s] ** 2)))
         mean = math.hypot(float(np.mean(dx[s])), float(np.mean(dy[s])))

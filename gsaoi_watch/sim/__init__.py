@@ -364,7 +364,7 @@ def _truth(night, det, frames, size, geometry):
 
 
 def simulate_night(outdir, *, seed=20170505, size=2048, workers=None, only=None,
-                   conditions=None, geometry=None, refcat=None):
+                   conditions=None, geometry=None, refcat=None, max_frames=None):
     """Write a simulated GSAOI night into ``outdir``.
 
     Parameters
@@ -391,6 +391,9 @@ def simulate_night(outdir, *, seed=20170505, size=2048, workers=None, only=None,
         Also write the Gaia-like reference catalogue of the science field
         (:func:`gsaoi_watch.sim.refcat.reference_catalogue`) to this file, relative to
         ``outdir`` unless absolute; the suffix picks the format (.fits, .csv, .vot, .xml).
+    max_frames : int, optional
+        Render only the first ``max_frames`` frames of the groups selected, in observing
+        order (each as it would be in the whole night), for tests that need a few.
 
     Returns
     -------
@@ -414,6 +417,8 @@ def simulate_night(outdir, *, seed=20170505, size=2048, workers=None, only=None,
         raise ValueError(f"unknown frame group(s) {sorted(unknown)}; choose from {sorted(KINDS)}")
     kinds = {k for group in wanted for k in KINDS[group]}
     plans = [p for p in night.frames if p.kind in kinds]
+    if max_frames is not None:
+        plans = plans[:max(int(max_frames), 0)]
     det = make_detector(seed, size)
     t0 = time.perf_counter()
     workers = workers or os.cpu_count() or 1

@@ -308,7 +308,7 @@ def _sqlite_path(target: str) -> str:
     return target.split("://", 1)[1][1:] if target.lower().startswith("sqlite://") else target
 
 
-def _postgres(target: str) -> pw.PostgresqlDatabase:
+def _postgres(target: str) -> _Postgres:
     """A deferred-connection PostgreSQL database for a libpq URL (psycopg 3, else psycopg2).
 
     The URL goes to libpq whole (``postgres://`` spelt ``postgresql://``, which peewee hands
@@ -334,7 +334,6 @@ class _Postgres(pw.PostgresqlDatabase):
     lock_timeout = LOCK_TIMEOUT
 
     def _initialize_connection(self, conn):
-        super()._initialize_connection(conn)
         with conn.cursor() as cursor:  # autocommit: a session setting, not a transaction
             cursor.execute(f"SET lock_timeout = {int(max(self.lock_timeout, 0.1) * 1000)}")
 

@@ -1,4 +1,5 @@
-"""The calibration database on a real SQLite file: association rules, verbs, robustness."""
+"""The calibration database on a real SQLite file and a PostgreSQL server: rules, verbs,
+robustness."""
 
 import datetime as dt
 import sqlite3
@@ -56,10 +57,9 @@ def frame_at(when, filter1="Kshort_G1105", roi=False):
 
 
 @pytest.fixture
-def cal_db(tmp_path):
-    path = tmp_path / "cal_manager.db"
-    db.open_database(path, create=True)
-    yield path
+def cal_db(database_url):
+    db.open_database(database_url, create=True)
+    yield database_url
     db.close_database()
 
 
@@ -200,11 +200,11 @@ def test_tutorial_sequence_with_the_database(tmp_path, monkeypatch, capsys):
     assert "RAW" not in info.tags and "PREPARED" in info.tags
 
 
-def test_a_schema_1_database_is_upgraded(tmp_path):
+def test_a_schema_1_database_is_upgraded(database_url):
     import peewee as pw
     from playhouse.migrate import SchemaMigrator, migrate
 
-    path = tmp_path / "old.db"
+    path = database_url
     db.open_database(path, create=True)
     con = db.database.obj
     migrate(SchemaMigrator.from_database(con).drop_column("product", "qa"))

@@ -70,9 +70,12 @@ def _writer(url, files, products, shared, seed, start_at):
 
     db.open_database(url, lock_timeout=5.0)
     engine = _Engine()
-    work = [("frame", f) for f in files] + [("product", p) for p in products] + \
-        [("calibration", s) for s in shared]
-    random.Random(seed).shuffle(work)
+    # every writer the same frames and calibration in the same order, so that they collide
+    # on each row at about the same moment; their own products in between
+    work = [("frame", f) for f in files] + [("calibration", s) for s in shared]
+    random.Random(0).shuffle(work)
+    for k, p in enumerate(products):
+        work.insert(random.Random(seed + k).randrange(len(work)), ("product", p))
     while time.time() < start_at:  # all writers start together
         time.sleep(0.005)
     for what, path in work:
@@ -91,7 +94,7 @@ def test_concurrent_writers_lose_and_duplicate_nothing(database_url, night, tmp_
     db.close_database()
     # two raw directories with the same frames (same data labels), as two daemons see them
     raws = [tmp_path / "raw_a", tmp_path / "raw_b"]
-    frames = sorted(night.glob("S2017*.fits"))
+    frames = sorted(night.glob("S2017*.fits"))[::3]  # 12 frames of the three sequences
     for raw in raws:
         raw.mkdir()
         for f in frames:

@@ -283,8 +283,12 @@ def test_the_daemon_reduces_a_night_on_postgresql(fresh_postgres, tmp_path):
             pytest.fail(f"not reduced in time\n{log.read_text()[-3000:]}")
         products = Counter(p.filename for p in db.Product.select())
         assert set(EXPECTED) <= set(products) and max(products.values()) == 1
-        assert db.Frame.select().where(db.Frame.state == "ingested").count() == \
-            len(list(stage.glob("S2017*.fits")))
+        frames = list(db.Frame.select())  # every raw file once, none quarantined
+        assert sorted(f.path for f in frames) == sorted(str(p.resolve())
+                                                         for p in raw.glob("*.fits"))
+        assert {f.state for f in frames} <= {"ingested", "used"}, Counter(
+            f.state for f in frames)
+        assert all(f.sequence_id is not None for f in frames if f.state == "ingested")
         flat = db.Product.get(db.Product.kind == "processed_flat")
         assert flat.is_calibration and "calibrations" in flat.path
         sky = db.Product.get(db.Product.filename == "S20170504S0114_skyCorrected.fits")

@@ -251,6 +251,14 @@ heartbeat_seconds = 1
 """
 
 
+def _registered(url):
+    db.open_database(url)
+    try:
+        return db.Daemon.select().count() == 1
+    finally:
+        db.close_database()
+
+
 @pytest.mark.slow
 def test_the_daemon_reduces_a_night_on_postgresql(fresh_postgres, tmp_path):
     from tests.test_daemon import EXPECTED
@@ -265,9 +273,24 @@ def test_the_daemon_reduces_a_night_on_postgresql(fresh_postgres, tmp_path):
         proc = subprocess.Popen([sys.executable, "-m", "gsaoi_watch", "run", "-c", str(cfg)],
                                 stdout=subprocess.DEVNULL, stderr=err)
     try:
-        for f in sorted(stage.glob("*.fits")):
+        deadline = time.monotonic() + 60
+        while not _registered(fresh_postgres):  # the daemon is up, connected
+            assert time.monotonic() < deadline and proc.poll() is None, \
+                (tmp_path / "stderr.txt").read_text()[-3000:]
+            time.sleep(0.2)
+        files = sorted(stage.glob("*.fits"))
+        for k, f in enumerate(files):
             shutil.copy(f, raw / f".{f.name}.tmp")
             os.replace(raw / f".{f.name}.tmp", raw / f.name)
+            if k == len(files) // 2:  # the server drops the daemon's connection mid-night
+                time.sleep(2)
+                with psycopg.connect("postgresql://" + fresh_postgres.split("://", 1)[1],
+                                     autocommit=True) as admin:
+                    dropped = admin.execute(
+                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                    ).fetchone()[0]
+                assert dropped >= 1
         db.open_database(fresh_postgres)
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:
@@ -295,6 +318,9 @@ def test_the_daemon_reduces_a_night_on_postgresql(fresh_postgres, tmp_path):
         assert [c.calibration.id for c in sky.calibrations_used
                 if c.caltype == "processed_flat"] == [flat.id]
         assert db.Daemon.select().count() == 1
+        text = log.read_text()
+        assert "database unavailable" in text and "database available again" in text, \
+            text[-3000:]
     finally:
         proc.terminate()
         assert proc.wait(timeout=60) == 0

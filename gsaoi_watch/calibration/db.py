@@ -583,10 +583,13 @@ def writing() -> Iterator[None]:
     serialization failure rolls it back with an error :func:`unavailable` recognises.
     """
     kwargs = {}
-    if database.obj is not None and database.transaction_depth() == 0 and \
-            isinstance(database.obj, pw.SqliteDatabase):
-        check_file()
-        kwargs["lock_type"] = "IMMEDIATE"
+    obj = database.obj
+    if obj is not None and database.transaction_depth() == 0:
+        if isinstance(obj, pw.SqliteDatabase):
+            check_file()
+            kwargs["lock_type"] = "IMMEDIATE"
+        elif not obj.is_closed() and not obj.is_connection_usable():
+            obj.close()  # a connection the server dropped: this transaction opens a new one
     ctx = database.atomic(**kwargs)
     t0 = time.monotonic()
     try:

@@ -167,6 +167,19 @@ def test_missing_driver_and_unreachable_server_are_one_line(monkeypatch, capsys)
             in err and "Connection refused" in err
 
 
+@pytest.mark.parametrize("url,shown", [
+    ("postgresql://astro:s3cret@db.example:5433/gsaoi",
+     "postgresql://astro:***@db.example:5433/gsaoi"),
+    ("postgres://astro@/gsaoi?host=/run/postgresql&port=5432",
+     "postgres://astro@/gsaoi?host=/run/postgresql&port=5432"),
+    ("postgresql:///gsaoi?host=/tmp&password=s3cret", "postgresql:///gsaoi?host=/tmp&password=***"),
+    ("cal_manager.db", "cal_manager.db"),
+])
+def test_urls_are_shown_without_their_password(url, shown):
+    assert db.describe_target(url) == shown
+    assert db.is_postgres(url) == url.startswith("postgres")
+
+
 def test_unix_socket_url_and_a_lost_connection_is_waited_out(fresh_postgres):
     from gsaoi_watch.daemon.boundary import Boundary
 

@@ -288,7 +288,15 @@ def is_postgres(target: str | os.PathLike[str]) -> bool:
 
 
 def describe_target(target: str | os.PathLike[str]) -> str:
-    """A database path or URL as it may be shown: a URL's password replaced by ``***``."""
+    """A database path or URL as it may be shown: a URL's password replaced by ``***``.
+
+    Examples
+    --------
+    >>> describe_target("postgresql://astro:s3cret@db/gsaoi?sslmode=require")
+    'postgresql://astro:***@db/gsaoi?sslmode=require'
+    >>> describe_target("postgresql://astro@/gsaoi?host=/run/postgresql&password=s3cret")
+    'postgresql://astro@/gsaoi?host=/run/postgresql&password=***'
+    """
     text = str(target)
     if not _is_url(text):
         return text
@@ -296,11 +304,15 @@ def describe_target(target: str | os.PathLike[str]) -> str:
         parts = urlsplit(text)
     except ValueError:
         return text.split("://", 1)[0] + "://***"
-    if parts.password is None:
-        return text
-    netloc = parts.netloc.rsplit("@", 1)
-    user = netloc[0].split(":", 1)[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[1]}"))
+    if parts.password is not None:
+        netloc = parts.netloc.rsplit("@", 1)
+        user = netloc[0].split(":", 1)[0]
+        parts = parts._replace(netloc=f"{user}:***@{netloc[1]}")
+    if "password=" in parts.query.lower():  # libpq also takes ?password=...
+        query = "&".join("password=***" if q.lower().startswith("password=") else q
+                         for q in parts.query.split("&"))
+        parts = parts._replace(query=query)
+    return urlunsplit(parts)
 
 
 def _sqlite_path(target: str) -> str:

@@ -149,6 +149,35 @@ def test_concurrent_writers_lose_and_duplicate_nothing(database_url, night, tmp_
     assert len(products) == len(made) + 1
 
 
+REGISTER = """
+import sys, time
+from gsaoi_watch.calibration import db
+from gsaoi_watch.calibration.daemons import DaemonRunningError, register_daemon
+db.open_database(sys.argv[1], lock_timeout=20)
+while time.time() < float(sys.argv[2]):
+    time.sleep(0.002)
+try:
+    register_daemon(10.0)
+    print("registered", flush=True)
+except DaemonRunningError:
+    print("refused", flush=True)
+time.sleep(3)  # alive while the others try
+"""
+
+
+def test_daemons_starting_at_once_register_one(database_url):
+    db.open_database(database_url, create=True)
+    db.close_database()
+    start_at = str(time.time() + 4)
+    procs = [subprocess.Popen([sys.executable, "-c", REGISTER, database_url, start_at],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(4)]
+    outs = [p.communicate(timeout=90) for p in procs]
+    assert sorted(o.strip() for o, _ in outs) == ["refused"] * 3 + ["registered"], outs
+    db.open_database(database_url)
+    assert db.Daemon.select().count() == 1
+
+
 def test_missing_driver_and_unreachable_server_are_one_line(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "psycopg", None)
     monkeypatch.setitem(sys.modules, "psycopg2", None)

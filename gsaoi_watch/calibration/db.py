@@ -22,7 +22,7 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import peewee as pw
 from playhouse.migrate import SchemaMigrator, migrate
@@ -312,7 +312,10 @@ def describe_target(target: str | os.PathLike[str]) -> str:
         query = "&".join("password=***" if q.lower().startswith("password=") else q
                          for q in parts.query.split("&"))
         parts = parts._replace(query=query)
-    return urlunsplit(parts)
+    # by hand: urlunsplit drops the empty host of libpq's unix-socket form (postgresql:///db)
+    return (f"{parts.scheme}://{parts.netloc}{parts.path}"
+            + (f"?{parts.query}" if parts.query else "")
+            + (f"#{parts.fragment}" if parts.fragment else ""))
 
 
 def _sqlite_path(target: str) -> str:

@@ -161,14 +161,14 @@ try:
     print("registered", flush=True)
 except DaemonRunningError:
     print("refused", flush=True)
-time.sleep(3)  # alive while the others try
+time.sleep(2)  # alive while the others try
 """
 
 
 def test_daemons_starting_at_once_register_one(database_url):
     db.open_database(database_url, create=True)
     db.close_database()
-    start_at = str(time.time() + 4)
+    start_at = str(time.time() + 3)
     procs = [subprocess.Popen([sys.executable, "-c", REGISTER, database_url, start_at],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(4)]

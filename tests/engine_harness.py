@@ -72,11 +72,12 @@ class Night:
     taken: list = field(default_factory=list)  # rows taken, recorded by the test
     mark: int = 0
     taken_mark: int = 0
+    url: str | None = None  # the database (default: a SQLite file in the directory)
 
     def __post_init__(self):
         config = Config().replace("paths", raw_dir=str(self.dir / "raw"),
                                   output_dir=str(self.dir / "out"))
-        config = config.replace("database", url=str(self.dir / "gw.db"))
+        config = config.replace("database", url=self.url or str(self.dir / "gw.db"))
         config = config.replace("sequences", idle_timeout=IDLE, min_quiet=QUIET,
                                 flat_wait=FLAT_WAIT)
         config = config.replace("jobs", max_tries=2)

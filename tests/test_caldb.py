@@ -1,4 +1,5 @@
-"""The calibration database on a real SQLite file: association rules, verbs, robustness."""
+"""The calibration database on a real SQLite file and a PostgreSQL server: rules, verbs,
+robustness."""
 
 import datetime as dt
 import sqlite3
@@ -56,10 +57,9 @@ def frame_at(when, filter1="Kshort_G1105", roi=False):
 
 
 @pytest.fixture
-def cal_db(tmp_path):
-    path = tmp_path / "cal_manager.db"
-    db.open_database(path, create=True)
-    yield path
+def cal_db(database_url):
+    db.open_database(database_url, create=True)
+    yield database_url
     db.close_database()
 
 
@@ -200,11 +200,11 @@ def test_tutorial_sequence_with_the_database(tmp_path, monkeypatch, capsys):
     assert "RAW" not in info.tags and "PREPARED" in info.tags
 
 
-def test_a_schema_1_database_is_upgraded(tmp_path):
+def test_a_schema_1_database_is_upgraded(database_url):
     import peewee as pw
     from playhouse.migrate import SchemaMigrator, migrate
 
-    path = tmp_path / "old.db"
+    path = database_url
     db.open_database(path, create=True)
     con = db.database.obj
     migrate(SchemaMigrator.from_database(con).drop_column("product", "qa"))
@@ -251,13 +251,16 @@ def test_a_schema_3_database_gets_job_crashes_and_keeps_its_jobs(tmp_path):
 
 
 def _flat_rows(path):
-    with sqlite3.connect(path) as con:
-        return con.execute("select path, is_bad from product where kind='processed_flat'"
-                           ).fetchall()
+    db.open_database(path)  # what the commands committed, read afresh
+    try:
+        return [(p.path, int(p.is_bad)) for p in
+                db.Product.select().where(db.Product.kind == "processed_flat")]
+    finally:
+        db.close_database()
 
 
 def test_one_calibration_is_one_row_and_caldb_verbs_act_on_the_served_copy(
-        tmp_path, monkeypatch, capsys):
+        tmp_path, monkeypatch, capsys, database_url):
     raw = tmp_path / "playdata"
     simulate_night(raw, seed=4, size=64, workers=1, only=["flats", "standard", "bpm"])
     work = tmp_path / "playground"
@@ -266,32 +269,34 @@ def test_one_calibration_is_one_row_and_caldb_verbs_act_on_the_served_copy(
     Path("flats.list").write_text("\n".join(sorted(str(p) for p in raw.glob("S20170505S*"))))
     Path("std.list").write_text("\n".join(sorted(str(p) for p in raw.glob("S20170504S*"))))
     served = work / "calibrations" / "processed_flat" / "S20170505S0030_flat.fits"
-    assert main(["caldb", "init"]) == 0
-    assert main(["reduce", "@flats.list"]) == 0
-    assert _flat_rows("cal_manager.db") == [(str(served), 0)]
+    # every command on the test's database: ./cal_manager.db on SQLite, as the tutorial's
+    url = "cal_manager.db" if "://" not in database_url else database_url
+    assert main(["caldb", "init", "-d", url]) == 0
+    assert main(["reduce", "@flats.list", "-d", url]) == 0
+    assert _flat_rows(url) == [(str(served), 0)]
     # the tutorial's `caldb add` of the product, and a walk finding both files: one row
-    assert main(["caldb", "add", "S20170505S0030_flat.fits"]) == 0
-    assert main(["caldb", "add", "-k", "."]) == 0
-    assert _flat_rows("cal_manager.db") == [(str(served), 0)]
+    assert main(["caldb", "add", "S20170505S0030_flat.fits", "-d", url]) == 0
+    assert main(["caldb", "add", "-k", ".", "-d", url]) == 0
+    assert _flat_rows(url) == [(str(served), 0)]
     capsys.readouterr()
-    assert main(["caldb", "list"]) == 0
+    assert main(["caldb", "list", "-d", url]) == 0
     listing = capsys.readouterr().out
     assert listing.count("S20170505S0030_flat.fits") == 1 and "calibrations" in listing
     # bad by the product's name marks the served copy: nothing is served any more
-    assert main(["caldb", "bad", "S20170505S0030_flat.fits"]) == 0
-    assert _flat_rows("cal_manager.db") == [(str(served), 1)]
-    assert main(["reduce", "@std.list"]) == 2
+    assert main(["caldb", "bad", "S20170505S0030_flat.fits", "-d", url]) == 0
+    assert _flat_rows(url) == [(str(served), 1)]
+    assert main(["reduce", "@std.list", "-d", url]) == 2
     assert "no processed flat" in capsys.readouterr().err
-    assert main(["caldb", "good", str(served)]) == 0
-    assert main(["reduce", "@std.list"]) == 0
+    assert main(["caldb", "good", str(served), "-d", url]) == 0
+    assert main(["reduce", "@std.list", "-d", url]) == 0
     with fits.open("S20170504S0114_skyCorrected.fits") as hdul:
         assert hdul[0].header["FLATIM"] == "S20170505S0030_flat.fits"
     # remove by the product's path: the served row goes, both files stay
-    assert main(["caldb", "remove", str(work / "S20170505S0030_flat.fits")]) == 0
-    assert _flat_rows("cal_manager.db") == []
+    assert main(["caldb", "remove", str(work / "S20170505S0030_flat.fits"), "-d", url]) == 0
+    assert _flat_rows(url) == []
     assert served.exists() and Path("S20170505S0030_flat.fits").exists()
-    assert main(["reduce", "@std.list"]) == 2
-    assert main(["caldb", "remove", "S20170505S0030_flat.fits"]) == 1  # nothing left
+    assert main(["reduce", "@std.list", "-d", url]) == 2
+    assert main(["caldb", "remove", "S20170505S0030_flat.fits", "-d", url]) == 1  # nothing left
 
 
 def test_a_different_file_of_the_same_name_takes_the_row_over(tmp_path, cal_db):

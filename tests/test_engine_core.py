@@ -34,10 +34,15 @@ def stage(tmp_path_factory):
 
 
 @pytest.fixture
-def night(stage, tmp_path):
-    n = Night(tmp_path, stage)
+def night(stage, tmp_path, database_url):
+    """The engine on SQLite and on PostgreSQL."""
+    n = Night(tmp_path, stage, url=database_url if "://" in database_url else None)
     yield n
     db.close_database()
+
+
+#: Tests of SQLite's own lock and file.
+sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 
 def _until(predicate, step, timeout=60.0):
@@ -48,6 +53,7 @@ def _until(predicate, step, timeout=60.0):
 
 
 # --- the database locked by another process ---------------------------------------------------
+@sqlite_only
 def test_frames_landing_while_the_database_is_locked_are_kept_then_ingested(night, caplog):
     db.close_database()
     db.open_database(night.dir / "gw.db", lock_timeout=BUSY)
@@ -85,6 +91,7 @@ def test_frames_landing_while_the_database_is_locked_are_kept_then_ingested(nigh
     assert not night.engine.summary().startswith("database")
 
 
+@sqlite_only
 def test_backoff_doubles_and_is_capped(night):
     from gsaoi_watch.daemon import boundary
 
@@ -238,6 +245,7 @@ def test_a_failing_disk_is_retried_with_backoff_and_nothing_is_lost(night, monke
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
+@sqlite_only
 def test_a_removed_database_file_keeps_the_events_until_it_is_back(night, caplog):
     path = night.dir / "gw.db"
     night.arrive(SCI[0])

@@ -33,6 +33,12 @@ def stage(tmp_path_factory):
     return out
 
 
+@pytest.fixture
+def db_url(database_url):
+    """The engine's database: a SQLite file in the test's directory, or a PostgreSQL one."""
+    return database_url if "://" in database_url else None
+
+
 @pytest.mark.parametrize("exc,kind", [
     (WorkerCrashed("signal 9", 42), Failure.CRASH),
     (ReductionError("S1.fits: no EXPTIME"), Failure.DETERMINISTIC),
@@ -77,8 +83,8 @@ def job():
     return db.Job.get(db.Job.recipe == "images")
 
 
-def test_a_full_disk_is_retried_later_until_space_is_freed(stage, tmp_path, caplog):
-    n = Night(tmp_path, stage)
+def test_a_full_disk_is_retried_later_until_space_is_freed(stage, tmp_path, db_url, caplog):
+    n = Night(tmp_path, stage, url=db_url)
     science_reducing(n)
     no_space = OSError(errno.ENOSPC, "No space left on device",
                        str(n.out / "S20170505S0095_skyCorrected.fits"))
@@ -103,8 +109,8 @@ def test_a_full_disk_is_retried_later_until_space_is_freed(stage, tmp_path, capl
     assert not n.engine.retries.due_at and not n.engine.retries.failures
 
 
-def test_a_job_waiting_for_its_retry_is_taken_up_after_a_restart(stage, tmp_path):
-    n = Night(tmp_path, stage)
+def test_a_job_waiting_for_its_retry_is_taken_up_after_a_restart(stage, tmp_path, db_url):
+    n = Night(tmp_path, stage, url=db_url)
     science_reducing(n)
     fail_running(n, OSError(errno.EIO, "Input/output error"))
     assert job().state == "RETRY"
@@ -116,8 +122,8 @@ def test_a_job_waiting_for_its_retry_is_taken_up_after_a_restart(stage, tmp_path
     assert (job().state, job().tries) == ("RUNNING", 1)
 
 
-def test_a_deterministic_error_fails_at_once_and_is_reported_once(stage, tmp_path, caplog):
-    n = Night(tmp_path, stage)
+def test_a_deterministic_error_fails_at_once_and_is_reported_once(stage, tmp_path, db_url, caplog):
+    n = Night(tmp_path, stage, url=db_url)
     science_reducing(n)
     submitted = len(images_calls(n))
     with caplog.at_level(logging.INFO):
@@ -132,8 +138,9 @@ def test_a_deterministic_error_fails_at_once_and_is_reported_once(stage, tmp_pat
     assert "not retried" in said[0].getMessage()
 
 
-def test_a_dead_worker_does_not_use_up_tries_and_gives_up_after_max_crashes(stage, tmp_path):
-    n = Night(tmp_path, stage)
+def test_a_dead_worker_does_not_use_up_tries_and_gives_up_after_max_crashes(
+        stage, tmp_path, db_url):
+    n = Night(tmp_path, stage, url=db_url)
     science_reducing(n)
     assert n.engine.config.jobs.max_crashes == 3
     for crashes in (1, 2):
@@ -148,8 +155,8 @@ def test_a_dead_worker_does_not_use_up_tries_and_gives_up_after_max_crashes(stag
     assert n.seq("science").state == "FAILED"
 
 
-def test_a_job_whose_worker_died_once_then_completes(stage, tmp_path):
-    n = Night(tmp_path, stage)
+def test_a_job_whose_worker_died_once_then_completes(stage, tmp_path, db_url):
+    n = Night(tmp_path, stage, url=db_url)
     science_reducing(n)
     fail_running(n, WorkerCrashed("signal 9", 99))
     n.finish("images")
@@ -157,8 +164,8 @@ def test_a_job_whose_worker_died_once_then_completes(stage, tmp_path):
     assert n.seq("science").state == "DONE"
 
 
-def test_a_prepared_frame_whose_worker_died_is_dropped_harmlessly(stage, tmp_path, caplog):
-    n = Night(tmp_path, stage)
+def test_a_prepared_frame_whose_worker_died_is_dropped_harmlessly(stage, tmp_path, db_url, caplog):
+    n = Night(tmp_path, stage, url=db_url)
     n.arrive(SCI[0])
     call = next(c for c in n.fake.calls if c.fn is prepare_ahead)
     assert n.engine.preparing
@@ -171,8 +178,8 @@ def test_a_prepared_frame_whose_worker_died_is_dropped_harmlessly(stage, tmp_pat
 
 
 def test_a_prepared_frame_that_cannot_be_reduced_is_left_to_the_job_quietly(
-        stage, tmp_path, caplog):
-    n = Night(tmp_path, stage)
+        stage, tmp_path, db_url, caplog):
+    n = Night(tmp_path, stage, url=db_url)
     n.arrive(SCI[0])
     call = next(c for c in n.fake.calls if c.fn is prepare_ahead)
     with caplog.at_level(logging.INFO):

@@ -1,9 +1,9 @@
-"""Operator verbs on a real SQLite file: which daemon runs, why each sequence is where it is."""
+"""Operator verbs on a real SQLite file and a PostgreSQL server: which daemon runs, why each
+sequence is where it is."""
 
 import datetime as dt
 import re
 import signal
-import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -37,10 +37,9 @@ STAND_IN = textwrap.dedent("""
 
 
 @pytest.fixture
-def database(tmp_path):
-    path = tmp_path / "cal.db"
-    db.open_database(path, create=True)
-    yield path
+def database(database_url):
+    db.open_database(database_url, create=True)
+    yield database_url
     db.close_database()
 
 
@@ -111,9 +110,9 @@ def test_status_and_close_with_a_live_then_killed_daemon(database, tmp_path):
         proc.kill()
         proc.wait()
         proc.stdout.close()
-    with sqlite3.connect(database) as con:
-        assert con.execute("select verb, argument from command").fetchall() == [
-            ("close", "--all")]
+    db.close_database()
+    db.open_database(database)  # what the other processes committed
+    assert [(c.verb, c.argument) for c in db.Command.select()] == [("close", "--all")]
 
 
 def _sequence(key, state, **kw):
@@ -168,8 +167,8 @@ def test_a_sequence_failed_by_the_engine_gives_that_error(database):
     assert text == "failed: error on idle_timeout: header unreadable"
 
 
-def test_a_schema_2_database_is_upgraded(tmp_path):
-    path = tmp_path / "old.db"
+def test_a_schema_2_database_is_upgraded(tmp_path, database_url):
+    path = database_url
     db.open_database(path, create=True)
     try:
         con = db.database.obj

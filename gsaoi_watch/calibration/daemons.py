@@ -15,7 +15,7 @@ import os
 import socket
 from dataclasses import dataclass, replace
 
-from gsaoi_watch.calibration.db import Daemon, _now, writing
+from gsaoi_watch.calibration.db import Daemon, _now, claim, writing
 from gsaoi_watch.errors import GsaoiWatchError
 
 __all__ = ["MISSED_HEARTBEATS", "DaemonRunningError", "DaemonStatus", "daemon_status",
@@ -129,6 +129,7 @@ def register_daemon(heartbeat_seconds: float, *, pid: int | None = None,
     host = host or _host()
     now = _now()
     with writing():
+        claim("daemon")  # two daemons starting at once: the second sees the first
         for row in Daemon.select():
             status = _judge(row, now)
             if status.running and (row.pid, row.host) != (pid, host):

@@ -1,9 +1,15 @@
 """The calibration database (peewee): ledger of frames, sequences, jobs and products.
 
-SQLite in WAL mode by default (a path), or any database URL ``playhouse.db_url`` accepts
-(``postgresql://...``).  One writer at a time: SQLite's busy timeout gives a bounded wait for
-a lock, then :class:`DatabaseError` says so.  The schema carries a version; an older
-database is upgraded in place, a newer one refused.
+SQLite in WAL mode by default (a path or ``sqlite:///path``), or a PostgreSQL server
+(``postgresql://`` or ``postgres://`` URL in libpq's form, read by libpq itself, so a unix
+socket is ``postgresql://user@/db?host=/run/postgresql&port=5432``; the driver is psycopg 3,
+the ``postgres`` extra).  On SQLite one writer at a time: its busy timeout gives a bounded
+wait for the lock, then :class:`DatabaseBusy` says so.  On PostgreSQL writers run side by
+side (READ COMMITTED); what must not race (one row per path, per data label, per
+calibration name) takes a transaction-scoped advisory lock (:func:`claim`).  The schema
+carries a version; an older database is upgraded in place, a newer one refused, whichever
+the backend; creation and upgrades hold the schema lock, so two processes opening a new
+database create it once.
 """
 
 from __future__ import annotations
@@ -16,9 +22,9 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import peewee as pw
-from playhouse.db_url import connect as url_connect
 from playhouse.migrate import SchemaMigrator, migrate
 
 from gsaoi_watch.errors import GsaoiWatchError
@@ -26,8 +32,9 @@ from gsaoi_watch.errors import GsaoiWatchError
 __all__ = [
     'Command', 'Daemon', 'DatabaseBusy', 'DatabaseError', 'DatabaseUnavailable', 'Frame',
     'Job', 'Product', 'ProductCalibration',
-    'SCHEMA_VERSION', 'SchemaInfo', 'Sequence', 'checksum', 'close_database', 'database',
-    'check_file', 'open_database', 'unavailable', 'writing',
+    'SCHEMA_VERSION', 'SchemaInfo', 'Sequence', 'checksum', 'claim', 'close_database',
+    'database', 'check_file', 'describe_target', 'is_postgres', 'open_database',
+    'unavailable', 'wipe_database', 'writing',
 ]
 
 log = logging.getLogger(__name__)
@@ -68,15 +75,42 @@ _UNAVAILABLE = ("locked", "busy", "disk i/o", "unable to open", "readonly", "rea
                 "not a database", "malformed", "cannot operate on a closed database")
 
 
+#: SQLSTATE classes and codes of PostgreSQL errors that say "not now" rather than "wrong":
+#: connection exceptions (08), a transaction rolled back by a serialization failure or a
+#: deadlock (40), insufficient resources such as too many connections or a full disk (53),
+#: an operator intervention such as a server shutting down or starting (57), a system error
+#: (58), a lock not available (55P03).
+_PG_UNAVAILABLE = ("08", "40", "53", "57", "58", "55P03")
+
+
+def _pg_unavailable(exc: BaseException) -> bool | None:
+    """For an error from psycopg (wrapped by peewee or not): whether it is "not now"."""
+    for err in (exc, exc.__cause__, exc.__context__, *exc.args[:1]):
+        if not isinstance(err, BaseException) or \
+                not type(err).__module__.startswith(("psycopg", "psycopg2")):
+            continue
+        state = getattr(err, "sqlstate", None) or getattr(err, "pgcode", None)
+        if state:
+            return str(state).startswith(_PG_UNAVAILABLE)
+        # no SQLSTATE: raised by the client, e.g. the connection refused, lost or closed
+        return type(err).__name__ in ("OperationalError", "InterfaceError")
+    return None
+
+
 def unavailable(exc: BaseException) -> bool:
     """Whether ``exc`` says the database is unavailable (retry later), not a bug or bad data.
 
-    A :class:`DatabaseUnavailable` (:class:`DatabaseBusy` included), or a peewee/sqlite3
+    A :class:`DatabaseUnavailable` (:class:`DatabaseBusy` included); a peewee/sqlite3
     operational error about a lock, a missing or unreadable file, an I/O error or a full
-    disk.  Integrity errors are not.
+    disk; a PostgreSQL error of a connection lost or refused, a serialization failure or
+    deadlock (the transaction is rolled back and may be run again), too many connections,
+    a server shutting down or starting.  Integrity errors are not.
     """
     if isinstance(exc, DatabaseUnavailable):
         return True
+    pg = _pg_unavailable(exc)
+    if pg is not None:
+        return pg
     if isinstance(exc, (pw.IntegrityError, pw.ProgrammingError)):
         return False
     if isinstance(exc, (pw.OperationalError, pw.DatabaseError, pw.InterfaceError)) or \
@@ -108,7 +142,7 @@ class SchemaInfo(_Model):
 class Sequence(_Model):
     """Frames of one observation with the same kind, filter, exposure, read mode and ROI."""
 
-    key = pw.CharField(unique=True)
+    key = pw.TextField(unique=True)
     kind = pw.CharField()
     observation_id = pw.CharField(null=True)
     object = pw.CharField(null=True)
@@ -117,7 +151,7 @@ class Sequence(_Model):
     read_mode = pw.CharField(null=True)
     roi = pw.BooleanField(default=False)
     state = pw.CharField(default="OPEN", index=True)
-    reason = pw.CharField(null=True)
+    reason = pw.TextField(null=True)
     opened = pw.DateTimeField(default=_now)
     updated = pw.DateTimeField(default=_now)
     last_frame_ut = pw.DateTimeField(null=True)
@@ -133,7 +167,7 @@ class Command(_Model):
     """An operator request to the running daemon (e.g. close a sequence), done once."""
 
     verb = pw.CharField()
-    argument = pw.CharField(null=True)
+    argument = pw.TextField(null=True)
     created = pw.DateTimeField(default=_now)
     done = pw.DateTimeField(null=True)
 
@@ -141,12 +175,12 @@ class Command(_Model):
 class Frame(_Model):
     """A raw file seen by gsaoi_watch: the ledger row (checksum, state, tries, error)."""
 
-    path = pw.CharField(unique=True)
+    path = pw.TextField(unique=True)  # text: PostgreSQL would cut a VARCHAR(255)
     data_label = pw.CharField(unique=True, null=True)
     checksum = pw.CharField(null=True)
     size = pw.BigIntegerField(null=True)
     descriptors = pw.TextField(default="{}")
-    tags = pw.CharField(default="")
+    tags = pw.TextField(default="")
     state = pw.CharField(default="ingested", index=True)
     error = pw.TextField(null=True)
     tries = pw.IntegerField(default=0)
@@ -175,8 +209,8 @@ class Job(_Model):
 class Product(_Model):
     """A file gsaoi_watch made or was given: calibrations and reduced frames."""
 
-    path = pw.CharField(unique=True)
-    filename = pw.CharField(index=True)
+    path = pw.TextField(unique=True)
+    filename = pw.TextField(index=True)
     kind = pw.CharField(index=True)  # processed_flat, processed_bpm, sky_corrected, ...
     job = pw.ForeignKeyField(Job, backref="products", null=True, on_delete="SET NULL")
     data_label = pw.CharField(null=True)
@@ -247,6 +281,78 @@ def _create_file(path: Path) -> None:
         pass
 
 
+def is_postgres(target: str | os.PathLike[str]) -> bool:
+    """Whether a database target is a PostgreSQL URL (``postgresql://`` or ``postgres://``)."""
+    return str(target).split("://", 1)[0].lower() in ("postgresql", "postgres") \
+        if _is_url(str(target)) else False
+
+
+def describe_target(target: str | os.PathLike[str]) -> str:
+    """A database path or URL as it may be shown: a URL's password replaced by ``***``.
+
+    Examples
+    --------
+    >>> describe_target("postgresql://astro:s3cret@db/gsaoi?sslmode=require")
+    'postgresql://astro:***@db/gsaoi?sslmode=require'
+    >>> describe_target("postgresql://astro@/gsaoi?host=/run/postgresql&password=s3cret")
+    'postgresql://astro@/gsaoi?host=/run/postgresql&password=***'
+    """
+    text = str(target)
+    if not _is_url(text):
+        return text
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        return text.split("://", 1)[0] + "://***"
+    if parts.password is not None:
+        netloc = parts.netloc.rsplit("@", 1)
+        user = netloc[0].split(":", 1)[0]
+        parts = parts._replace(netloc=f"{user}:***@{netloc[1]}")
+    if "password=" in parts.query.lower():  # libpq also takes ?password=...
+        query = "&".join("password=***" if q.lower().startswith("password=") else q
+                         for q in parts.query.split("&"))
+        parts = parts._replace(query=query)
+    # by hand: urlunsplit drops the empty host of libpq's unix-socket form (postgresql:///db)
+    return (f"{parts.scheme}://{parts.netloc}{parts.path}"
+            + (f"?{parts.query}" if parts.query else "")
+            + (f"#{parts.fragment}" if parts.fragment else ""))
+
+
+def _sqlite_path(target: str) -> str:
+    """The file of a ``sqlite:///path`` URL (``sqlite:////abs`` or ``sqlite:///rel``)."""
+    return target.split("://", 1)[1][1:] if target.lower().startswith("sqlite://") else target
+
+
+def _postgres(target: str) -> _Postgres:
+    """A deferred-connection PostgreSQL database for a libpq URL (psycopg 3, else psycopg2).
+
+    The URL goes to libpq whole (``postgres://`` spelt ``postgresql://``, which peewee hands
+    over as a connection string), so every libpq form works: a unix socket directory as
+    ``host=``, ``sslmode=``, ``connect_timeout=``, percent-encoded parts.
+    """
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        try:
+            import psycopg2  # noqa: F401
+        except ImportError:
+            raise DatabaseError(
+                f"{describe_target(target)}: PostgreSQL needs the psycopg driver, which is "
+                "not installed; pip install 'gsaoi-watch[postgres]'") from None
+    url = "postgresql://" + target.split("://", 1)[1]
+    return _Postgres(url, prefer_psycopg3=True)
+
+
+class _Postgres(pw.PostgresqlDatabase):
+    """PostgreSQL with a bounded wait for locks on every connection (reconnections too)."""
+
+    lock_timeout = LOCK_TIMEOUT
+
+    def _initialize_connection(self, conn):
+        with conn.cursor() as cursor:  # autocommit: a session setting, not a transaction
+            cursor.execute(f"SET lock_timeout = {int(max(self.lock_timeout, 0.1) * 1000)}")
+
+
 def open_database(target: str | os.PathLike[str], *, create: bool = False,
                   lock_timeout: float | None = None) -> pw.Database:
     """Open (and with ``create``, initialise) the database at a path or URL.
@@ -254,13 +360,16 @@ def open_database(target: str | os.PathLike[str], *, create: bool = False,
     Parameters
     ----------
     target : str or os.PathLike
-        A file path (SQLite) or a database URL.
+        A file path or ``sqlite:///`` URL (SQLite), or a ``postgresql://`` /
+        ``postgres://`` URL (PostgreSQL, a server's database that exists; its tables are
+        created on first use).
     create : bool
-        Create the file and tables if missing; otherwise a missing database is an error.
+        Create the SQLite file and tables if missing; otherwise a missing SQLite database is
+        an error.  A PostgreSQL database without tables gets them either way.
     lock_timeout : float, optional
         SQLite's busy wait (seconds) for a lock another process holds, before
         :class:`DatabaseBusy` (default :data:`LOCK_TIMEOUT`; the daemon waits briefly, then
-        retries with backoff).
+        retries with backoff).  On PostgreSQL the longest wait for a row or advisory lock.
 
     Returns
     -------
@@ -270,14 +379,22 @@ def open_database(target: str | os.PathLike[str], *, create: bool = False,
     Raises
     ------
     DatabaseError
-        Missing (without ``create``), not a database (corrupt), locked, or a newer schema.
+        Missing (without ``create``), not a database (corrupt), locked, a newer schema, a
+        missing PostgreSQL driver or a server that cannot be reached: one line naming the
+        database (a URL without its password) and the problem.
     """
     target = str(target)
+    shown = describe_target(target)
     lock_timeout = LOCK_TIMEOUT if lock_timeout is None else lock_timeout
-    if _is_url(target):
-        db = url_connect(target)
+    if is_postgres(target):
+        pg = _postgres(target)
+        pg.lock_timeout = lock_timeout
+        db: pw.Database = pg
+    elif _is_url(target) and not target.lower().startswith("sqlite://"):
+        raise DatabaseError(f"{shown}: not a supported database URL (use a SQLite file path "
+                            "or a postgresql:// URL)")
     else:
-        path = Path(target)
+        path = Path(_sqlite_path(target))
         if not path.exists() and not create:
             raise DatabaseError(f"{path}: no calibration database here; run "
                                 "'gsaoi-watch caldb init' first")
@@ -294,28 +411,64 @@ def open_database(target: str | os.PathLike[str], *, create: bool = False,
     try:
         db.connect(reuse_if_open=True)
         existing = set(db.get_tables())
-        if not existing:
-            if not create and not _is_url(target):
-                raise DatabaseError(f"{target}: empty file, not a calibration database; "
-                                    "run 'gsaoi-watch caldb init'")
-            with db.atomic():
-                db.create_tables(MODELS)
-                SchemaInfo.create(version=SCHEMA_VERSION)
-        elif "schema_info" not in existing:
-            raise DatabaseError(f"{target}: not a gsaoi_watch calibration database "
+        if not existing and not create and not isinstance(db, pw.PostgresqlDatabase):
+            raise DatabaseError(f"{shown}: empty file, not a calibration database; "
+                                "run 'gsaoi-watch caldb init'")
+        if existing and "schema_info" not in existing:
+            raise DatabaseError(f"{shown}: not a gsaoi_watch calibration database "
                                 f"(tables {sorted(existing)})")
-        else:
-            _check_version(db, target)
-    except pw.DatabaseError as exc:
+        if "schema_info" not in existing or _version() != SCHEMA_VERSION:
+            with _schema_lock(db):  # created or upgraded by one process at a time
+                _create_or_upgrade(db, shown)
+    except pw.PeeweeException as exc:
         db.close()
-        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        text = _first_line(exc)
         if "locked" in text:
-            raise DatabaseBusy(f"{target}: database is locked by another writer "
+            raise DatabaseBusy(f"{shown}: database is locked by another writer "
                                f"(waited {time.monotonic() - t0:.1f} s)",
                                time.monotonic() - t0) from None
-        raise DatabaseError(f"{target}: cannot use the calibration database ({text}); "
+        if isinstance(db, pw.PostgresqlDatabase):
+            raise DatabaseError(f"{shown}: cannot use the PostgreSQL database ({text})") \
+                from None
+        raise DatabaseError(f"{shown}: cannot use the calibration database ({text}); "
                             "it was left untouched") from None
+    except DatabaseError:
+        db.close()
+        raise
     return db
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0].strip() if text else type(exc).__name__
+
+
+def _version() -> int:
+    return SchemaInfo.select(pw.fn.MAX(SchemaInfo.version)).scalar() or 0
+
+
+@contextlib.contextmanager
+def _schema_lock(db: pw.Database) -> Iterator[None]:
+    """A transaction that holds the schema lock: SQLite's write lock, a PostgreSQL advisory lock.
+
+    PostgreSQL's DDL is transactional, so a creation or upgrade is all or nothing there too.
+    """
+    if isinstance(db, pw.SqliteDatabase):
+        with db.atomic(lock_type="IMMEDIATE"):
+            yield
+        return
+    with db.atomic():
+        db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (_lock_key("schema"),))
+        yield
+
+
+def _create_or_upgrade(db: pw.Database, shown: str) -> None:
+    """Inside the schema lock: create the tables of a new database, or upgrade an older one."""
+    if "schema_info" not in set(db.get_tables()):
+        db.create_tables(MODELS)
+        SchemaInfo.create(version=SCHEMA_VERSION)
+        return
+    _check_version(db, shown)
 
 
 def _remember_file(db: pw.Database) -> None:
@@ -439,13 +592,19 @@ def writing() -> Iterator[None]:
     start, so a transaction that reads then writes never fails half-way with SQLITE_BUSY;
     the wait for the lock is bounded by the busy timeout.  A lock held past it becomes a
     :class:`DatabaseBusy` that says how long was really waited; a database file removed
-    meanwhile, a :class:`DatabaseUnavailable` (:func:`check_file`).
+    meanwhile, a :class:`DatabaseUnavailable` (:func:`check_file`).  On PostgreSQL it is a
+    plain ``BEGIN`` (READ COMMITTED): writers do not exclude each other, and what must not
+    race is claimed by name inside it (:func:`claim`); a connection lost, a deadlock or a
+    serialization failure rolls it back with an error :func:`unavailable` recognises.
     """
     kwargs = {}
-    if database.obj is not None and database.transaction_depth() == 0 and \
-            isinstance(database.obj, pw.SqliteDatabase):
-        check_file()
-        kwargs["lock_type"] = "IMMEDIATE"
+    obj = database.obj
+    if obj is not None and database.transaction_depth() == 0:
+        if isinstance(obj, pw.SqliteDatabase):
+            check_file()
+            kwargs["lock_type"] = "IMMEDIATE"
+        elif not obj.is_closed() and not obj.is_connection_usable():
+            obj.close()  # a connection the server dropped: this transaction opens a new one
     ctx = database.atomic(**kwargs)
     t0 = time.monotonic()
     try:
@@ -463,11 +622,63 @@ def writing() -> Iterator[None]:
         raise _busy(exc, time.monotonic() - t0) from None
 
 
+def _lock_key(text: str) -> int:
+    """A signed 64-bit advisory-lock key for a text (stable across processes and hosts)."""
+    digest = hashlib.blake2b(text.encode("utf-8", "surrogateescape"), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def claim(*keys: str) -> None:
+    """Hold, until the enclosing transaction ends, the locks named by ``keys``.
+
+    What must stay one row (a frame per path or data label, a calibration per kind and
+    file name, a sequence per key) is looked up and then inserted or updated under the
+    lock of its name, so two writers on one database cannot both find it missing.  On
+    PostgreSQL each key is a transaction-scoped advisory lock (taken in sorted order, so
+    two writers claiming the same keys cannot deadlock on them); on SQLite the write
+    transaction (``BEGIN IMMEDIATE``, :func:`writing`) already excludes every other writer.
+    A wait past the lock timeout raises an error :func:`unavailable` recognises.
+
+    Must be called inside :func:`writing`.
+    """
+    obj = database.obj
+    if not isinstance(obj, pw.PostgresqlDatabase):
+        return
+    if obj.transaction_depth() == 0:
+        raise RuntimeError("claim() outside a transaction would lock nothing")
+    for key in sorted({_lock_key(k) for k in keys}):
+        obj.execute_sql("SELECT pg_advisory_xact_lock(%s)", (key,))
+
+
 def _busy(exc: pw.OperationalError, waited: float) -> Exception:
     if "locked" in str(exc) or "busy" in str(exc):
         return DatabaseBusy(f"{getattr(database.obj, 'database', 'database')}: locked by "
                             f"another writer (waited {waited:.1f} s)", waited)
     return exc
+
+
+def wipe_database(target: str | os.PathLike[str]) -> None:
+    """Remove a calibration database: the SQLite file, or gsaoi_watch's tables on a server.
+
+    Raises
+    ------
+    DatabaseError
+        The server cannot be reached or the tables cannot be dropped.
+    """
+    target = str(target)
+    if not is_postgres(target):
+        for suffix in ("", "-wal", "-shm"):
+            Path(_sqlite_path(target) + suffix).unlink(missing_ok=True)
+        return
+    db = _postgres(target)
+    database.initialize(db)  # the models drop their tables through the proxy
+    try:
+        with db.connection_context(), db.atomic():
+            db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (_lock_key("schema"),))
+            db.drop_tables(MODELS, safe=True, cascade=True)
+    except pw.PeeweeException as exc:
+        raise DatabaseError(f"{describe_target(target)}: cannot use the PostgreSQL database "
+                            f"({_first_line(exc)})") from None
 
 
 def close_database() -> None:

@@ -10,7 +10,14 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from gsaoi_watch.calibration.db import Product, ProductCalibration, _now, checksum, writing
+from gsaoi_watch.calibration.db import (
+    Product,
+    ProductCalibration,
+    _now,
+    checksum,
+    claim,
+    writing,
+)
 from gsaoi_watch.data.descriptors import FrameInfo
 
 __all__ = ['FLAT_WINDOW', 'best_calibration', 'calibration_path', 'find_calibrations',
@@ -57,6 +64,9 @@ def register_product(path: str | os.PathLike[str], info: FrameInfo | None, *, ki
             ut_datetime=info.ut_datetime(),
             detector_section=json.dumps(info.detector_section(pretty=True)))
     with writing():
+        # one row per path, and per kind and name for a calibration: looked up and written
+        # under the name's lock, so concurrent writers on one server never both insert
+        claim(f"product:{fields['filename']}")
         product = Product.get_or_none(Product.path == path)
         if product is None and is_calibration:
             product = Product.get_or_none((Product.is_calibration == True)  # noqa: E712

@@ -24,7 +24,7 @@ def run_caldb(args: argparse.Namespace) -> int:
         return 2
     verb = args.caldb_verb
     if verb == "config":
-        print(f"database: {target}")
+        print(f"database: {db.describe_target(target)}")
         print(f"  from: {'-d/--database' if args.database else args.config or 'default'}")
         print(f"  exists: {'yes' if '://' in target or Path(target).exists() else 'no'}")
         return 0
@@ -49,15 +49,14 @@ def run_caldb(args: argparse.Namespace) -> int:
 
 
 def _init(target, wipe):
-    if "://" not in target and Path(target).exists():
-        if not wipe:
-            print(f"caldb: {target} already exists; use --wipe to start afresh",
-                  file=sys.stderr)
-            return 2
-        for suffix in ("", "-wal", "-shm"):
-            Path(target + suffix).unlink(missing_ok=True)
+    if "://" not in target and Path(target).exists() and not wipe:
+        print(f"caldb: {target} already exists; use --wipe to start afresh",
+              file=sys.stderr)
+        return 2
+    if wipe:
+        db.wipe_database(target)
     db.open_database(target, create=True)
-    print(f"initialised calibration database {target}")
+    print(f"initialised calibration database {db.describe_target(target)}")
     return 0
 
 

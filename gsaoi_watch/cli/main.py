@@ -269,10 +269,17 @@ def main(argv: list[str] | None = None) -> int:
     limit_arenas()  # before any thread starts: see gsaoi_watch.malloc
     logging.basicConfig(level=getattr(logging, args.log_level),
                         format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    from peewee import PeeweeException
+
     try:
         status = args.func(args)
     except BrokenPipeError:  # e.g. piped into head
         return 0
     except KeyboardInterrupt:
         return 130
+    except PeeweeException as exc:  # the database failed mid-command (e.g. a server gone)
+        text = str(exc).strip().splitlines()
+        print(f"gsaoi-watch {args.verb}: database error: "
+              f"{text[0] if text else type(exc).__name__}", file=sys.stderr)
+        return 2
     return int(status or 0)

@@ -155,7 +155,8 @@ def run_close(args: argparse.Namespace) -> int:
         now = db._now()
         status = daemon_status(now=now)
         if not status.running:
-            print(f"gsaoi-watch close: no daemon is running on {config.database.url} "
+            where = db.describe_target(config.database.url)
+            print(f"gsaoi-watch close: no daemon is running on {where} "
                   f"({status.reason}); nothing was requested", file=sys.stderr)
             return 1
         with db.writing():

@@ -60,6 +60,7 @@ def quarantine(engine: Engine, path: str, problem: str) -> None:
     """Record a file the daemon will not use, with the reason (one warning line)."""
     path = ledger_path(path)
     with db.writing():
+        db.claim(f"frame:{path}")
         row = db.Frame.get_or_none(db.Frame.path == path)
         if row is None:
             db.Frame.create(path=path, state="quarantined", error=problem)
@@ -86,6 +87,8 @@ def ingest(engine: Engine, arrived: FrameArrived) -> None:
                  product_status(info.tags))
         return
     label_ = info.data_label()
+    if label_:  # one frame per data label, also with other writers on the database
+        db.claim(f"label:{label_}")
     twin = db.Frame.get_or_none(db.Frame.data_label == label_) if label_ else None
     if twin is not None and twin.path != path:
         quarantine(engine, path, f"duplicate of {Path(twin.path).name} "
@@ -113,6 +116,7 @@ def _join(engine: Engine, path: str, info: FrameInfo, digest: str) -> None:
     key = sequence_key(info)
     now = engine.now()
     with db.writing():
+        db.claim(f"sequence:{key.as_text()}")
         seq, created = db.Sequence.get_or_create(key=key.as_text(), defaults=dict(
             kind=key.kind, observation_id=key.observation_id, object=info.object(),
             filter_name=key.filter_name, exposure_time=key.exposure_time,
@@ -141,6 +145,7 @@ def _record_frame(engine: Engine, path: str, info: FrameInfo, digest: str, state
                   state=state, error=None, sequence=seq, ut_datetime=info.ut_datetime(),
                   updated=engine.now())
     with db.writing():
+        db.claim(f"frame:{path}")
         row = db.Frame.get_or_none(db.Frame.path == path)
         if row is None:
             db.Frame.create(path=path, **fields)

@@ -101,7 +101,8 @@ def run_service(config: Config, *, stop_event: threading.Event | None = None,
             previous[sig] = signal.signal(sig, stop)
     try:
         log.info("gsaoi_watch starting: raw=%s output=%s database=%s (%s)", log_name(raw),
-                 log_name(config.paths.output_dir), log_name(config.database.url),
+                 log_name(config.paths.output_dir),
+                 log_name(db.describe_target(config.database.url)),
                  "polling" if polling else "inotify")
         page = start_live_page(config)  # a port in use: one ERROR line, no page
         beat.page_url = page.url if page is not None else None

@@ -83,7 +83,8 @@ def plan_archive(directories: Iterable[str | os.PathLike[str]], *,
     directories : iterable of path
         Raw directories (searched recursively).
     since, until : datetime.date, optional
-        Only frames whose UT date (``ut_datetime``) is within [since, until].
+        Only frames whose UT date (``ut_datetime``) is within [since, until] (and static
+        BPMs, which have no date).
     exclude : iterable of path
         Directories not searched (the output directory).
 
@@ -97,10 +98,10 @@ def plan_archive(directories: Iterable[str | os.PathLike[str]], *,
     ready, rejected = gate.poll()
     plan = ArchivePlan(phases=[[] for _ in PHASES], rejected=sorted(rejected))
     for path, info in ready:
-        if not _in_range(info, since, until):
+        kind = frame_kind(info)
+        if kind != "bpm" and not _in_range(info, since, until):  # a static BPM: always
             plan.outside += 1
             continue
-        kind = frame_kind(info)
         for n, (_, kinds) in enumerate(PHASES):
             if kind in kinds:
                 plan.phases[n].append((path, info))

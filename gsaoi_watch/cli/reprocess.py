@@ -57,7 +57,7 @@ class _JobLines(logging.Filter):
         if record.levelno >= logging.WARNING:
             return True
         msg = str(record.msg)
-        return record.name.startswith("gsaoi_watch.archive") or (
+        return record.name.startswith(("gsaoi_watch.archive", "gsaoi_watch.cli")) or (
             msg.startswith("job=") and " done in " in msg)
 
 

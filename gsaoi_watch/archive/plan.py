@@ -17,7 +17,6 @@ import datetime as dt
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from gsaoi_watch.daemon.sequences import frame_kind
 from gsaoi_watch.daemon.watcher import ArrivalGate, is_candidate

@@ -27,11 +27,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-
 from gsaoi_watch.archive.plan import PHASES, ArchivePlan
 from gsaoi_watch.calibration import db
 from gsaoi_watch.config import Config
 from gsaoi_watch.daemon import outcomes
+from gsaoi_watch.daemon.actions import calibration_ready
 from gsaoi_watch.daemon.engine import Engine, JobExecutor
 from gsaoi_watch.daemon.events import Event, FrameArrived, FrameRejected, Tick
 from gsaoi_watch.daemon.sequences import State
@@ -103,9 +103,7 @@ def _complete(engine: Engine, kinds: frozenset[str]) -> None:
 
 
 def _release_waiting(engine: Engine, *, expire: bool = False) -> None:
-    """Standards and science WAITING: released if a flat exists now, else (``expire``) quick-look."""
-    from gsaoi_watch.daemon.actions import calibration_ready
-
+    """WAITING standards and science: released if a flat exists, else (``expire``) quick-look."""
     for seq in list(db.Sequence.select().where(
             (db.Sequence.state == State.WAITING)
             & db.Sequence.kind.in_(("standard", "science"))).order_by(db.Sequence.id)):

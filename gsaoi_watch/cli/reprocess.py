@@ -8,17 +8,22 @@ import logging
 import logging.handlers
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from gsaoi_watch.cli.options import config_from_args
 from gsaoi_watch.errors import GsaoiWatchError
 from gsaoi_watch.logs import LOG_FORMAT
+
+if TYPE_CHECKING:
+    from gsaoi_watch.archive.plan import ArchivePlan
+    from gsaoi_watch.config import Config
 
 __all__ = ["add_reprocess", "run_reprocess"]
 
 log = logging.getLogger(__name__)
 
 
-def add_reprocess(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_reprocess(sub: Any) -> None:
     """The ``reprocess`` verb's options."""
     p = sub.add_parser("reprocess", help="re-reduce an archive of raw directories on a Dask "
                                          "cluster (flats, standards, science, stacks)")
@@ -135,7 +140,8 @@ def run_reprocess(args: argparse.Namespace) -> int:
         db.close_database()
 
 
-def _run(config, plan, args, bar) -> int:  # type: ignore[no-untyped-def]
+def _run(config: Config, plan: ArchivePlan, args: argparse.Namespace,
+         bar: _Bar | None) -> int:
     from gsaoi_watch.archive.cluster import DaskExecutor, open_client
     from gsaoi_watch.archive.run import describe, reprocess
 

@@ -60,9 +60,10 @@ def open_client(scheduler: str = "local", *, workers: int = 2,
                 max_tries: int = 3) -> tuple[Any, Any]:
     """Connect to a scheduler, or start a LocalCluster of ``workers`` single-thread processes.
 
-    A lost worker's task is run elsewhere up to ``max_tries - 1`` times
-    (``distributed.scheduler.allowed-failures``, set for a local cluster; a remote
-    scheduler's own setting applies there).
+    The local scheduler's web server takes any free port (a second cluster on the machine
+    must not find the default port taken).  A lost worker's task is run elsewhere up to
+    ``max_tries - 1`` times (``distributed.scheduler.allowed-failures``, set for a local
+    cluster; a remote scheduler's own setting applies there).
 
     Returns
     -------
@@ -75,7 +76,7 @@ def open_client(scheduler: str = "local", *, workers: int = 2,
         with dask.config.set({"distributed.scheduler.allowed-failures": max(0, max_tries - 1),
                               "distributed.worker.daemon": False}):
             cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                   dashboard_address=None, silence_logs=40)
+                                   dashboard_address=":0", silence_logs=40)
             client = Client(cluster)
     client.register_plugin(QuietWorkers())
     return client, cluster

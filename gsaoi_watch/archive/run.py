@@ -77,7 +77,7 @@ class ArchiveEngine(Engine):
 
 @dataclasses.dataclass
 class ArchiveSummary:
-    """What a run did: sequences by state, jobs by state, products, frames refused."""
+    """What a run did: sequences and jobs by state, products, frames refused, failures."""
 
     sequences: dict[str, int]
     jobs: dict[str, int]
@@ -207,6 +207,8 @@ def _summary(seconds: float) -> ArchiveSummary:
         jobs[job.state] = jobs.get(job.state, 0) + 1
         if job.state == "FAILED":
             failed.append(f"job={job.id} {job.recipe}: {job.error}")
+    for seq in db.Sequence.select().where(db.Sequence.state == State.FAILED):
+        failed.append(f"seq={seq.key}: {seq.reason}")
     quarantined = db.Frame.select().where(db.Frame.state == "quarantined").count()
     return ArchiveSummary(sequences=sequences, jobs=jobs, products=db.Product.select().count(),
                           quarantined=quarantined, failed=failed, seconds=seconds)

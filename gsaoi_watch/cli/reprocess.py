@@ -66,7 +66,21 @@ class _JobLines(logging.Filter):
             msg.startswith("job=") and " done in " in msg)
 
 
-def _logging(log_file: Path, *, bar: bool) -> None:
+class _BarLines(logging.StreamHandler):
+    """Warnings and errors on a terminal: above the progress bar, which is drawn again."""
+
+    def __init__(self, bar: _Bar) -> None:
+        super().__init__(sys.stderr)
+        self.bar = bar
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.bar.shown is not None:
+            self.stream.write("\r\x1b[K")
+        super().emit(record)
+        self.bar.redraw()
+
+
+def _logging(log_file: Path, *, bar: _Bar | None) -> None:
     root = logging.getLogger()
     root.setLevel(logging.INFO)
     for h in list(root.handlers):
@@ -74,10 +88,12 @@ def _logging(log_file: Path, *, bar: bool) -> None:
     log_file.parent.mkdir(parents=True, exist_ok=True)
     full = logging.handlers.WatchedFileHandler(log_file, encoding="utf-8",
                                                errors="backslashreplace")
-    console = logging.StreamHandler(sys.stderr)
-    if bar:
+    console: logging.Handler
+    if bar is not None:
+        console = _BarLines(bar)
         console.setLevel(logging.WARNING)
     else:
+        console = logging.StreamHandler(sys.stderr)
         console.addFilter(_JobLines())
     for h in (full, console):
         h.setFormatter(logging.Formatter(LOG_FORMAT))
@@ -96,6 +112,12 @@ class _Bar:
         if (done, known) == self.shown or known == 0:
             return
         self.shown = (done, known)
+        self.redraw()
+
+    def redraw(self) -> None:
+        if self.shown is None:
+            return
+        done, known = self.shown
         width = 30
         fill = int(width * done / known)
         sys.stderr.write(f"\r[{'#' * fill}{'.' * (width - fill)}] {done}/{known} jobs")
@@ -125,7 +147,7 @@ def run_reprocess(args: argparse.Namespace) -> int:
         return 2
     out = Path(config.paths.output_dir)
     bar = _Bar() if sys.stderr.isatty() else None
-    _logging(Path(args.log) if args.log else out / "gsaoi-watch-reprocess.log", bar=bar is not None)
+    _logging(Path(args.log) if args.log else out / "gsaoi-watch-reprocess.log", bar=bar)
     plan = plan_archive(args.directories, since=since, until=until, exclude=[out])
     log.info("archive: %d frames to reduce, %d refused, %d outside the dates", plan.n_frames,
              len(plan.rejected), plan.outside)

@@ -9,6 +9,9 @@ workers of many, reschedules the job of a lost worker on another, and speaks the
 
 from __future__ import annotations
 
+import logging
+import signal
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -21,16 +24,24 @@ __all__ = ["DaskExecutor", "QuietWorkers", "open_client"]
 class QuietWorkers(WorkerPlugin):
     """Worker plugin: the package logs only errors on workers (also on a restarted worker).
 
+    The local cluster's own loggers are silenced too (``silence_logs``): a worker that loses
+    its scheduler on Ctrl-C says so with a traceback, which the user has no use for.
+
     What a job warns about comes back in its result and is logged once, by the client.
     """
 
     name = "gsaoi-watch-quiet-workers"
 
     def setup(self, worker: Any) -> None:
-        """Lower the package's log level in the worker process."""
-        import logging
+        """Lower the package's log level; leave Ctrl-C to the client.
 
+        A terminal's Ctrl-C reaches the whole process group: the client stops and closes
+        the cluster, which ends its workers; a worker interrupted by it would only print
+        a traceback.
+        """
         logging.getLogger("gsaoi_watch").setLevel(logging.ERROR)
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class DaskExecutor:
@@ -76,7 +87,7 @@ def open_client(scheduler: str = "local", *, workers: int = 2,
         with dask.config.set({"distributed.scheduler.allowed-failures": max(0, max_tries - 1),
                               "distributed.worker.daemon": False}):
             cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                   dashboard_address=":0", silence_logs=40)
+                                   dashboard_address=":0", silence_logs=logging.CRITICAL)
             client = Client(cluster)
     client.register_plugin(QuietWorkers())
     return client, cluster

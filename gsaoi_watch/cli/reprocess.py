@@ -66,6 +66,11 @@ class _JobLines(logging.Filter):
             msg.startswith("job=") and " done in " in msg)
 
 
+def _not_the_cluster(record: logging.LogRecord) -> bool:
+    """The cluster's own messages (a worker killed, a nanny closing) only in the log file."""
+    return not record.name.startswith(("distributed", "tornado", "asyncio"))
+
+
 class _BarLines(logging.StreamHandler):
     """Warnings and errors on a terminal: above the progress bar, which is drawn again."""
 
@@ -95,11 +100,12 @@ def _logging(log_file: Path, *, bar: _Bar | None) -> None:
     else:
         console = logging.StreamHandler(sys.stderr)
         console.addFilter(_JobLines())
+    console.addFilter(_not_the_cluster)
     for h in (full, console):
         h.setFormatter(logging.Formatter(LOG_FORMAT))
         root.addHandler(h)
-    for name in ("distributed", "tornado", "asyncio"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    for name in ("distributed", "tornado", "asyncio"):  # the cluster's own chatter
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 class _Bar:

@@ -313,3 +313,15 @@ def test_client_killed_then_rerun_resumes(tmp_path):
         product_files(out) + ["bpm_20121104_gsaoi_gsaoi_11_full_4amp.fits"])
     assert str(out / "calibrations" / "processed_flat" / flat.name) in paths
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+    # a product gone from the disk: made again by its job, nothing else redone
+    stack = out / "S20170701S0095_stack.fits"
+    stack.unlink()
+    reduced = {p.name: p.stat().st_mtime_ns for p in out.glob("*_skyCorrected.fits")}
+    again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert stack.is_file()
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*_skyCorrected.fits")} == reduced
+    assert query(database, "select recipe, state, tries from job order by id") == [
+        ("flat", "DONE", 1), ("images", "DONE", 2), ("stack", "DONE", 2)]
+    assert query(database, "select checksum from product where path = ?", str(stack)) == [
+        (db.checksum(stack),)]

@@ -215,6 +215,12 @@ def _add_stack(sub):
     p.set_defaults(func=_run("stack"))
 
 
+def _add_reprocess(sub):
+    from gsaoi_watch.cli.reprocess import add_reprocess
+    add_reprocess(sub)
+    sub.choices["reprocess"].set_defaults(func=_run("reprocess"))
+
+
 def _run(verb):
     def run(args):
         if verb == "qa":
@@ -235,6 +241,9 @@ def _run(verb):
         if verb == "run":
             from gsaoi_watch.cli.daemon import run_cli
             return run_cli(args)
+        if verb == "reprocess":
+            from gsaoi_watch.cli.reprocess import run_reprocess
+            return run_reprocess(args)
         if verb == "demo":
             from gsaoi_watch.cli.daemon import run_demo_cli
             return run_demo_cli(args)
@@ -257,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     sub.required = True
     for add in (_add_typewalk, _add_showd, _add_dataselect, _add_simulate, _add_reduce,
-                _add_caldb, _add_daemon, _add_demo, _add_qa, _add_stack):
+                _add_caldb, _add_daemon, _add_demo, _add_qa, _add_stack, _add_reprocess):
         add(sub)
     return parser
 

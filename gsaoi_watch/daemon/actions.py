@@ -62,15 +62,26 @@ def _executes(action: Action) -> Callable[[Executor], Executor]:
 
 # --- what a sequence needs ------------------------------------------------------------------
 def partner(seq: db.Sequence) -> db.Sequence | None:
-    """The lamp-off sequence of a lamp-on one (and the reverse): same filter and read mode."""
+    """The lamp-off sequence of a lamp-on one (and the reverse): same filter and read mode.
+
+    The nearest in time (last frames), ties to the latest opened: with several nights'
+    flats in the database (an archive), each night's lamps pair with each other.
+    """
     want = {"flat_on": "flat_off", "flat_off": "flat_on"}.get(seq.kind)
     if want is None:
         return None
-    found: db.Sequence | None = (db.Sequence.select().where(
+    candidates = list(db.Sequence.select().where(
         (db.Sequence.kind == want) & (db.Sequence.filter_name == seq.filter_name)
         & (db.Sequence.read_mode == seq.read_mode) & (db.Sequence.roi == seq.roi))
-        .order_by(db.Sequence.opened.desc()).first())
-    return found
+        .order_by(db.Sequence.opened.desc()))
+    when = seq.last_frame_ut
+
+    def distance(other: db.Sequence) -> float:
+        if when is None or other.last_frame_ut is None:
+            return 0.0
+        return abs((other.last_frame_ut - when).total_seconds())
+
+    return min(candidates, key=distance) if candidates else None
 
 
 def live_job(seq: db.Sequence) -> db.Job | None:

@@ -364,7 +364,7 @@ def _truth(night, det, frames, size, geometry):
 
 
 def simulate_night(outdir, *, seed=20170505, size=2048, workers=None, only=None,
-                   conditions=None, geometry=None, refcat=None, max_frames=None):
+                   conditions=None, geometry=None, refcat=None, max_frames=None, date=None):
     """Write a simulated GSAOI night into ``outdir``.
 
     Parameters
@@ -394,6 +394,9 @@ def simulate_night(outdir, *, seed=20170505, size=2048, workers=None, only=None,
     max_frames : int, optional
         Render only the first ``max_frames`` frames of the groups selected, in observing
         order (each as it would be in the whole night), for tests that need a few.
+    date : datetime.date, optional
+        The science UT date (default the tutorial's 2017-05-05): the whole night moves by
+        whole days, with unique data labels (:func:`~gsaoi_watch.sim.plan.plan_night`).
 
     Returns
     -------
@@ -410,7 +413,7 @@ def simulate_night(outdir, *, seed=20170505, size=2048, workers=None, only=None,
         raise ValueError(f"{refcat_path}: unknown catalogue format {refcat_path.suffix!r} "
                          f"(use {', '.join(FORMATS)})")
     outdir.mkdir(parents=True, exist_ok=True)
-    night = plan_night(seed, size, conditions=conditions)
+    night = plan_night(seed, size, conditions=conditions, date=date)
     wanted = set(only) if only else set(KINDS)
     unknown = wanted - set(KINDS)
     if unknown:

@@ -175,8 +175,17 @@ def make_sky_model(seed: int, epoch: dt.datetime, windows, *, n_terms: int = 3,
                     tuple(float(w * amplitude / peak) for w in weights), unit.windows)
 
 
+#: The tutorial night's date (the science UT date); ``plan_night(date=...)`` moves from it.
+TUTORIAL_DATE = dt.date(2017, 5, 5)
+
+
+def _observation(number: int, days: int) -> str:
+    """The programme's observation ID, renumbered on a night moved by ``days`` (unique labels)."""
+    return f"GS-2017A-Q-29-{number + 100 * (days % 1000) if days else number}"
+
+
 def plan_night(seed: int = 20170505, size: int = 2048, *,
-               conditions: Conditions | None = None) -> Night:
+               conditions: Conditions | None = None, date: dt.date | None = None) -> Night:
     """Plan the tutorial night: flats, standard and an on-target/offset-sky science sequence.
 
     The frames keep the tutorial's file names, numbering and time order:
@@ -194,11 +203,19 @@ def plan_night(seed: int = 20170505, size: int = 2048, *,
         Requested bands and delivered degradations (default: the tutorial programme's
         request, met; the degradations change no random draw, so a degraded night has the
         nominal night's noise, stars and dithers).
+    date : datetime.date, optional
+        The science UT date (default 2017-05-05, the tutorial's).  Every time moves by whole
+        days, so file names, ``GS-CAL<date>`` flat observations and DATE-OBS follow; the
+        standard's and science's observation numbers gain ``100 x (days mod 1000)``, so data
+        labels stay unique across nights.  The random draws do not depend on it.
 
     Returns
     -------
     Night
     """
+    days = 0 if date is None else (date - TUTORIAL_DATE).days
+    shift = dt.timedelta(days=days)
+    cal = f"GS-CAL{TUTORIAL_DATE + shift:%Y%m%d}"
     cond = Conditions() if conditions is None else conditions
     zeropoint = float(np.mean(NOMINAL_ZEROPOINTS["Kshort"]))
     rng = np.random.default_rng([seed, 0])
@@ -211,9 +228,9 @@ def plan_night(seed: int = 20170505, size: int = 2048, *,
 
     # The sky: a slow drift per sequence times the night's variation (SkyModel), evaluated
     # at mid-exposure.  Standard: 4 x 30 s every 58 s; science: 16 x 60 s every 94 s.
-    t_std = dt.datetime(2017, 5, 4, 23, 48, 12)
+    t_std = dt.datetime(2017, 5, 4, 23, 48, 12) + shift
     std_exptime, std_cadence = 30.0, 30.0 + 28.0
-    t0 = dt.datetime(2017, 5, 5, 23, 5, 31)
+    t0 = dt.datetime(2017, 5, 5, 23, 5, 31) + shift
     pattern = "OSOSOSOSOSOSOSOO"
     sci_exptime, cadence = 60.0, 60.0 + 34.0
     span = cadence * (len(pattern) - 1)
@@ -259,7 +276,7 @@ def plan_night(seed: int = 20170505, size: int = 2048, *,
         rate, sky_extra = sky_at(t, std_exptime, std_level)
         frames.append(record(FramePlan(
             filename=_name(t, 114 + k), kind="standard", is_sky=False, number=k + 1,
-            obsid="GS-2017A-Q-29-9", program="GS-2017A-Q-29", obsclass="partnerCal",
+            obsid=_observation(9, days), program="GS-2017A-Q-29", obsclass="partnerCal",
             object="9132", ut_start=t.isoformat(), exptime=std_exptime, lnrs=2, coadds=1,
             poff=base_p + dp, qoff=base_q + dq, pa=0.0,
             target_ra=STANDARD_9132[0], target_dec=STANDARD_9132[1],
@@ -271,14 +288,14 @@ def plan_night(seed: int = 20170505, size: int = 2048, *,
         t += dt.timedelta(seconds=std_cadence)
 
     # Dome flats: lamp on then lamp off, 15 s each, dayCal, AZEL_TOPO.
-    for kind, first, obs, t in (("flat_on", 30, "GS-CAL20170505-3",
-                                 dt.datetime(2017, 5, 5, 20, 58, 5)),
-                                ("flat_off", 60, "GS-CAL20170505-4",
-                                 dt.datetime(2017, 5, 5, 21, 21, 40))):
+    for kind, first, obs, t in (("flat_on", 30, f"{cal}-3",
+                                 dt.datetime(2017, 5, 5, 20, 58, 5) + shift),
+                                ("flat_off", 60, f"{cal}-4",
+                                 dt.datetime(2017, 5, 5, 21, 21, 40) + shift)):
         for k in range(15):
             frames.append(FramePlan(
                 filename=_name(t, first + k), kind=kind, is_sky=False, number=k + 1,
-                obsid=obs, program="GS-CAL20170505", obsclass="dayCal",
+                obsid=obs, program=cal, obsclass="dayCal",
                 object="Domeflat" if kind == "flat_on" else "Domeflat OFF",
                 ut_start=t.isoformat(), exptime=15.0, lnrs=2, coadds=1, poff=0.0, qoff=0.0,
                 pa=0.0, target_ra=DOME[0], target_dec=DOME[1], airmass=1.413, guided=False,
@@ -309,7 +326,7 @@ def plan_night(seed: int = 20170505, size: int = 2048, *,
             else max(28.0 / f, 4.0) * float(rng.uniform(0.9, 1.15))
         frames.append(record(FramePlan(
             filename=_name(t, 95 + k), kind="science", is_sky=not on, number=k + 1,
-            obsid="GS-2017A-Q-29-13", program="GS-2017A-Q-29", obsclass="science",
+            obsid=_observation(13, days), program="GS-2017A-Q-29", obsclass="science",
             object="NGC5128", ut_start=t.isoformat(), exptime=sci_exptime, lnrs=2, coadds=1,
             poff=dp, qoff=dq, pa=0.0, target_ra=NGC5128[0], target_dec=NGC5128[1],
             airmass=round(1.041 + 0.0009 * k, 4), guided=on, roi=False,

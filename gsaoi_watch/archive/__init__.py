@@ -1,0 +1,1 @@
+"""Archive re-reduction: plan raw directories into phases, run them on a Dask cluster."""

@@ -325,3 +325,29 @@ def test_client_killed_then_rerun_resumes(tmp_path):
         ("flat", "DONE", 1), ("images", "DONE", 2), ("stack", "DONE", 2)]
     assert query(database, "select checksum from product where path = ?", str(stack)) == [
         (db.checksum(stack),)]
+
+
+def test_refused_while_a_daemon_runs_on_the_database(tmp_path, capsys):
+    """The engine acts database-wide: reprocess takes the database's engine slot as a
+    daemon does, so with a daemon running on it, it stops at once in one line."""
+    from gsaoi_watch.calibration import daemons, db
+    from gsaoi_watch.cli.main import main
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    url = str(tmp_path / "shared.db")
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        db.open_database(url, create=True)
+        try:
+            daemons.register_daemon(30.0, pid=other.pid)  # alive, on this host
+        finally:
+            db.close_database()
+        code = main(["reprocess", str(raw), "--output-dir", str(tmp_path / "out"),
+                     "-d", url])
+    finally:
+        other.kill()
+        other.wait()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert err[0].startswith("gsaoi-watch reprocess: another gsaoi-watch daemon is running")

@@ -7,6 +7,7 @@ import datetime as dt
 import logging
 import logging.handlers
 import sys
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -137,7 +138,7 @@ class _Bar:
 def run_reprocess(args: argparse.Namespace) -> int:
     """Entry point of ``gsaoi-watch reprocess``."""
     from gsaoi_watch.archive.plan import plan_archive
-    from gsaoi_watch.calibration import db
+    from gsaoi_watch.calibration import daemons, db
 
     try:
         since, until = _date(args.since, "--since"), _date(args.until, "--until")
@@ -154,18 +155,45 @@ def run_reprocess(args: argparse.Namespace) -> int:
     out = Path(config.paths.output_dir)
     bar = _Bar() if sys.stderr.isatty() else None
     _logging(Path(args.log) if args.log else out / "gsaoi-watch-reprocess.log", bar=bar)
-    plan = plan_archive(args.directories, since=since, until=until, exclude=[out])
-    log.info("archive: %d frames to reduce, %d refused, %d outside the dates", plan.n_frames,
-             len(plan.rejected), plan.outside)
     try:
         db.open_database(config.database.url, create=True)
+        # the engine acts database-wide (it re-runs interrupted jobs, completes open
+        # sequences): it takes the database's one engine slot, as a daemon does, so a
+        # daemon or another reprocess on the same database is refused, and refuses it
+        daemon_id = daemons.register_daemon(config.service.heartbeat_seconds)
     except GsaoiWatchError as exc:
         print(f"gsaoi-watch reprocess: {exc}", file=sys.stderr)
+        db.close_database()
         return 2
+    stop = threading.Event()
+    beat = threading.Thread(target=_heartbeat, args=(daemon_id, stop,
+                                                     config.service.heartbeat_seconds),
+                            name="reprocess-heartbeat", daemon=True)
+    beat.start()
     try:
+        plan = plan_archive(args.directories, since=since, until=until, exclude=[out])
+        log.info("archive: %d frames to reduce, %d refused, %d outside the dates",
+                 plan.n_frames, len(plan.rejected), plan.outside)
         return _run(config, plan, args, bar)
     finally:
+        stop.set()
+        beat.join(timeout=5)
+        try:
+            daemons.unregister_daemon(daemon_id)
+        except GsaoiWatchError as exc:  # the row goes stale and is cleared by the next one
+            log.warning("archive: could not unregister: %s", exc)
         db.close_database()
+
+
+def _heartbeat(daemon_id: int, stop: threading.Event, seconds: float) -> None:
+    """Keep the engine slot's heartbeat fresh until ``stop`` (a database hiccup is skipped)."""
+    from gsaoi_watch.calibration import daemons
+
+    while not stop.wait(seconds):
+        try:
+            daemons.heartbeat(daemon_id, note="reprocess")
+        except Exception as exc:  # noqa: BLE001 - the next beat tries again
+            log.debug("archive: heartbeat skipped: %s", exc)
 
 
 def _run(config: Config, plan: ArchivePlan, args: argparse.Namespace,

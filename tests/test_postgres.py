@@ -361,8 +361,10 @@ def test_the_daemon_reduces_a_night_on_postgresql(fresh_postgres, tmp_path):
                 if c.caltype == "processed_flat"] == [flat.id]
         assert db.Daemon.select().count() == 1
         text = log.read_text()
-        assert "database unavailable" in text and "database available again" in text, \
-            text[-3000:]
+        # the drop is reported either way: a transaction it broke (kept, retried) or a
+        # connection found dead before the next one began (replaced)
+        assert ("database unavailable" in text and "database available again" in text) \
+            or "database connection lost" in text, text[-3000:]
     finally:
         proc.terminate()
         assert proc.wait(timeout=60) == 0

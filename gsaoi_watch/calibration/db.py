@@ -604,6 +604,8 @@ def writing() -> Iterator[None]:
             check_file()
             kwargs["lock_type"] = "IMMEDIATE"
         elif not obj.is_closed() and not obj.is_connection_usable():
+            log.warning("database connection lost (closed by the server): a new one is "
+                        "opened for this transaction")
             obj.close()  # a connection the server dropped: this transaction opens a new one
     ctx = database.atomic(**kwargs)
     t0 = time.monotonic()

@@ -115,3 +115,42 @@ def test_streaming_off_makes_no_provisional_products(stage, daemon):
     assert daemon.stop() == 0
     assert not (daemon.out / "provisional").exists()
     assert "PROVISIONAL" not in daemon.log.read_text()
+
+
+def test_science_streamed_before_its_flat_ends_as_the_batch_with_the_flat(stage, daemon):
+    """Pass-1 masks made while there was no flat are not the final reduction's: the final
+    products do not depend on whether the flat came before or after the science."""
+    daemon.start()
+    drop(stage / BPM_NAME, daemon.raw)
+    for k, name in enumerate(SCIENCE):
+        drop(stage / name, daemon.raw)
+        if k in (5, 9):  # quick-look streaming (no flat yet) has made masks and products
+            daemon.wait_for(lambda k=k: all(provisional(daemon, o).exists()
+                                            for o in OBJECTS if SCIENCE.index(o) < k),
+                            what=f"provisional products after {name}")
+    daemon.wait_for(lambda: daemon.query("select count(*) from frame")[0][0] == 17,
+                    what="the science frames and the BPM")
+    close_all(daemon)  # the science waits for a flat (flat_wait 600 s)
+    for f in sorted(stage.glob("S20170505S00[3-7]*.fits")):
+        drop(f, daemon.raw)
+    daemon.wait_for(lambda: daemon.query("select count(*) from frame")[0][0] == 47,
+                    what="the flat frames")
+    close_all(daemon)
+    flat = daemon.out / "calibrations" / "processed_flat" / "S20170505S0030_flat.fits"
+    finals = [daemon.out / o.replace(".fits", "_skyCorrected.fits") for o in OBJECTS]
+    daemon.wait_for(lambda: daemon.settled(3) and all(p.exists() for p in finals),
+                    timeout=240, what="the final products with the flat")
+    assert daemon.stop() == 0
+    assert "pass-1 object mask made" in daemon.log.read_text()
+    batch = reduce_images([stage / n for n in SCIENCE], flat=load_frame(flat),
+                          flat_name=flat.name, bpm=load_bpm(stage / BPM_NAME),
+                          bpm_name=BPM_NAME)
+    by_name = {f.orig_filename: f for f in batch["sky_corrected"]}
+    for path in finals:
+        final = load_frame(path)
+        assert final.phu["FLATIM"] == flat.name and "QUICKLK" not in final.phu
+        ref = by_name[final.orig_filename]
+        for a, b in zip(final.arrays, ref.arrays):
+            assert np.array_equal(a.dq, b.dq)
+            np.testing.assert_allclose(a.sci, b.sci, rtol=1e-6, atol=1e-3)
+            assert np.array_equal(a.objmask, b.objmask)

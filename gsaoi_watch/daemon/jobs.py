@@ -92,7 +92,8 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
                                                flat_name=flat_name),
                  "store": CacheStore(raw, spec["cache_dir"], flat=flat_frame,
                                      flat_name=flat_name, bpm_name=bpm_name),
-                 "objmasks": load_objmasks(spec["cache_dir"], raw)}
+                 "objmasks": load_objmasks(spec["cache_dir"], raw,
+                                           calibrations=(flat_name, bpm_name))}
     res = reduce_images(spec["paths"], flat=flat_frame, flat_name=flat_name, bpm=bpm,
                         bpm_name=bpm_name, params=spec.get("params") or {},
                         on_product=store, **extra)

@@ -170,21 +170,32 @@ def _read_pickle(path: Path, stamp: str) -> Any:
 
 
 def save_objmask(cache_dir: str | os.PathLike[str], raw_path: str | os.PathLike[str],
-                 skies: list[str], masks: tuple[Any, ...]) -> None:
-    """Keep the pass-1 object masks of a sky frame (and the skies they were made with)."""
+                 skies: list[str], masks: tuple[Any, ...], *,
+                 calibrations: tuple[str | None, str | None] = (None, None)) -> None:
+    """Keep the pass-1 object masks of a sky frame (and the skies they were made with).
+
+    ``calibrations`` (the flat's and the BPM's names) are part of the stamp: masks made
+    before the flat existed (a quick-look pass while the night is observed) are not the
+    final reduction's, which would otherwise depend on when the flat arrived.
+    """
     packed = tuple(None if m is None else (m.shape, np.packbits(np.asarray(m, bool)))
                    for m in masks)
     _write_pickle(_sidecar(cache_dir, raw_path, "objmask"),
-                  (_raw_stamp(raw_path), (list(skies), packed)))
+                  ((_raw_stamp(raw_path), tuple(calibrations)), (list(skies), packed)))
 
 
-def load_objmasks(cache_dir: str | os.PathLike[str], raw_paths: dict[str, str]
+def load_objmasks(cache_dir: str | os.PathLike[str], raw_paths: dict[str, str], *,
+                  calibrations: tuple[str | None, str | None] = (None, None)
                   ) -> dict[str, tuple[list[str], tuple[Any, ...]]]:
-    """The pass-1 object masks kept for the frames ``raw_paths`` (name -> raw path)."""
+    """The pass-1 object masks kept for the frames ``raw_paths`` (name -> raw path).
+
+    Only masks made from the same raw file with the same ``calibrations`` (flat and BPM
+    names, as given to :func:`save_objmask`).
+    """
     out = {}
     for name, raw in raw_paths.items():
         try:
-            stamp = _raw_stamp(raw)
+            stamp = (_raw_stamp(raw), tuple(calibrations))
         except OSError:
             continue
         value = _read_pickle(_sidecar(cache_dir, raw, "objmask"), stamp)

@@ -117,7 +117,8 @@ def stream_science(spec: dict[str, Any]) -> dict[str, Any]:
         fill_store(store, source, [names[n] for n in order], flat=flat, flat_name=flat_name,
                    bpm=bpm, bpm_name=bpm_name, params=params, prepared=prepared,
                    mapper=pool.map)
-        objmasks = load_objmasks(spec["cache_dir"], {s: raw[s] for s in plan["skies"]})
+        objmasks = load_objmasks(spec["cache_dir"], {s: raw[s] for s in plan["skies"]},
+                                 calibrations=(flat_name, bpm_name))
         corrector = SkyCorrector(options, when, store_loader(store), objmasks=objmasks,
                                  mapper=pool.map)
         latest = max(when.values())
@@ -126,7 +127,8 @@ def stream_science(spec: dict[str, Any]) -> dict[str, Any]:
             if s in objmasks and list(objmasks[s][0]) == list(skies):
                 continue
             masks = corrector.sky_mask(s, skies)
-            save_objmask(spec["cache_dir"], raw[s], skies, masks)
+            save_objmask(spec["cache_dir"], raw[s], skies, masks,
+                         calibrations=(flat_name, bpm_name))
             out["masks"].append(s)
         for o in plan["objects"]:
             target = provisional_path(spec["output_dir"], o)

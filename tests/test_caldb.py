@@ -209,6 +209,9 @@ def test_a_schema_1_database_is_upgraded(database_url):
     con = db.database.obj
     migrate(SchemaMigrator.from_database(con).drop_column("product", "qa"))
     migrate(SchemaMigrator.from_database(con).drop_column("job", "crashes"))
+    for table in ("sequence", "job", "command"):
+        migrate(SchemaMigrator.from_database(con).drop_index(table, f"{table}_owner"),
+                SchemaMigrator.from_database(con).drop_column(table, "owner"))
     con.drop_tables([db.Daemon])
     db.SchemaInfo.delete().execute()
     db.SchemaInfo.create(version=1)
@@ -218,8 +221,10 @@ def test_a_schema_1_database_is_upgraded(database_url):
         assert "qa" in {c.name for c in db.database.obj.get_columns("product")}
         assert "daemon" in db.database.obj.get_tables()  # and on to schema 3
         assert "crashes" in {c.name for c in db.database.obj.get_columns("job")}  # 4
+        for table in ("sequence", "job", "command", "daemon"):  # 5
+            assert "owner" in {c.name for c in db.database.obj.get_columns(table)}
         assert db.SchemaInfo.select(pw.fn.MAX(db.SchemaInfo.version)).scalar() == \
-            db.SCHEMA_VERSION == 4
+            db.SCHEMA_VERSION == 5
     finally:
         db.close_database()
 
@@ -242,12 +247,14 @@ def test_a_schema_3_database_gets_job_crashes_and_keeps_its_jobs(tmp_path):
     try:
         job = db.Job.get()
         assert (job.recipe, job.state, job.tries, job.crashes) == ("flat", "RUNNING", 2, 0)
+        assert job.owner == ""  # schema 5: no engine's yet; the first to recover takes it
         db.Job.update(crashes=1).execute()
         assert db.Job.get().crashes == 1
     finally:
         db.close_database()
     with sqlite3.connect(path) as con:
-        assert con.execute("select max(version) from schema_info").fetchone() == (4,)
+        assert con.execute("select max(version) from schema_info").fetchone() == (
+            db.SCHEMA_VERSION,)
 
 
 def _flat_rows(path):

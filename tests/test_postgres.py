@@ -39,6 +39,7 @@ class _Engine:
     def __init__(self):
         self.counts = Counter()
         self.events = []
+        self.owner = "test-host:/raw"
 
     def now(self):
         return db._now()

@@ -327,27 +327,38 @@ def test_client_killed_then_rerun_resumes(tmp_path):
         (db.checksum(stack),)]
 
 
-def test_refused_while_a_daemon_runs_on_the_database(tmp_path, capsys):
-    """The engine acts database-wide: reprocess takes the database's engine slot as a
-    daemon does, so with a daemon running on it, it stops at once in one line."""
+def test_refused_while_a_daemon_watches_a_directory_it_re_reduces(tmp_path, capsys):
+    """A daemon on another raw directory of the same database is no obstacle (each engine
+    acts on its own rows); one watching a directory the reprocess would re-reduce is: it
+    stops at once in one line."""
     from gsaoi_watch.calibration import daemons, db
     from gsaoi_watch.cli.main import main
 
-    raw = tmp_path / "raw"
-    raw.mkdir()
+    raw, elsewhere = tmp_path / "archive" / "20170505", tmp_path / "tonight"
+    raw.mkdir(parents=True)
+    elsewhere.mkdir()
     url = str(tmp_path / "shared.db")
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     try:
         db.open_database(url, create=True)
-        try:
-            daemons.register_daemon(30.0, pid=other.pid)  # alive, on this host
+        try:  # alive, on this host, watching another directory
+            daemons.register_daemon(30.0, pid=other.pid, owner=daemons.owner_of(elsewhere))
         finally:
             db.close_database()
-        code = main(["reprocess", str(raw), "--output-dir", str(tmp_path / "out"),
+        assert main(["reprocess", str(raw), "--output-dir", str(tmp_path / "out"),
+                     "-d", url]) == 0
+        capsys.readouterr()
+        db.open_database(url)
+        try:  # now it watches a night inside the archive
+            db.Daemon.update(owner=daemons.owner_of(raw)).execute()
+        finally:
+            db.close_database()
+        code = main(["reprocess", str(raw.parent), "--output-dir", str(tmp_path / "out"),
                      "-d", url])
     finally:
         other.kill()
         other.wait()
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1
-    assert err[0].startswith("gsaoi-watch reprocess: another gsaoi-watch daemon is running")
+    assert err[0].startswith("gsaoi-watch reprocess: another gsaoi-watch daemon is running "
+                             f"on this database for raw directory {raw.resolve()}"), err

@@ -193,7 +193,7 @@ def test_a_schema_2_database_is_upgraded(tmp_path, database_url):
     try:
         assert "daemon" in db.database.obj.get_tables()
         assert db.SchemaInfo.select(pw.fn.MAX(db.SchemaInfo.version)).scalar() == \
-            db.SCHEMA_VERSION == 4
+            db.SCHEMA_VERSION == 5
         flats = list(db.Product.select().where(db.Product.kind == "processed_flat"))
         assert [(f.id, f.is_bad) for f in flats] == [(served.id, True)]
         assert [u.calibration.id for u in db.Product.get_by_id(sky.id).calibrations_used] \

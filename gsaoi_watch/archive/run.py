@@ -29,6 +29,7 @@ from pathlib import Path
 
 from gsaoi_watch.archive.plan import PHASES, ArchivePlan
 from gsaoi_watch.calibration import db
+from gsaoi_watch.calibration.daemons import REPROCESS
 from gsaoi_watch.config import Config
 from gsaoi_watch.daemon import outcomes
 from gsaoi_watch.daemon.actions import calibration_ready
@@ -56,10 +57,15 @@ def archive_config(config: Config) -> Config:
 
 
 class ArchiveEngine(Engine):
-    """The daemon's engine without a raw directory to rescan or a clock driving sequences."""
+    """The daemon's engine without a raw directory to rescan or a clock driving sequences.
+
+    Its rows have the owner :data:`~gsaoi_watch.calibration.daemons.REPROCESS`: daemons
+    on the same database go on with theirs, the next reprocess resumes these.
+    """
 
     def __init__(self, config: Config, *, executor: JobExecutor) -> None:
         super().__init__(config, executor=executor)
+        self.owner = REPROCESS
         self._handlers[Tick] = self._retry_due
 
     def rescan(self) -> None:
@@ -93,20 +99,21 @@ def _complete(engine: Engine, kinds: frozenset[str]) -> None:
     In time order: closed by the next observation if one followed it, else idle.
     """
     open_ = list(db.Sequence.select().where(
-        db.Sequence.state.in_((State.OPEN, State.REOPENED)) & db.Sequence.kind.in_(kinds))
-        .order_by(db.Sequence.last_frame_ut, db.Sequence.id))
+        db.Sequence.state.in_((State.OPEN, State.REOPENED)) & db.Sequence.kind.in_(kinds)
+        & engine.mine(db.Sequence)).order_by(db.Sequence.last_frame_ut, db.Sequence.id))
     for seq in open_:
         later = db.Sequence.select().where(
             (db.Sequence.observation_id != seq.observation_id)
-            & (db.Sequence.last_frame_ut > seq.last_frame_ut)).exists()
+            & (db.Sequence.last_frame_ut > seq.last_frame_ut)
+            & engine.mine(db.Sequence)).exists()
         engine.emit(seq.id, Event.NEW_OBSERVATION if later else Event.IDLE_TIMEOUT)
 
 
 def _release_waiting(engine: Engine, *, expire: bool = False) -> None:
     """WAITING standards and science: released if a flat exists, else (``expire``) quick-look."""
     for seq in list(db.Sequence.select().where(
-            (db.Sequence.state == State.WAITING)
-            & db.Sequence.kind.in_(("standard", "science"))).order_by(db.Sequence.id)):
+            (db.Sequence.state == State.WAITING) & db.Sequence.kind.in_(("standard", "science"))
+            & engine.mine(db.Sequence)).order_by(db.Sequence.id)):
         if calibration_ready(seq):
             engine.emit(seq.id, Event.CALIBRATION_READY)
         elif expire:
@@ -116,7 +123,7 @@ def _release_waiting(engine: Engine, *, expire: bool = False) -> None:
 
 def _verify_products(engine: Engine) -> None:
     """Products of finished jobs whose file is gone or changed are made again."""
-    for job in list(db.Job.select().where(db.Job.state == "DONE")):
+    for job in list(db.Job.select().where((db.Job.state == "DONE") & engine.mine(db.Job))):
         bad = [p for p in job.products
                if not Path(p.path).is_file() or db.checksum(p.path) != p.checksum]
         if not bad:
@@ -133,7 +140,8 @@ def _verify_products(engine: Engine) -> None:
 
 def _job_counts(since_id: int) -> tuple[int, int]:
     ended = known = 0
-    for job in db.Job.select(db.Job.state).where(db.Job.id > since_id):
+    for job in db.Job.select(db.Job.state).where((db.Job.id > since_id)
+                                                 & (db.Job.owner == REPROCESS)):
         known += 1
         ended += job.state in _ENDED
     return ended, known
@@ -199,18 +207,20 @@ def reprocess(config: Config, plan: ArchivePlan, executor: JobExecutor, *,
 
 def _summary(seconds: float) -> ArchiveSummary:
     sequences: dict[str, int] = {}
-    for seq in db.Sequence.select(db.Sequence.state):
+    for seq in db.Sequence.select(db.Sequence.state).where(db.Sequence.owner == REPROCESS):
         sequences[seq.state] = sequences.get(seq.state, 0) + 1
     jobs: dict[str, int] = {}
     failed = []
-    for job in db.Job.select():
+    for job in db.Job.select().where(db.Job.owner == REPROCESS):
         jobs[job.state] = jobs.get(job.state, 0) + 1
         if job.state == "FAILED":
             failed.append(f"job={job.id} {job.recipe}: {job.error}")
-    for seq in db.Sequence.select().where(db.Sequence.state == State.FAILED):
+    for seq in db.Sequence.select().where((db.Sequence.state == State.FAILED)
+                                          & (db.Sequence.owner == REPROCESS)):
         failed.append(f"seq={seq.key}: {seq.reason}")
     quarantined = db.Frame.select().where(db.Frame.state == "quarantined").count()
-    return ArchiveSummary(sequences=sequences, jobs=jobs, products=db.Product.select().count(),
+    products = db.Product.select().join(db.Job).where(db.Job.owner == REPROCESS).count()
+    return ArchiveSummary(sequences=sequences, jobs=jobs, products=products,
                           quarantined=quarantined, failed=failed, seconds=seconds)
 
 

@@ -39,7 +39,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 #: How long a writer waits for SQLite's lock before giving up (seconds).
@@ -158,6 +158,7 @@ class Sequence(_Model):
     wait_started = pw.DateTimeField(null=True)
     stale = pw.BooleanField(default=False)
     quicklook = pw.BooleanField(default=False)
+    owner = pw.TextField(default="", index=True)  # the engine that reduces it (schema 5)
     # backrefs (declared for the type checker; peewee adds them)
     frames: pw.ModelSelect[Frame]
     jobs: pw.ModelSelect[Job]
@@ -170,6 +171,7 @@ class Command(_Model):
     argument = pw.TextField(null=True)
     created = pw.DateTimeField(default=_now)
     done = pw.DateTimeField(null=True)
+    owner = pw.TextField(default="", index=True)  # the daemon asked (schema 5)
 
 
 class Frame(_Model):
@@ -202,6 +204,7 @@ class Job(_Model):
     started = pw.DateTimeField(null=True)
     finished = pw.DateTimeField(null=True)
     error = pw.TextField(null=True)
+    owner = pw.TextField(default="", index=True)  # the engine that runs it (schema 5)
     sequence_id: int | None  # the foreign key's column (peewee adds it)
     products: pw.ModelSelect[Product]  # backref
 
@@ -251,6 +254,7 @@ class Daemon(_Model):
     heartbeat = pw.DateTimeField(default=_now)
     heartbeat_seconds = pw.FloatField(default=10.0)
     note = pw.CharField(null=True)  # the daemon's last status line
+    owner = pw.TextField(default="", index=True)  # what it reduces: host and raw directory
 
 
 MODELS = (SchemaInfo, Sequence, Command, Frame, Job, Product, ProductCalibration, Daemon)
@@ -579,9 +583,22 @@ def _add_job_crashes(db):
             "job", "crashes", pw.IntegerField(default=0)))
 
 
+def _add_owners(db):
+    """Schema 4 -> 5: sequences, jobs, commands and daemons name their engine (owner).
+
+    Rows from before have owner ``""``: the first engine that recovers on the database
+    takes them (:meth:`gsaoi_watch.daemon.engine.Engine.adopt`).
+    """
+    migrator = SchemaMigrator.from_database(db)
+    for table in ("sequence", "job", "command", "daemon"):
+        if "owner" not in {c.name for c in db.get_columns(table)}:
+            migrate(migrator.add_column(table, "owner", pw.TextField(default="")),
+                    migrator.add_index(table, ("owner",)))
+
+
 #: Upgrades from version i to i+1 (index i).  Version 0 means "no tables yet".
 _UPGRADES = [lambda db: db.create_tables(MODELS), _add_product_qa, _add_daemon_table,
-             _add_job_crashes]
+             _add_job_crashes, _add_owners]
 
 
 @contextlib.contextmanager

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import logging
 import logging.handlers
+import socket
 import sys
 import threading
 from pathlib import Path
@@ -86,11 +88,17 @@ class _BarLines(logging.StreamHandler):
         self.bar.redraw()
 
 
+#: The handlers :func:`_logging` installed (closed when it runs again in the same process).
+_INSTALLED: list[logging.Handler] = []
+
+
 def _logging(log_file: Path, *, bar: _Bar | None) -> None:
     root = logging.getLogger()
     root.setLevel(logging.INFO)
     for h in list(root.handlers):
         root.removeHandler(h)
+    while _INSTALLED:  # an earlier run's in this process: its log file closed
+        _INSTALLED.pop().close()
     log_file.parent.mkdir(parents=True, exist_ok=True)
     full = logging.handlers.WatchedFileHandler(log_file, encoding="utf-8",
                                                errors="backslashreplace")
@@ -104,6 +112,7 @@ def _logging(log_file: Path, *, bar: _Bar | None) -> None:
     console.addFilter(_not_the_cluster)
     for h in (full, console):
         h.setFormatter(logging.Formatter(LOG_FORMAT))
+        _INSTALLED.append(h)
         root.addHandler(h)
     for name in ("distributed", "tornado", "asyncio"):  # the cluster's own chatter
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -157,10 +166,12 @@ def run_reprocess(args: argparse.Namespace) -> int:
     _logging(Path(args.log) if args.log else out / "gsaoi-watch-reprocess.log", bar=bar)
     try:
         db.open_database(config.database.url, create=True)
-        # the engine acts database-wide (it re-runs interrupted jobs, completes open
-        # sequences): it takes the database's one engine slot, as a daemon does, so a
-        # daemon or another reprocess on the same database is refused, and refuses it
-        daemon_id = daemons.register_daemon(config.service.heartbeat_seconds)
+        # the engine acts on the reprocess's own rows (owner "reprocess": one at a time
+        # per database, the next one resumes them); daemons on other raw directories go
+        # on beside it, one watching a directory it re-reduces is in the way
+        daemon_id = daemons.register_daemon(
+            config.service.heartbeat_seconds, owner=daemons.REPROCESS,
+            refuse=functools.partial(_watches, [Path(d) for d in args.directories]))
     except GsaoiWatchError as exc:
         print(f"gsaoi-watch reprocess: {exc}", file=sys.stderr)
         db.close_database()
@@ -183,6 +194,23 @@ def run_reprocess(args: argparse.Namespace) -> int:
         except GsaoiWatchError as exc:  # the row goes stale and is cleared by the next one
             log.warning("archive: could not unregister: %s", exc)
         db.close_database()
+
+
+def _watches(directories: list[Path], owner: str) -> bool:
+    """Whether the daemon of ``owner`` watches one of ``directories`` (or in, or above one)."""
+    from gsaoi_watch.calibration import daemons
+
+    where = daemons.owner_path(owner)
+    if where is None:
+        return False
+    host, raw = where
+    if host != socket.gethostname():
+        return False
+    for d in directories:
+        d = d.resolve()
+        if raw == d or raw.is_relative_to(d) or d.is_relative_to(raw):
+            return True
+    return False
 
 
 def _heartbeat(daemon_id: int, stop: threading.Event, seconds: float) -> None:

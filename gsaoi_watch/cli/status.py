@@ -1,10 +1,11 @@
 """``gsaoi-watch status`` and ``close``: what the daemon on a database is doing, and asking it.
 
 ``status`` says whether a daemon is running on the database (pid, host, last heartbeat: see
-:mod:`gsaoi_watch.calibration.daemons`) and, for each sequence, why it is in its state:
-frames arriving and when it closes, what it waits for, which job reduces it, what failed.
-``close`` records an operator request the running daemon acts on within a tick; with no
-daemon running it says so and records nothing (exit 1).
+:mod:`gsaoi_watch.calibration.daemons`; each of them, with its raw directory, when several
+share it) and, for each sequence, why it is in its state: frames arriving and when it
+closes, what it waits for, which job reduces it, what failed.  ``close`` records an operator
+request each running daemon acts on, on its own sequences, within a tick; with no daemon
+running it says so and records nothing (exit 1).
 """
 
 from __future__ import annotations
@@ -14,7 +15,13 @@ import datetime as dt
 import sys
 
 from gsaoi_watch.calibration import db
-from gsaoi_watch.calibration.daemons import DaemonStatus, daemon_status
+from gsaoi_watch.calibration.daemons import (
+    REPROCESS,
+    DaemonStatus,
+    daemon_status,
+    describe_owner,
+    running_daemons,
+)
 from gsaoi_watch.cli.options import config_from_args
 from gsaoi_watch.config import Config
 from gsaoi_watch.errors import GsaoiWatchError
@@ -119,7 +126,13 @@ def run_status(args: argparse.Namespace) -> int:
         return 2
     try:
         now = db._now()
-        print(f"Daemon: {describe_daemon(daemon_status(now=now), now)}")
+        running = running_daemons(now=now)
+        if len(running) > 1:
+            print("Daemons")
+            for d in running:
+                print(f"  {describe_owner(d.owner)}: {describe_daemon(d, now)}")
+        else:
+            print(f"Daemon: {describe_daemon(daemon_status(now=now), now)}")
         _print_sequences(config, now)
         print("Jobs")
         for j in db.Job.select().where(db.Job.state != "DONE").order_by(db.Job.id):
@@ -153,16 +166,24 @@ def run_close(args: argparse.Namespace) -> int:
         return 2
     try:
         now = db._now()
-        status = daemon_status(now=now)
-        if not status.running:
+        asked = [d for d in running_daemons(now=now) if d.owner != REPROCESS]
+        if not asked:
+            status = daemon_status(now=now)
             where = db.describe_target(config.database.url)
             print(f"gsaoi-watch close: no daemon is running on {where} "
                   f"({status.reason}); nothing was requested", file=sys.stderr)
             return 1
-        with db.writing():
-            db.Command.create(verb="close", argument="--all" if args.all else args.sequence)
+        with db.writing():  # one request per daemon: each closes its own sequences
+            for d in asked:
+                db.Command.create(verb="close", owner=d.owner or "",
+                                  argument="--all" if args.all else args.sequence)
     finally:
         db.close_database()
-    print(f"close requested; the daemon (pid {status.pid} on {status.host}) acts on it "
-          "within a tick")
+    if len(asked) == 1:
+        print(f"close requested; the daemon (pid {asked[0].pid} on {asked[0].host}) acts on "
+              "it within a tick")
+    else:
+        print(f"close requested of {len(asked)} daemons; each acts on its own sequences "
+              "within a tick: " + "; ".join(f"pid {d.pid} on {d.host} for "
+                                            f"{describe_owner(d.owner)}" for d in asked))
     return 0

@@ -65,14 +65,16 @@ def partner(seq: db.Sequence) -> db.Sequence | None:
     """The lamp-off sequence of a lamp-on one (and the reverse): same filter and read mode.
 
     The nearest in time (last frames), ties to the latest opened: with several nights'
-    flats in the database (an archive), each night's lamps pair with each other.
+    flats in the database (an archive), each night's lamps pair with each other.  Only
+    the same engine's (owner's): another raw directory's lamps are not this one's partner.
     """
     want = {"flat_on": "flat_off", "flat_off": "flat_on"}.get(seq.kind)
     if want is None:
         return None
     candidates = list(db.Sequence.select().where(
         (db.Sequence.kind == want) & (db.Sequence.filter_name == seq.filter_name)
-        & (db.Sequence.read_mode == seq.read_mode) & (db.Sequence.roi == seq.roi))
+        & (db.Sequence.read_mode == seq.read_mode) & (db.Sequence.roi == seq.roi)
+        & (db.Sequence.owner == seq.owner))
         .order_by(db.Sequence.opened.desc()))
     when = seq.last_frame_ut
 
@@ -150,7 +152,7 @@ def _submit(engine: Engine, seq: db.Sequence, *, quicklook: bool = False) -> Non
                     flat=flat.path if flat else None, cache_dir=str(engine.cache_dir),
                     qa=engine.config.quicklook.qa, pictures=pictures)
     with db.writing():
-        job = db.Job.create(sequence=seq, recipe=spec["recipe"],
+        job = db.Job.create(sequence=seq, recipe=spec["recipe"], owner=engine.owner,
                             parameters=json.dumps(spec), state="SUBMITTED")
         db.Sequence.update(quicklook=quicklook).where(db.Sequence.id == seq.id).execute()
     engine.start_job(job)
@@ -271,7 +273,7 @@ def release_dependents(engine: Engine, seq: db.Sequence, event: SequenceEvent) -
         return
     for other in list(db.Sequence.select().where(
             db.Sequence.state.in_((State.WAITING, State.QUICKLOOK))
-            & db.Sequence.kind.in_(("standard", "science")))):
+            & db.Sequence.kind.in_(("standard", "science")) & engine.mine(db.Sequence))):
         if queries.best_calibration(_first_info(other)) is not None:
             engine.emit(other.id, Event.CALIBRATION_READY)
 
@@ -348,5 +350,5 @@ def submit_stack(engine: Engine, seq: db.Sequence, event: SequenceEvent) -> None
             "reference_catalog": engine.config.stack.reference_catalog or None}
     with db.writing():
         job = db.Job.create(sequence=seq, recipe="stack", parameters=json.dumps(spec),
-                            state="SUBMITTED")
+                            state="SUBMITTED", owner=engine.owner)
     engine.start_job(job)

@@ -37,10 +37,13 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Protocol
 
+import peewee as pw
+
 from gsaoi_watch.calibration import db
+from gsaoi_watch.calibration.daemons import owner_of
 from gsaoi_watch.config import Config
 from gsaoi_watch.daemon import ingest, outcomes
-from gsaoi_watch.daemon.actions import EXECUTORS, live_job
+from gsaoi_watch.daemon.actions import EXECUTORS, calibration_ready, live_job
 from gsaoi_watch.daemon.boundary import Boundary, first_line
 from gsaoi_watch.daemon.events import (
     EngineEvent,
@@ -114,6 +117,10 @@ class Engine:
         self.config = config
         self.raw_dir = Path(config.paths.raw_dir)
         self.output_dir = Path(config.paths.output_dir)
+        #: The name its sequences, jobs and commands carry; it acts on those alone (other
+        #: engines share the database: :mod:`gsaoi_watch.calibration.daemons`).
+        self.owner = owner_of(self.raw_dir)
+        self._calibrations_seen: int | None = None  # the newest calibration row looked at
         self.events: queue.Queue[EngineEvent] = queue.Queue()
         self.now = now
         self.gate = ArrivalGate(settle=config.watch.settle_seconds,
@@ -180,11 +187,14 @@ class Engine:
     def _on_recover(self, event: Recover) -> None:
         """Recover in one transaction: interrupted jobs, stranded sequences, missed files.
 
-        Interrupted jobs run again (bounded tries); sequences found REDUCING or COMPLETE
-        without a live job get ``interrupted`` (submitted again through the table); then the
-        raw directory is scanned.
+        Rows of an older schema without an owner become this engine's (:meth:`adopt`);
+        then this engine's interrupted jobs run again (bounded tries); its sequences found
+        REDUCING or COMPLETE without a live job get ``interrupted`` (submitted again through
+        the table); then the raw directory is scanned.  Other engines' rows are theirs.
         """
-        for job in list(db.Job.select().where(db.Job.state.in_(("RUNNING", "SUBMITTED")))):
+        self.adopt()
+        for job in list(db.Job.select().where(db.Job.state.in_(("RUNNING", "SUBMITTED"))
+                                              & (db.Job.owner == self.owner))):
             try:  # each job on its own: one that cannot be re-run does not stop the others
                 self.boundary.savepoint(functools.partial(self._rerun, job))
             except Exception as exc:
@@ -196,7 +206,8 @@ class Engine:
                 if job.sequence_id is not None:
                     self._sequence_failed(job.sequence_id, Event.INTERRUPTED, exc)
         for seq in list(db.Sequence.select().where(db.Sequence.state.in_(
-                (State.REDUCING, State.COMPLETE))).order_by(db.Sequence.id)):
+                (State.REDUCING, State.COMPLETE)) & self.mine(db.Sequence))
+                .order_by(db.Sequence.id)):
             if seq.state == State.REDUCING and live_job(seq) is not None:
                 continue
             seq = db.Sequence.get_by_id(seq.id)  # an earlier repair may have taken it along
@@ -206,6 +217,22 @@ class Engine:
                         label(seq), seq.state)
             self.emit(seq.id, Event.INTERRUPTED)
         self.rescan()
+
+    def mine(self, model: type[db.Sequence] | type[db.Job]) -> Any:
+        """The condition that a sequence or job row is this engine's."""
+        return model.owner == self.owner
+
+    def adopt(self) -> None:
+        """Make rows of an older schema (owner ``""``) this engine's: the first to recover.
+
+        Such rows were written when one engine acted on the whole database; they are
+        reduced on by whichever engine starts on the upgraded database first.
+        """
+        for model in (db.Sequence, db.Job):
+            n = model.update(owner=self.owner).where(model.owner == "").execute()
+            if n:
+                log.info("%d %s row(s) from before engines had owners are now this "
+                         "daemon's", n, model.__name__.lower())
 
     def _rerun(self, job: db.Job) -> None:
         """Run an interrupted job again, or give it up once it was interrupted too often."""
@@ -353,10 +380,11 @@ class Engine:
         busy = self.boundary.status()
         try:
             states: dict[str, int] = {}
-            for seq in db.Sequence.select(db.Sequence.state):
+            for seq in db.Sequence.select(db.Sequence.state).where(self.mine(db.Sequence)):
                 states[seq.state] = states.get(seq.state, 0) + 1
-            running = db.Job.select().where(db.Job.state == "RUNNING").count()
-            products = db.Product.select().count()
+            running = db.Job.select().where((db.Job.state == "RUNNING")
+                                            & self.mine(db.Job)).count()
+            products = db.Product.select().join(db.Job).where(self.mine(db.Job)).count()
         except Exception as exc:  # noqa: BLE001 -- the status line must always be given
             if busy is None:
                 busy = f"database unreadable: {first_line(exc)}"
@@ -422,15 +450,17 @@ class Engine:
         The telescope runs one observation at a time, so a sequence is complete once frames
         of another observation taken after its last frame exist.  Frames copied in bulk
         arrive in any order: only a sequence quiet for ``min_quiet`` seconds is closed.
+        Only this engine's sequences count (another raw directory is another timeline).
         """
         now = self.now()
         quiet = dt.timedelta(seconds=self.config.sequences.min_quiet)
         for seq in list(db.Sequence.select().where(db.Sequence.state.in_(
-                (State.OPEN, State.REOPENED)))):
+                (State.OPEN, State.REOPENED)) & self.mine(db.Sequence))):
             if now - seq.updated >= quiet and seq.last_frame_ut is not None and \
                     db.Sequence.select().where(
                         (db.Sequence.observation_id != seq.observation_id)
-                        & (db.Sequence.last_frame_ut > seq.last_frame_ut)).exists():
+                        & (db.Sequence.last_frame_ut > seq.last_frame_ut)
+                        & self.mine(db.Sequence)).exists():
                 self.emit(seq.id, Event.NEW_OBSERVATION)
 
     def _guarded_sequence_event(self, event: SequenceEvent) -> None:
@@ -462,24 +492,48 @@ class Engine:
     def _on_tick(self, event: Tick) -> None:
         """Time-driven transitions: idle sequences close, flat waits expire; operator commands."""
         now = self.now()
-        for cmd in list(db.Command.select().where(db.Command.done.is_null())):
+        for cmd in list(db.Command.select().where(db.Command.done.is_null()
+                                                  & db.Command.owner.in_((self.owner, "")))):
             self.handle(OperatorCommand(cmd.id))
         idle = dt.timedelta(seconds=self.config.sequences.idle_timeout)
         wait = dt.timedelta(seconds=self.config.sequences.flat_wait)
         self.close_superseded()
         outcomes.start_due_retries(self)
         for seq in list(db.Sequence.select().where(db.Sequence.state.in_(
-                (State.OPEN, State.REOPENED)))):
+                (State.OPEN, State.REOPENED)) & self.mine(db.Sequence))):
             if now - seq.updated >= idle:
                 self.emit(seq.id, Event.IDLE_TIMEOUT)
-        for seq in list(db.Sequence.select().where(db.Sequence.state == State.WAITING)):
+        self.release_on_new_calibrations()
+        for seq in list(db.Sequence.select().where((db.Sequence.state == State.WAITING)
+                                                   & self.mine(db.Sequence))):
             if seq.wait_started is not None and now - seq.wait_started >= wait:
                 self.emit(seq.id, Event.WAIT_EXPIRED)
+
+    def release_on_new_calibrations(self) -> None:
+        """Release this engine's waiting standards and science on calibrations new to it.
+
+        Calibrations registered since the last look (by another daemon on the database,
+        ``caldb add``) release its waiting and quick-looked standards and science; the
+        first look, at the start, takes every calibration as new.  A flat this engine makes
+        releases them at once (``release_dependents``); this finds the others, one cheap
+        query per tick until a calibration row is new.
+        """
+        newest = db.Product.select(pw.fn.MAX(db.Product.id)).where(
+            db.Product.is_calibration == True).scalar() or 0  # noqa: E712
+        if self._calibrations_seen is not None and newest <= self._calibrations_seen:
+            return
+        self._calibrations_seen = newest  # the first look (at the start) takes them all
+        for seq in list(db.Sequence.select().where(
+                db.Sequence.state.in_((State.WAITING, State.QUICKLOOK))
+                & db.Sequence.kind.in_(("standard", "science")) & self.mine(db.Sequence))
+                .order_by(db.Sequence.id)):
+            if calibration_ready(seq):
+                self.emit(seq.id, Event.CALIBRATION_READY)
 
     def _on_command(self, event: OperatorCommand) -> None:
         """``gsaoi-watch close SEQ|--all``: operator_close to each open or failed target."""
         cmd = db.Command.get_by_id(event.command_id)
-        targets = db.Sequence.select()
+        targets = db.Sequence.select().where(self.mine(db.Sequence))
         if cmd.argument and cmd.argument != "--all":
             targets = targets.where(db.Sequence.key.contains(cmd.argument)
                                     | db.Sequence.observation_id.contains(cmd.argument))

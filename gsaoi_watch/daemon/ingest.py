@@ -121,6 +121,7 @@ def _join(engine: Engine, path: str, info: FrameInfo, digest: str) -> None:
             kind=key.kind, observation_id=key.observation_id, object=info.object(),
             filter_name=key.filter_name, exposure_time=key.exposure_time,
             read_mode=key.read_mode, roi=key.roi, state=State.OPEN.value, opened=now,
+            owner=engine.owner,
             updated=now, last_frame_ut=info.ut_datetime()))
     _record_frame(engine, path, info, digest, "ingested", seq)
     engine.counts["frames"] += 1

@@ -133,7 +133,8 @@ def start_due_retries(engine: Engine) -> None:
     """
     if not engine.retries.adopted:
         engine.retries.adopted = True
-        for left in db.Job.select(db.Job.id).where(db.Job.state == "RETRY"):
+        for left in db.Job.select(db.Job.id).where((db.Job.state == "RETRY")
+                                                   & engine.mine(db.Job)):
             if left.id not in engine.futures and not engine.retries.waiting(left.id):
                 engine.retries.due_at[left.id] = engine.now()
     for job_id in engine.retries.due(engine.now()):
@@ -359,7 +360,8 @@ def refresh_summary(engine: Engine) -> None:
     if not engine.config.quicklook.summary:
         return
     sequences = []
-    for seq in db.Sequence.select().order_by(db.Sequence.opened):
+    for seq in db.Sequence.select().where(engine.mine(db.Sequence)).order_by(
+            db.Sequence.opened):
         products = []
         for job in seq.jobs.where(db.Job.state == "DONE").order_by(db.Job.id):
             for p in job.products.order_by(db.Product.filename):

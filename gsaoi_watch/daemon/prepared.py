@@ -159,8 +159,8 @@ def _write_pickle(path: Path, value: Any) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _read_pickle(path: Path, stamp: str) -> Any:
-    """The value stored with ``stamp`` (the raw file's), or None."""
+def _read_pickle(path: Path, stamp: object) -> Any:
+    """The value stored with ``stamp`` (the raw file's, with what else it depends on), or None."""
     try:
         with open(path, "rb") as fh:
             saved_stamp, value = pickle.load(fh)

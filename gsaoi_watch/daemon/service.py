@@ -58,7 +58,8 @@ def run_service(config: Config, *, stop_event: threading.Event | None = None,
                 idle_exit: float | None = None, install_signals: bool = True) -> int:
     """Run the daemon until SIGTERM/SIGINT (or ``stop_event``); return the exit status.
 
-    Start-up: open the database, register as its daemon (another daemon alive on it: a
+    Start-up: open the database, register as the daemon of its raw directory (another daemon
+    alive on the same directory and database: a
     :class:`~gsaoi_watch.calibration.daemons.DaemonRunningError`), re-run interrupted jobs,
     scan the raw directory, start the observer and the scheduler, then READY=1.  Each
     heartbeat: WATCHDOG=1, the status line (STATUS=, and the daemon's row), also while the
@@ -173,7 +174,8 @@ def _register(config: Config, stop_event: threading.Event | None) -> int:
     backoff = 1.0
     while True:
         try:
-            return daemons.register_daemon(config.service.heartbeat_seconds)
+            return daemons.register_daemon(config.service.heartbeat_seconds,
+                                           owner=daemons.owner_of(config.paths.raw_dir))
         except Exception as exc:
             if not db.unavailable(exc) or (stop_event is not None and stop_event.is_set()):
                 raise
@@ -211,7 +213,7 @@ class _Beat:
             if not daemons.heartbeat(self.daemon_id, note=note):
                 log.warning("heartbeat: this daemon's row is gone; registering again")
                 self.daemon_id = daemons.register_daemon(
-                    engine.config.service.heartbeat_seconds)
+                    engine.config.service.heartbeat_seconds, owner=engine.owner)
         except Exception as exc:  # noqa: BLE001 -- the heartbeat goes on whatever happens
             text = first_line(exc)
             if text != self.problem:

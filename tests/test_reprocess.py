@@ -1,6 +1,7 @@
 """Archive re-reduction: simulated nights of several dates on a two-worker Dask LocalCluster."""
 
 import datetime as dt
+import json
 import os
 import shutil
 import signal
@@ -362,3 +363,46 @@ def test_refused_while_a_daemon_watches_a_directory_it_re_reduces(tmp_path, caps
     assert code == 2 and len(err) == 1
     assert err[0].startswith("gsaoi-watch reprocess: another gsaoi-watch daemon is running "
                              f"on this database for raw directory {raw.resolve()}"), err
+
+
+def test_a_flat_that_cannot_be_made_fails_alone_and_is_tried_again_by_the_next_run(
+        tmp_path, capsys):
+    """A deterministic failure (lamp-on frames without light: on - off is not positive)
+    fails its job after one run, not max_tries; the night's science is reduced quick-look,
+    the summary names the failure and the exit status is 1.  A rerun tries the failed flat
+    again (the cause may have been fixed) and redoes nothing that was finished."""
+    from gsaoi_watch.cli.main import main
+
+    raw = tmp_path / "night"
+    simulate_night(raw, seed=12, size=64, workers=2, only=["flats", "science", "bpm"])
+    for n in range(30, 45):  # the lamp-on frames: the lamp never lit
+        path = raw / f"S20170505S{n:04d}.fits"
+        with fits.open(path, mode="update") as hdul:
+            for hdu in hdul[1:]:
+                hdu.data[...] = 0
+    out, url = tmp_path / "out", str(tmp_path / "gw.db")
+    args = ["reprocess", str(raw), "--output-dir", str(out), "-d", url, "--workers", "1"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "FAILED" in err and "flat" in err, err[-2000:]
+    jobs = query(url, "select recipe, state, tries from job order by id")
+    flat_jobs = [j for j in jobs if j[0] == "flat"]
+    assert flat_jobs == [("flat", "FAILED", 1)], jobs
+    states = dict(query(url, "select kind, state from sequence where kind like 'flat%'"))
+    assert states == {"flat_on": "FAILED", "flat_off": "FAILED"}  # the job's two lamps
+    science = query(url, "select state, quicklook from sequence where kind = 'science'")
+    assert science == [("QUICKLOOK", 1)]
+    sky = sorted(out.glob("*_skyCorrected.fits"))
+    assert len(sky) == 9 and all(fits.getheader(p)["QUICKLK"] for p in sky)
+    before = {p.name: p.stat().st_mtime_ns for p in sky}
+    assert main(args) == 1  # the rerun: the flat, both lamps, fails again, once
+    assert "failed in an earlier run" in capsys.readouterr().err
+    jobs_again = query(url, "select recipe, state, tries from job order by id")
+    assert [j for j in jobs_again if j[0] == "flat"] == [("flat", "FAILED", 1)] * 2
+    flat_paths = [len(json.loads(p)["paths"]) for (p,) in query(
+        url, "select parameters from job where recipe = 'flat' order by id")]
+    assert flat_paths == [30, 30]  # never a K-band flat of the lamp-on frames alone
+    assert [j for j in jobs_again if j[0] != "flat"] == [j for j in jobs if j[0] != "flat"]
+    assert {p.name: p.stat().st_mtime_ns for p in sorted(out.glob("*_skyCorrected.fits"))} \
+        == before
+    assert query(url, "select count(*) from frame")[0][0] == len(list(raw.glob("*.fits")))

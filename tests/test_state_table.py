@@ -471,7 +471,7 @@ def test_row(row, stage, tmp_path, monkeypatch, caplog):
         if c.check is not None:
             c.check(night)
         assert not [r for r in caplog.records if r.levelno >= logging.ERROR
-                    and "FAILED after" not in r.getMessage()
+                    and "reduction FAILED" not in r.getMessage()
                     and "failed (try" not in r.getMessage()]
     finally:
         db.close_database()

@@ -138,6 +138,20 @@ def _verify_products(engine: Engine) -> None:
             engine.emit(seq.id, Event.RECALIBRATE)
 
 
+def _retry_failed(engine: Engine) -> None:
+    """Sequences that failed in an earlier run are tried again (the cause may be fixed).
+
+    Through the table's operator-close row (FAILED -> COMPLETE, its calibration looked
+    up): a flat's two lamps both, so they are reduced together again.
+    """
+    for seq in list(db.Sequence.select().where((db.Sequence.state == State.FAILED)
+                                               & engine.mine(db.Sequence))
+                    .order_by(db.Sequence.id)):
+        log.warning("seq=%s: failed in an earlier run (%s): tried again", seq.key,
+                    seq.reason)
+        engine.emit(seq.id, Event.OPERATOR_CLOSE)
+
+
 def _job_counts(since_id: int) -> tuple[int, int]:
     ended = known = 0
     for job in db.Job.select(db.Job.state).where((db.Job.id > since_id)
@@ -188,6 +202,7 @@ def reprocess(config: Config, plan: ArchivePlan, executor: JobExecutor, *,
     first_job = last.id if last is not None else 0
     engine.recover()  # half-written files; jobs a killed run left RUNNING run again
     _verify_products(engine)
+    _retry_failed(engine)
     for path, problem in plan.rejected:
         engine.handle(FrameRejected(path, problem))
     try:

@@ -262,8 +262,12 @@ def reopen(engine: Engine, seq: db.Sequence, event: SequenceEvent) -> None:
 @_executes(Action.RECORD_FAILURE)
 def record_failure(engine: Engine, seq: db.Sequence, event: SequenceEvent) -> None:
     """The error line of a sequence whose job gave up (the job row has the error)."""
-    log.error("seq=%s: reduction FAILED after %d tries", label(seq),
-              engine.config.jobs.max_tries)
+    job = db.Job.get_or_none(db.Job.id == event.job_id) if event.job_id else None
+    if job is None:
+        log.error("seq=%s: reduction FAILED", label(seq))
+        return
+    log.error("seq=%s: reduction FAILED (job=%d, after %d run(s); its error above)",
+              label(seq), job.id, job.tries)
 
 
 @_executes(Action.RELEASE_DEPENDENTS)

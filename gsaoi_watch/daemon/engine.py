@@ -241,8 +241,9 @@ class Engine:
             self.job_state(job, "FAILED", error="interrupted too often")
             log.error("job=%d %s given up: interrupted %d times", job.id, job.recipe,
                       job.tries)
-            if seq is not None and job.recipe != "stack":
-                self.emit(seq.id, Event.JOB_GAVE_UP, job_id=job.id)
+            if seq is not None and job.recipe != "stack":  # a flat's lamp-on and lamp-off
+                for seq_id in json.loads(job.parameters).get("sequences", [seq.id]):
+                    self.emit(seq_id, Event.JOB_GAVE_UP, job_id=job.id)
             return
         log.info("job=%d %s interrupted by a restart: running it again (try %d of %d)",
                  job.id, job.recipe, job.tries + 1, self.config.jobs.max_tries)

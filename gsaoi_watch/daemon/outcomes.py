@@ -99,9 +99,11 @@ def _failed(engine: Engine, job: db.Job, seq_ids: list[int], exc: BaseException)
     else:
         log.error("job=%d %s failed (try %d of %d): %s", job.id, job.recipe, job.tries,
                   engine.config.jobs.max_tries, text)
-    if seq_ids:
-        engine.emit(seq_ids[0], Event.JOB_GAVE_UP if gave_up else Event.JOB_FAILED,
-                    job_id=job.id)
+    if seq_ids and gave_up:  # every sequence of the job: a flat's lamp-on and lamp-off
+        for seq_id in seq_ids:
+            engine.emit(seq_id, Event.JOB_GAVE_UP, job_id=job.id)
+    elif seq_ids:  # run again, with all its sequences, by the first
+        engine.emit(seq_ids[0], Event.JOB_FAILED, job_id=job.id)
     elif not gave_up:  # a follow-up job (the stack): run it again
         engine.start_job(db.Job.get_by_id(job.id))
 
@@ -118,8 +120,8 @@ def _crashed(engine: Engine, job: db.Job, seq_ids: list[int], exc: BaseException
         why = f"worker died ({how}) {crashes} times"
         engine.job_state(job, "FAILED", error=why)
         log.error("job=%d %s given up: %s", job.id, job.recipe, why)
-        if seq_ids:
-            engine.emit(seq_ids[0], Event.JOB_GAVE_UP, job_id=job.id)
+        for seq_id in seq_ids:
+            engine.emit(seq_id, Event.JOB_GAVE_UP, job_id=job.id)
         return
     log.warning("job=%d %s: its worker died (%s; %d of %d deaths allowed): running it again",
                 job.id, job.recipe, how, crashes, limit)

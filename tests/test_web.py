@@ -267,6 +267,50 @@ def test_files_lists_quarantined_and_unusable_frames_failed_jobs_and_sequences(s
     assert status["daemon"]["running"] is False
 
 
+def test_a_page_shows_its_own_daemon_only(night):
+    """Two daemons on one database: each page lists its own sequences, jobs, frames and
+    products; the other's (another raw directory) are not on it."""
+    from gsaoi_watch.calibration.daemons import owner_of
+
+    mine, theirs = owner_of(night["tmp"] / "raw"), owner_of(night["tmp"] / "raw2")
+    with db.writing():
+        db.Sequence.update(owner=mine).execute()
+        db.Job.update(owner=mine).execute()
+        other = db.Sequence.create(key="x", kind="science", observation_id="GS-2017A-Q-7-1",
+                                   object="M83", filter_name="J_G1102", state="FAILED",
+                                   reason="error on seq: theirs", owner=theirs)
+        job = db.Job.create(sequence=other, recipe="images", state="FAILED",
+                            error="their failure", owner=theirs)
+        raw2 = night["tmp"] / "raw2"
+        db.Frame.create(path=str(raw2 / "x0.fits"), state="ingested", sequence=other,
+                        data_label="GS-2017A-Q-7-1-001")
+        db.Frame.create(path=str(raw2 / "theirs.fits"), state="quarantined", error="theirs")
+        db.Product.create(path=str(night["out"] / "x0_skyCorrected.fits"),
+                          filename="x0_skyCorrected.fits", kind="sky_corrected", job=job,
+                          ut_datetime=UT0, filter_name="J_G1102")
+    whole = LivePage(night["out"], "127.0.0.1", 0)
+    page = LivePage(night["out"], "127.0.0.1", 0, owner=mine)
+    whole.start()
+    page.start()
+    try:
+        assert [s["key"] for s in get_json(page, "/api/sequences")] == ["f", "s", "o", "b"]
+        assert [s["key"] for s in get_json(whole, "/api/sequences")] == \
+            ["f", "s", "o", "b", "x"]
+        assert "x0_skyCorrected.fits" not in {f["file"] for f in get_json(page, "/api/frames")}
+        assert "x0_skyCorrected.fits" in {f["file"] for f in get_json(whole, "/api/frames")}
+        files = get_json(page, "/api/files")
+        assert [f["file"] for f in files["frames"]] == ["junk.fits", "cut.fits"]
+        assert [j["error"] for j in files["jobs"]] == ["no skies for M83"]
+        assert [s["reason"] for s in files["sequences"]] == ["error on seq: boom"]
+        assert get_json(page, "/api/status")["counts"] == {
+            "sequences": 4, "frames": 9, "reduced": 7, "problems": 2}
+        assert get_json(whole, "/api/status")["counts"] == {
+            "sequences": 5, "frames": 11, "reduced": 8, "problems": 3}
+    finally:
+        page.stop()
+        whole.stop()
+
+
 # --- headers, escaping, errors -----------------------------------------------------------------
 def test_security_headers_and_json_that_is_never_markup(server):
     for path in ("/", "/api/frames", "/static/live.js", "/static/live.css"):
@@ -293,7 +337,7 @@ def test_only_loopback_host_names_on_a_loopback_server(server):
 
 
 def test_a_handler_exception_is_a_500_and_one_log_line(server, monkeypatch, caplog):
-    def broken():
+    def broken(**kwargs):
         raise ValueError("broken query\nsecond line")
 
     monkeypatch.setattr(queries, "files", broken)

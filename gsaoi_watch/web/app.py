@@ -140,10 +140,11 @@ class _Api(_Base):
         self.query = query
 
     async def get(self) -> None:
-        out_dir = self.page["output_dir"]
-        function = {"frames": lambda: queries.frames(out_dir),
-                    "sequences": lambda: queries.sequences(out_dir),
-                    "files": queries.files, "status": queries.status}[self.query]
+        out_dir, owner = self.page["output_dir"], self.page["owner"]
+        function = {"frames": lambda: queries.frames(out_dir, owner=owner),
+                    "sequences": lambda: queries.sequences(out_dir, owner=owner),
+                    "files": lambda: queries.files(owner=owner),
+                    "status": lambda: queries.status(owner=owner)}[self.query]
         data = await self.in_database(function)
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.set_header("Cache-Control", "no-store")
@@ -200,7 +201,7 @@ def _log_request(handler: tornado.web.RequestHandler) -> None:
 
 
 def make_app(output_dir: str | os.PathLike[str], executor: Executor, *,
-             loopback: bool = False) -> tornado.web.Application:
+             loopback: bool = False, owner: str | None = None) -> tornado.web.Application:
     """The tornado application of the live page.
 
     Parameters
@@ -211,13 +212,15 @@ def make_app(output_dir: str | os.PathLike[str], executor: Executor, *,
         Where database reads run (one thread: each read opens its own connection).
     loopback : bool
         The server listens on a loopback address: only loopback ``Host`` names are served.
+    owner : str, optional
+        Show only this daemon's rows (:mod:`gsaoi_watch.web.queries`); default all.
 
     Returns
     -------
     tornado.web.Application
     """
     page = {"output_dir": Path(output_dir).resolve(), "executor": executor,
-            "loopback": loopback}
+            "loopback": loopback, "owner": owner}
     routes: list[Any] = [
         (r"/", _Page, {"page": page}),
         (r"/static/(.*)", _Static, {"path": str(STATIC_DIR), "page": page}),

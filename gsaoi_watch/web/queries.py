@@ -5,6 +5,8 @@ grouped counts, never one query per row), on the calling thread's connection; th
 opens it and holds one read transaction, so that the answer is one consistent snapshot
 (:func:`gsaoi_watch.web.app.read`).  Paths are shown relative to the output directory;
 pictures by URL (``/pictures/<product id>.png``), never by a path a client could name.
+With ``owner`` (a daemon's: several may share the database) each shows that daemon's
+sequences, jobs, products and raw files only.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 import peewee as pw
 
 from gsaoi_watch.calibration import db
-from gsaoi_watch.calibration.daemons import daemon_status
+from gsaoi_watch.calibration.daemons import daemon_status, owner_path
 from gsaoi_watch.daemon.streaming import PROVISIONAL_DIR
 from gsaoi_watch.logs import log_name
 from gsaoi_watch.quicklook.pictures import picture_path
@@ -167,7 +169,24 @@ def _observation(label: str | None) -> str | None:
     return head if sep and tail.isdigit() else label
 
 
-def frames(output_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
+def _mine(query: Any, owner: str | None, model: Any) -> Any:
+    """``query`` restricted to the owner's rows of ``model`` (a Sequence or Job; None: all)."""
+    return query if owner is None else query.where(model.owner == owner)
+
+
+def _raw_files(query: Any, owner: str | None) -> Any:
+    """``query`` of raw frames restricted to those in the owner's raw directory (None: all)."""
+    if owner is None:
+        return query
+    where = owner_path(owner)
+    if where is None:  # not a daemon's (a reprocess): its frames are its sequences'
+        return query.where(db.Frame.sequence.in_(
+            db.Sequence.select(db.Sequence.id).where(db.Sequence.owner == owner)))
+    return query.where(db.Frame.path.startswith(f"{where[1]}{os.sep}"))
+
+
+def frames(output_dir: str | os.PathLike[str], *,
+           owner: str | None = None) -> list[dict[str, Any]]:
     """One dict per reduced frame (final or provisional), ordered by UT.
 
     A provisional frame whose final product is registered is left out (the final one
@@ -205,6 +224,8 @@ def frames(output_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
              .join(by_raw, pw.JOIN.LEFT_OUTER, on=(raw.sequence == by_raw.id))
              .where(db.Product.kind.in_(FRAME_KINDS))
              .order_by(db.Product.ut_datetime, db.Product.id))
+    if owner is not None:
+        query = query.where((by_job.owner == owner) | (by_raw.owner == owner))
     rows = _dicts(query)
     finals = {r["filename"] for r in rows if not _is_provisional(r["path"], out_dir)}
     pictures = _Pictures(out_dir)
@@ -240,7 +261,8 @@ def _counts(rows: Iterable[dict[str, Any]]) -> dict[int, int]:
     return {r["sequence"]: r["n"] for r in rows if r["sequence"] is not None}
 
 
-def sequences(output_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
+def sequences(output_dir: str | os.PathLike[str], *,
+              owner: str | None = None) -> list[dict[str, Any]]:
     """Every sequence in the order opened, with its frames, latest job and products.
 
     Returns
@@ -254,7 +276,8 @@ def sequences(output_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
         a provisional frame whose final product is registered is left out).
     """
     out_dir = Path(output_dir).resolve()
-    seqs = _dicts(db.Sequence.select().order_by(db.Sequence.opened, db.Sequence.id))
+    seqs = _dicts(_mine(db.Sequence.select().order_by(db.Sequence.opened, db.Sequence.id),
+                        owner, db.Sequence))
     counts = _counts(_dicts(db.Frame.select(db.Frame.sequence,
                                             pw.fn.COUNT(db.Frame.id).alias("n"))
                             .group_by(db.Frame.sequence)))
@@ -305,7 +328,7 @@ def sequences(output_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
     return result
 
 
-def files() -> dict[str, list[dict[str, Any]]]:
+def files(*, owner: str | None = None) -> dict[str, list[dict[str, Any]]]:
     """Raw files the daemon will not use or could not, and jobs that failed.
 
     Returns
@@ -319,29 +342,31 @@ def files() -> dict[str, list[dict[str, Any]]]:
     """
     frames_ = [{"file": log_name(Path(f["path"]).name), "state": f["state"],
                 "reason": f["error"], "updated": _iso(f["updated"]), "ut": _iso(f["ut_datetime"])}
-               for f in _dicts(db.Frame.select(db.Frame.path, db.Frame.state, db.Frame.error,
-                                               db.Frame.updated, db.Frame.ut_datetime)
-                               .where(db.Frame.state.in_(PROBLEM_FRAMES))
-                               .order_by(db.Frame.updated, db.Frame.id))]
+               for f in _dicts(_raw_files(
+                   db.Frame.select(db.Frame.path, db.Frame.state, db.Frame.error,
+                                   db.Frame.updated, db.Frame.ut_datetime)
+                   .where(db.Frame.state.in_(PROBLEM_FRAMES))
+                   .order_by(db.Frame.updated, db.Frame.id), owner))]
     jobs = []
-    for j in _dicts(db.Job.select(db.Job.id, db.Job.recipe, db.Job.state, db.Job.tries,
-                                  db.Job.crashes, db.Job.error, db.Job.finished,
-                                  db.Sequence.observation_id, db.Sequence.kind,
-                                  db.Sequence.object, db.Sequence.filter_name,
-                                  db.Sequence.exposure_time)
-                    .join(db.Sequence, pw.JOIN.LEFT_OUTER)
-                    .where(db.Job.state.in_(PROBLEM_JOBS)).order_by(db.Job.id)):
+    for j in _dicts(_mine(db.Job.select(db.Job.id, db.Job.recipe, db.Job.state, db.Job.tries,
+                                        db.Job.crashes, db.Job.error, db.Job.finished,
+                                        db.Sequence.observation_id, db.Sequence.kind,
+                                        db.Sequence.object, db.Sequence.filter_name,
+                                        db.Sequence.exposure_time)
+                          .join(db.Sequence, pw.JOIN.LEFT_OUTER)
+                          .where(db.Job.state.in_(PROBLEM_JOBS)).order_by(db.Job.id),
+                          owner, db.Job)):
         jobs.append({"id": j["id"], "recipe": j["recipe"], "state": j["state"],
                      "tries": j["tries"], "crashes": j["crashes"], "error": j["error"],
                      "finished": _iso(j["finished"]),
                      "sequence": None if j["kind"] is None else _sequence_label(j)})
     failed = [{"id": s["id"], "label": _sequence_label(s), "reason": s["reason"]}
-              for s in _dicts(db.Sequence.select().where(db.Sequence.state == "FAILED")
-                              .order_by(db.Sequence.id))]
+              for s in _dicts(_mine(db.Sequence.select().where(db.Sequence.state == "FAILED")
+                                    .order_by(db.Sequence.id), owner, db.Sequence))]
     return {"frames": frames_, "jobs": jobs, "sequences": failed}
 
 
-def status() -> dict[str, Any]:
+def status(*, owner: str | None = None) -> dict[str, Any]:
     """The daemon's liveness and status line, the night's counts and the server's clock.
 
     Returns
@@ -351,12 +376,18 @@ def status() -> dict[str, Any]:
         ``counts`` (``sequences``, ``frames``, ``reduced``, ``problems``).
     """
     now = db._now()
-    daemon = daemon_status(now=now)
-    reduced = db.Product.select().where(db.Product.kind.in_(FRAME_KINDS)).count()
-    problems = db.Frame.select().where(db.Frame.state.in_(PROBLEM_FRAMES)).count()
+    daemon = daemon_status(now=now, owner=owner)
+    reduced_q = db.Product.select().where(db.Product.kind.in_(FRAME_KINDS))
+    if owner is not None:  # its jobs' products, and provisional ones of its raw frames
+        own_labels = db.Frame.select(db.Frame.data_label).join(db.Sequence).where(
+            db.Sequence.owner == owner)
+        reduced_q = reduced_q.join(db.Job, pw.JOIN.LEFT_OUTER).where(
+            (db.Job.owner == owner) | db.Product.data_label.in_(own_labels))
+    problems = _raw_files(db.Frame.select().where(db.Frame.state.in_(PROBLEM_FRAMES)),
+                          owner).count()
     return {"now": _iso(now),
             "daemon": {"running": daemon.running, "reason": daemon.reason,
                        "note": daemon.note, "started": _iso(daemon.started)},
-            "counts": {"sequences": db.Sequence.select().count(),
-                       "frames": db.Frame.select().count(), "reduced": reduced,
-                       "problems": problems}}
+            "counts": {"sequences": _mine(db.Sequence.select(), owner, db.Sequence).count(),
+                       "frames": _raw_files(db.Frame.select(), owner).count(),
+                       "reduced": reduced_q.count(), "problems": problems}}

@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import tornado.httpserver
 
+from gsaoi_watch.calibration.daemons import owner_of
 from gsaoi_watch.config import Config, parse_address
 from gsaoi_watch.web.app import make_app
 
@@ -66,10 +67,16 @@ class LivePage:
         Address to listen on (a name, an IPv4 or IPv6 address).
     port : int
         Port (0: any free port; :attr:`port` gives the one bound).
+    owner : str, optional
+        The daemon's owner (:func:`gsaoi_watch.calibration.daemons.owner_of`): the page
+        shows its sequences, jobs and frames only (other daemons may share the database);
+        default the whole database.
     """
 
-    def __init__(self, output_dir: str | os.PathLike[str], host: str, port: int) -> None:
+    def __init__(self, output_dir: str | os.PathLike[str], host: str, port: int, *,
+                 owner: str | None = None) -> None:
         self.output_dir = output_dir
+        self.owner = owner
         self.host = host
         self.requested_port = port
         self.port: int | None = None
@@ -119,7 +126,8 @@ class LivePage:
         self._loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
         assert self._executor is not None
-        app = make_app(self.output_dir, self._executor, loopback=_is_loopback(self.host))
+        app = make_app(self.output_dir, self._executor, loopback=_is_loopback(self.host),
+                       owner=self.owner)
         server = tornado.httpserver.HTTPServer(app, idle_connection_timeout=60,
                                                body_timeout=10, max_body_size=1 << 16)
         server.add_sockets(self._sockets)
@@ -165,7 +173,8 @@ def start_live_page(config: Config) -> LivePage | None:
     if not config.http.enabled:
         return None
     host, port = parse_address(config.http.address)
-    page = LivePage(config.paths.output_dir, host, port)
+    page = LivePage(config.paths.output_dir, host, port,
+                    owner=owner_of(config.paths.raw_dir))
     try:
         url = page.start()
     except OSError as exc:

@@ -141,6 +141,10 @@ def test_two_daemons_and_a_reprocess_share_one_database(stages, database_url, tm
         assert status.returncode == 0, status.stderr
         assert "Daemons" in status.stdout and str(raw_a.resolve()) in status.stdout \
             and str(raw_b.resolve()) in status.stdout, status.stdout
+        for whose in (f"raw directory {raw_a.resolve()} on {socket.gethostname()}",
+                      f"raw directory {raw_b.resolve()} on {socket.gethostname()}",
+                      "an archive re-reduction (reprocess)"):
+            assert f"Sequences of {whose}" in status.stdout, status.stdout
         for n in ("A", "B"):
             procs[n].send_signal(signal.SIGTERM)
             assert procs[n].wait(timeout=60) == 0

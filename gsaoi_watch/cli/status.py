@@ -110,8 +110,14 @@ def describe_sequence(seq: db.Sequence, config: Config, now: dt.datetime) -> str
 
 
 def _print_sequences(config: Config, now: dt.datetime) -> None:
-    print("Sequences")
-    for s in db.Sequence.select().order_by(db.Sequence.opened):
+    owners = {r.owner for r in db.Sequence.select(db.Sequence.owner).distinct()}
+    several = len(owners) > 1  # several engines on the database: a heading for each
+    if not several:
+        print("Sequences")
+    for s in db.Sequence.select().order_by(db.Sequence.owner, db.Sequence.opened):
+        if several and s.owner in owners:
+            owners.discard(s.owner)
+            print(f"Sequences of {describe_owner(s.owner)}")
         exposure = "-" if s.exposure_time is None else f"{s.exposure_time:g}s"
         print(f"  {s.state:9s} {s.observation_id} {s.kind} {log_name(s.object)} "
               f"{(s.filter_name or '').split('_')[0]} {exposure} "

@@ -6,6 +6,7 @@ future ends with the exception a worker would have raised.
 
 import errno
 import logging
+import os
 
 import pytest
 from engine_harness import SCI, FakeExecutor, Night, science_reducing
@@ -162,6 +163,41 @@ def test_a_job_whose_worker_died_once_then_completes(stage, tmp_path, db_url):
     n.finish("images")
     assert (job().state, job().tries, job().crashes) == ("DONE", 1, 1)
     assert n.seq("science").state == "DONE"
+
+
+def test_what_a_worker_killed_mid_write_left_is_removed_while_the_daemon_runs(
+        stage, tmp_path, db_url):
+    """A worker killed while writing leaves its hidden .NAME.PID.X.tmp file: removed when
+    its death is known (and at each rescan); those of live writers stay; at a start, all."""
+    import subprocess
+    import sys
+
+    from gsaoi_watch.data.fitsio import atomic_output
+
+    n = Night(tmp_path, stage, url=db_url)
+    science_reducing(n)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    cache = n.engine.cache_dir
+    cache.mkdir(parents=True, exist_ok=True)
+    flats = n.out / "calibrations" / "processed_flat"
+    flats.mkdir(parents=True, exist_ok=True)
+    orphans = [cache / f".S1_prepared.fits.{dead.pid}.k3j2h1g0.tmp",
+               n.out / f".S1_skyCorrected.fits.{dead.pid}.a1b2c3d4.tmp",
+               flats / f".S1_flat.fits.{dead.pid}.zz9y8x7w.tmp"]
+    live = [n.out / f".S2_skyCorrected.fits.{os.getpid()}.q1w2e3r4.tmp",
+            n.out / ".S3_skyCorrected.fits.tmp"]  # a writer the name does not tell
+    for p in orphans + live:
+        p.write_bytes(b"half")
+    with atomic_output(n.out / "S4.fits") as fh:  # the writer names itself in the file
+        writing = [p.name for p in n.out.glob(".S4.fits.*.tmp")]
+        fh.write(b"x")
+    assert len(writing) == 1 and f".{os.getpid()}." in writing[0]
+    fail_running(n, WorkerCrashed("signal 9", dead.pid))
+    assert not any(p.exists() for p in orphans)
+    assert all(p.exists() for p in live)
+    n.engine.remove_temporaries(orphans_only=False)  # as at a start: no writer runs
+    assert not any(p.exists() for p in live)
 
 
 def test_a_prepared_frame_whose_worker_died_is_dropped_harmlessly(stage, tmp_path, db_url, caplog):

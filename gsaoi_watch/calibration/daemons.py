@@ -28,7 +28,7 @@ from gsaoi_watch.calibration.db import Daemon, _now, claim, writing
 from gsaoi_watch.errors import GsaoiWatchError
 
 __all__ = ["MISSED_HEARTBEATS", "REPROCESS", "DaemonRunningError", "DaemonStatus",
-           "daemon_status", "describe_owner", "heartbeat", "owner_of", "owner_path",
+           "daemon_status", "describe_owner", "heartbeat", "owner_of", "owner_path", "pid_alive",
            "register_daemon", "running_daemons", "unregister_daemon"]
 
 #: A daemon that missed this many heartbeats in a row is not running.
@@ -98,7 +98,8 @@ def describe_owner(owner: str | None) -> str:
     return f"raw directory {where[1]} on {where[0]}" if where else owner
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this host (one of another account counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -120,7 +121,7 @@ def _judge(row: Daemon, now: dt.datetime) -> DaemonStatus:
         return replace(seen, reason=f"pid {row.pid} on {row.host}: last heartbeat {age:.0f} s "
                                     f"ago, {MISSED_HEARTBEATS} heartbeats "
                                     f"({row.heartbeat_seconds:g} s) missed")
-    if row.host == _host() and not _pid_alive(row.pid):
+    if row.host == _host() and not pid_alive(row.pid):
         return replace(seen, reason=f"pid {row.pid} on {row.host} is no longer running "
                                     f"(last heartbeat {age:.0f} s ago)")
     return replace(seen, running=True,

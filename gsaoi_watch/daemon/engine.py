@@ -40,7 +40,7 @@ from typing import Any, Protocol
 import peewee as pw
 
 from gsaoi_watch.calibration import db
-from gsaoi_watch.calibration.daemons import owner_of
+from gsaoi_watch.calibration.daemons import owner_of, pid_alive
 from gsaoi_watch.config import Config
 from gsaoi_watch.daemon import ingest, outcomes
 from gsaoi_watch.daemon.actions import EXECUTORS, calibration_ready, live_job
@@ -85,6 +85,14 @@ BUSY_WAIT = 2.0
 
 #: States an operator's ``close`` acts on.
 CLOSABLE = (State.OPEN, State.REOPENED, State.FAILED)
+
+
+def _writer_alive(name: str) -> bool:
+    """Whether the writer of a hidden ``.NAME.PID.X.tmp`` file runs (unknown: assumed so)."""
+    parts = name[:-len(".tmp")].rsplit(".", 2)
+    if len(parts) < 3 or not parts[1].isdigit():
+        return True
+    return pid_alive(int(parts[1]))
 
 
 def _utcnow() -> dt.datetime:
@@ -169,20 +177,39 @@ class Engine:
         """After a restart: re-run interrupted jobs, repair stranded sequences, catch up.
 
         First the temporary files a killed worker left half-written in the daemon's own
-        directories (the prepared-frame cache, ``provisional/``, the output directory:
-        hidden ``*.tmp`` names of the atomic writers) are removed; no worker runs yet.
+        directories are removed (:meth:`remove_temporaries`); no worker runs yet.
         """
-        for directory in (self.cache_dir, self.output_dir / PROVISIONAL_DIR, self.output_dir):
+        self.remove_temporaries(orphans_only=False)
+        self.handle(Recover())
+
+    def remove_temporaries(self, *, orphans_only: bool = True) -> None:
+        """Remove the half-written files of killed writers from the daemon's directories.
+
+        The atomic writers' hidden ``.NAME.PID.*.tmp`` files in the prepared-frame cache,
+        ``provisional/``, the output directory and its ``calibrations/`` folders.  With
+        ``orphans_only`` (while the daemon runs: after a worker died, at each rescan) only
+        those whose writer, the process named in the file name, is no longer alive;
+        otherwise (at the start, before any worker runs) every one.
+        """
+        calibrations = self.output_dir / "calibrations"
+        try:
+            kinds = [p for p in calibrations.iterdir() if p.is_dir()]
+        except OSError:
+            kinds = []
+        for directory in (self.cache_dir, self.output_dir / PROVISIONAL_DIR, self.output_dir,
+                          *kinds):
             try:
                 stale = [p for p in directory.iterdir()
                          if p.name.startswith(".") and p.name.endswith(".tmp") and p.is_file()]
             except OSError:
                 continue
             for p in stale:
+                if orphans_only and _writer_alive(p.name):
+                    continue
                 p.unlink(missing_ok=True)
-                log.info("removed %s, left half-written by a worker killed before this start",
-                         log_name(str(p.relative_to(self.output_dir))))
-        self.handle(Recover())
+                log.info("removed %s, left half-written by a worker killed %s",
+                         log_name(str(p.relative_to(self.output_dir))),
+                         "mid-write" if orphans_only else "before this start")
 
     def _on_recover(self, event: Recover) -> None:
         """Recover in one transaction: interrupted jobs, stranded sequences, missed files.
@@ -250,7 +277,11 @@ class Engine:
         self.start_job(job)
 
     def rescan(self) -> None:
-        """Offer every candidate file in the raw directory that is not in the ledger yet."""
+        """Offer every candidate file in the raw directory that is not in the ledger yet.
+
+        Also removes what writers killed mid-write left (:meth:`remove_temporaries`).
+        """
+        self.remove_temporaries()
         known = {f.path for f in db.Frame.select(db.Frame.path)}
         for path in scan_directory(self.raw_dir):
             if str(Path(path).resolve()) not in known:

@@ -113,6 +113,7 @@ def _crashed(engine: Engine, job: db.Job, seq_ids: list[int], exc: BaseException
     crashes = job.crashes + 1
     limit = engine.config.jobs.max_crashes
     how = getattr(exc, "how", "unknown")
+    engine.remove_temporaries()  # what the dead worker was writing
     with db.writing():
         db.Job.update(crashes=crashes).where(db.Job.id == job.id).execute()
     if crashes >= limit:

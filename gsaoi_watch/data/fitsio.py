@@ -366,10 +366,11 @@ def atomic_output(target: str | os.PathLike[str], *, fsync: bool = False,
     """Open a temporary file beside ``target`` for binary writing; rename it into place.
 
     A reader never sees a half-written file: the data go to a hidden temporary name in the
-    same directory, which replaces ``target`` only when the block ends without an error
-    (and is removed otherwise).  The file gets ``mode`` less the process umask (0644 under
-    umask 022), as ``open()`` would give it, not the 0600 of a temporary file.  ``fsync``
-    flushes the data to disk before the rename.
+    same directory (``.NAME.PID.RANDOM.tmp``, the writer's process id in it), which
+    replaces ``target`` only when the block ends without an error (and is removed
+    otherwise).  The file gets ``mode`` less the process umask (0644 under umask 022), as
+    ``open()`` would give it, not the 0600 of a temporary file.  ``fsync`` flushes the data
+    to disk before the rename.
 
     A write that fails for lack of space (or any other OSError) raises an :class:`OSError`
     with its errno and ``target`` as its file name, whatever the writer made of it
@@ -377,7 +378,9 @@ def atomic_output(target: str | os.PathLike[str], *, fsync: bool = False,
     temporary file is removed.
     """
     target = Path(target)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    # the writer's pid in the name: the daemon removes those of a worker killed mid-write
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp",
+                               dir=target.parent)
     try:
         os.fchmod(fd, mode & ~process_umask())
         with os.fdopen(fd, "wb") as fh:

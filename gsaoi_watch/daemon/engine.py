@@ -221,7 +221,7 @@ class Engine:
         """
         self.adopt()
         for job in list(db.Job.select().where(db.Job.state.in_(("RUNNING", "SUBMITTED"))
-                                              & (db.Job.owner == self.owner))):
+                                              & self.mine(db.Job))):
             try:  # each job on its own: one that cannot be re-run does not stop the others
                 self.boundary.savepoint(functools.partial(self._rerun, job))
             except Exception as exc:
